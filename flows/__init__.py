@@ -1,0 +1,1 @@
+"""renalflow orchestration: Prefect flows over `tasks/`, Dask task runners, and the CLI."""

@@ -1,0 +1,234 @@
+"""The ingest flow: DICOM archive -> Parquet slice store, fanned out over Dask workers."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.states import State
+from prefect.tasks import Task
+
+from tasks.config import PreprocessConfig
+from tasks.errors import is_transient_io
+from tasks.ingest import (
+    BatchReport,
+    ScannedFile,
+    chunk,
+    convert_files,
+    discover_files,
+    plan_batches,
+    read_labels,
+    scan_files,
+    write_rejects,
+)
+from tasks.store import check_manifest, read_ledger
+
+
+def retry_on_transient_io(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect retry condition: only transient I/O errors, never a file's own defects."""
+    try:
+        state.result()
+    except Exception as err:
+        return is_transient_io(err)
+    return False
+
+
+# Caching is the store's job: its ledger says which files are done, so Prefect's
+# input-hash cache is switched off (hashing thousands of URIs per task buys nothing).
+_TASK_OPTIONS: dict[str, Any] = {
+    "cache_policy": NO_CACHE,
+    "retries": 2,
+    "retry_delay_seconds": 5,
+    "retry_condition_fn": retry_on_transient_io,
+}
+
+
+@task(name="scan-headers", **_TASK_OPTIONS)
+def scan_batch(
+    store: str, uris: list[str], config: PreprocessConfig, cohort: str, run_id: str
+) -> tuple[list[ScannedFile], BatchReport]:
+    return scan_files(store, uris, config, cohort, run_id)
+
+
+@task(name="convert-slices", **_TASK_OPTIONS)
+def convert_batch(
+    store: str,
+    items: list[ScannedFile],
+    config: PreprocessConfig,
+    cohort: str,
+    labels: dict[str, str],
+    run_id: str,
+) -> BatchReport:
+    return convert_files(store, items, config, cohort, labels, run_id)
+
+
+@dataclass
+class IngestSummary:
+    """What an ingest run did, for the printed summary and for callers."""
+
+    archive: str
+    store: str
+    run_id: str
+    preprocess_version: str
+    files_found: int = 0
+    files_already_stored: int = 0
+    files_new: int = 0
+    slices: int = 0
+    rejects: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    scan_tasks: int = 0
+    convert_tasks: int = 0
+    worker_slices: dict[str, int] = field(default_factory=dict)
+    worker_seconds: dict[str, float] = field(default_factory=dict)
+    labelled_patients_without_slices: int = 0
+
+    @property
+    def n_rejects(self) -> int:
+        return sum(self.rejects.values())
+
+
+@flow(name="ingest", log_prints=True)
+def ingest_flow(
+    archive: str,
+    store: str,
+    labels: str | None = None,
+    cohort: str = "development",
+    preprocess: PreprocessConfig | None = None,
+    batch_size: int = 256,
+    scan_batch_size: int = 1000,
+) -> IngestSummary:
+    """Convert every new DICOM file under `archive` into the slice store at `store`.
+
+    Files already in the store (as a slice or a reject) are skipped, so a rerun after
+    a crash or after the archive grew does only the missing work.
+    """
+    logger = get_run_logger()
+    started = time.perf_counter()
+    config = preprocess or PreprocessConfig()
+    run_id = str(flow_run.get_id() or "local")
+    summary = IngestSummary(archive, store, run_id, config.version)
+    check_manifest(store, config.to_dict(), config.version)
+    label_map = read_labels(labels) if labels else {}
+
+    found = discover_files(archive)
+    ledger = read_ledger(store)
+    pending = [uri for uri in found if uri not in ledger.source_uris]
+    summary.files_found = len(found)
+    summary.files_already_stored = len(found) - len(pending)
+    summary.files_new = len(pending)
+    logger.info(
+        "%d files under %s: %d already in the store, %d to ingest",
+        len(found), archive, summary.files_already_stored, len(pending),
+    )
+
+    def record(report: BatchReport) -> None:
+        summary.slices += report.n_slices
+        summary.rejects.update(report.rejects)
+        summary.worker_slices[report.worker] = (
+            summary.worker_slices.get(report.worker, 0) + report.n_slices
+        )
+        summary.worker_seconds[report.worker] = (
+            summary.worker_seconds.get(report.worker, 0.0) + report.seconds
+        )
+
+    scanned: list[ScannedFile] = []
+    scan_futures = [
+        scan_batch.submit(store, uris, config, cohort, run_id)
+        for uris in chunk(pending, scan_batch_size)
+    ]
+    summary.scan_tasks = len(scan_futures)
+    for future in as_completed(scan_futures):
+        accepted, report = future.result()
+        scanned.extend(accepted)
+        record(report)
+    if pending:
+        logger.info(
+            "headers read: %d candidate slices, %d rejected", len(scanned), summary.n_rejects
+        )
+
+    # Rounds: normally one. A file held back as a duplicate is decoded in a later
+    # round only if the copy chosen first turned out to be unusable.
+    while scanned:
+        plan = plan_batches(scanned, read_ledger(store), batch_size)
+        if plan.duplicates:
+            write_rejects(
+                store, plan.duplicates, cohort, run_id, config.version,
+                f"dup-{run_id[:8]}-{int(time.time() * 1000)}",
+            )
+            summary.rejects.update(r.code.value for r in plan.duplicates)
+        futures = [
+            convert_batch.submit(store, batch, config, cohort, label_map, run_id)
+            for batch in plan.batches
+        ]
+        summary.convert_tasks += len(futures)
+        done_files = 0
+        total_files = sum(len(b) for b in plan.batches)
+        for done, future in enumerate(as_completed(futures), start=1):
+            report = future.result()
+            record(report)
+            done_files += report.n_files
+            elapsed = time.perf_counter() - started
+            logger.info(
+                "[%d/%d batches] %d/%d files, %d slices, %d rejects, %.0f slices/s",
+                done, len(futures), done_files, total_files, summary.slices,
+                summary.n_rejects, summary.slices / max(elapsed, 1e-9),
+            )
+        scanned = plan.held
+
+    if label_map:
+        stored_patients = _patients_in_store(store)
+        summary.labelled_patients_without_slices = len(set(label_map) - stored_patients)
+    summary.seconds = time.perf_counter() - started
+    logger.info(
+        "ingest finished: %d slices, %d rejects in %.1f s",
+        summary.slices, summary.n_rejects, summary.seconds,
+    )
+    return summary
+
+
+def _patients_in_store(store: str) -> set[str]:
+    from tasks.store import SLICES, read_table
+
+    table = read_table(store, SLICES, ["patient_id"])
+    return set(table.column("patient_id").to_pylist())
+
+
+def format_summary(summary: IngestSummary) -> str:
+    """A readable end-of-run summary: files, slices, rejects by reason, speed per worker."""
+    lines = [
+        f"ingest run {summary.run_id}  (preprocess_version {summary.preprocess_version})",
+        f"  archive          {summary.archive}",
+        f"  store            {summary.store}",
+        f"  files found      {summary.files_found:>8,}",
+        f"  already stored   {summary.files_already_stored:>8,}",
+        f"  new files        {summary.files_new:>8,}",
+        f"  slices written   {summary.slices:>8,}",
+        f"  rejects          {summary.n_rejects:>8,}",
+    ]
+    for code, count in summary.rejects.most_common():
+        lines.append(f"    {code:<22} {count:>6,}")
+    rate = summary.slices / summary.seconds if summary.seconds else 0.0
+    lines.append(f"  wall time        {summary.seconds:>8.1f} s  ({rate:,.0f} slices/s overall)")
+    lines.append(f"  tasks            {summary.scan_tasks} scan + {summary.convert_tasks} convert")
+    workers = defaultdict(float, summary.worker_seconds)
+    for worker, slices in sorted(summary.worker_slices.items()):
+        busy = workers[worker]
+        per = slices / busy if busy else 0.0
+        lines.append(
+            f"  worker {worker:<24} {slices:>7,} slices in {busy:6.1f} s busy ({per:,.0f} slices/s)"
+        )
+    if summary.labelled_patients_without_slices:
+        lines.append(
+            f"  note: {summary.labelled_patients_without_slices} labelled patients have no "
+            "slices in the store"
+        )
+    lines.append("  read with: duckdb -c \"select count(*) from '"
+                 f"{summary.store.rstrip('/')}/slices/*.parquet'\"")
+    return "\n".join(lines)

@@ -1,0 +1,212 @@
+"""The Parquet slice store: `STORE/slices`, `STORE/rejects` and a small manifest.
+
+One `store_uri` works through fsspec for `file://`, `s3://` and `memory://`. Every
+part file is written under a hidden temporary name and then moved into place, so a
+reader (or a rerun after a crash) only ever sees whole parts. A part holds one
+batch, written as one row group for fast sequential reads.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from tasks.errors import StoreError
+
+SLICES = "slices"
+REJECTS = "rejects"
+MANIFEST = "_renalflow_store.json"
+
+SLICE_SCHEMA = pa.schema(
+    [
+        ("source_uri", pa.string()),
+        ("patient_id", pa.string()),
+        ("study_instance_uid", pa.string()),
+        ("series_instance_uid", pa.string()),
+        ("sop_instance_uid", pa.string()),
+        ("instance_number", pa.int32()),
+        ("z", pa.float64()),
+        ("phase", pa.string()),
+        ("slice_thickness", pa.float32()),
+        ("pixel_spacing", pa.list_(pa.float32(), 2)),
+        ("manufacturer", pa.string()),
+        ("transfer_syntax", pa.string()),
+        ("study_date", pa.string()),
+        ("series_description", pa.string()),
+        ("kvp", pa.float32()),
+        ("photometric_interpretation", pa.string()),
+        ("rows", pa.int32()),
+        ("columns", pa.int32()),
+        ("window_center", pa.float32()),
+        ("window_width", pa.float32()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("pixels", pa.binary()),
+        ("cohort", pa.string()),
+        ("label", pa.string()),
+        ("ingest_run_id", pa.string()),
+        ("preprocess_version", pa.string()),
+        ("ingested_at", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+
+REJECT_SCHEMA = pa.schema(
+    [
+        ("source_uri", pa.string()),
+        ("reason_code", pa.string()),
+        ("reason", pa.string()),
+        ("sop_instance_uid", pa.string()),
+        ("cohort", pa.string()),
+        ("ingest_run_id", pa.string()),
+        ("preprocess_version", pa.string()),
+        ("rejected_at", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+
+_SCHEMAS = {SLICES: SLICE_SCHEMA, REJECTS: REJECT_SCHEMA}
+
+
+def open_store(store_uri: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and root path behind a store URI (local path, file://, s3://, memory://)."""
+    fs, root = fsspec.core.url_to_fs(store_uri, **storage_options)
+    return fs, root.rstrip("/") or "/"
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def write_part(
+    store_uri: str, table_name: str, rows: list[dict[str, Any]], part_name: str
+) -> str | None:
+    """Write `rows` as one Parquet part of `table_name`, atomically; returns its path.
+
+    The part is written under a hidden temporary name in the same folder and then
+    moved into place: a crash leaves either the whole part or no part.
+    """
+    if not rows:
+        return None
+    schema = _SCHEMAS[table_name]
+    table = pa.Table.from_pylist(rows, schema=schema)
+    fs, root = open_store(store_uri)
+    folder = posixpath.join(root, table_name)
+    fs.makedirs(folder, exist_ok=True)
+    final = posixpath.join(folder, f"{part_name}.parquet")
+    temporary = posixpath.join(folder, f".{part_name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with fs.open(temporary, "wb") as handle:
+            pq.write_table(
+                table, handle, row_group_size=max(1, len(rows)), compression="zstd"
+            )
+        if isinstance(fs, LocalFileSystem):
+            fs.mv(temporary, final)
+        else:
+            # Object stores have no rename; a single whole-object copy is atomic.
+            fs.copy(temporary, final)
+            fs.rm(temporary)
+    except OSError as err:
+        raise StoreError(
+            f"could not write {table_name} part {final}: {err}. Check that the store is "
+            "writable and has free space; nothing partial was left behind"
+        ) from err
+    return final
+
+
+def list_parts(store_uri: str, table_name: str) -> list[str]:
+    """Committed part files of a table (temporary files are never listed)."""
+    fs, root = open_store(store_uri)
+    folder = posixpath.join(root, table_name)
+    if not fs.exists(folder):
+        return []
+    return sorted(
+        p for p in fs.find(folder) if p.endswith(".parquet") and not posixpath.basename(p).startswith(".")
+    )
+
+
+def read_table(
+    store_uri: str, table_name: str, columns: list[str] | None = None
+) -> pa.Table:
+    """Read a whole table (or some columns) of the store; empty with the schema if none yet."""
+    schema = _SCHEMAS[table_name]
+    parts = list_parts(store_uri, table_name)
+    if not parts:
+        empty = schema.empty_table()
+        return empty.select(columns) if columns else empty
+    fs, _ = open_store(store_uri)
+    dataset = pds.dataset(parts, schema=schema, format="parquet", filesystem=fs)
+    return dataset.to_table(columns=columns)
+
+
+@dataclass
+class Ledger:
+    """What the store already holds: every source URI, and which file each SOP came from."""
+
+    source_uris: set[str] = field(default_factory=set)
+    sop_sources: dict[str, str] = field(default_factory=dict)
+
+
+def read_ledger(store_uri: str) -> Ledger:
+    """Read only the identity columns of both tables (cheap even for large stores)."""
+    slices = read_table(store_uri, SLICES, ["source_uri", "sop_instance_uid"])
+    rejects = read_table(store_uri, REJECTS, ["source_uri"])
+    ledger = Ledger()
+    uris = slices.column("source_uri").to_pylist()
+    sops = slices.column("sop_instance_uid").to_pylist()
+    ledger.source_uris.update(uris)
+    ledger.source_uris.update(rejects.column("source_uri").to_pylist())
+    ledger.sop_sources.update(zip(sops, uris, strict=True))
+    return ledger
+
+
+def check_manifest(store_uri: str, preprocess: dict[str, Any], version: str) -> None:
+    """Create the store's manifest, or refuse a store made with other preprocessing.
+
+    Mixing preprocessing versions in one store would train and score on images that
+    look different for no clinical reason, so it is refused rather than allowed.
+    """
+    fs, root = open_store(store_uri)
+    path = posixpath.join(root, MANIFEST)
+    if fs.exists(path):
+        with fs.open(path, "rb") as handle:
+            manifest = json.loads(handle.read())
+        stored = manifest.get("preprocess_version")
+        if stored != version:
+            raise StoreError(
+                f"store {store_uri} holds slices made with preprocess_version {stored} "
+                f"({manifest.get('preprocess')}), but this run's preprocessing is {version} "
+                f"({preprocess}). Use a new --store for the new preprocessing, or rerun with "
+                "the store's settings"
+            )
+        return
+    fs.makedirs(root, exist_ok=True)
+    payload = {
+        "format": "renalflow slice store",
+        "format_version": 1,
+        "preprocess_version": version,
+        "preprocess": preprocess,
+        "created_at": now_utc().isoformat(),
+    }
+    with fs.open(path, "wb") as handle:
+        handle.write(json.dumps(payload, indent=2).encode())
+
+
+def read_manifest(store_uri: str) -> dict[str, Any]:
+    fs, root = open_store(store_uri)
+    path = posixpath.join(root, MANIFEST)
+    if not fs.exists(path):
+        raise StoreError(
+            f"{store_uri} is not a renalflow slice store (no {MANIFEST}); "
+            "create one with `renalflow ingest ARCHIVE --store STORE`"
+        )
+    with fs.open(path, "rb") as handle:
+        return dict(json.loads(handle.read()))
