@@ -138,10 +138,12 @@ def ingest_flow(
             summary.worker_seconds.get(report.worker, 0.0) + report.seconds
         )
 
+    threads = _cluster_threads()
     scanned: list[ScannedFile] = []
+    scan_size = _balanced(len(pending), threads * 2, 50, scan_batch_size)
     scan_futures = [
         scan_batch.submit(store, uris, config, cohort, run_id)
-        for uris in chunk(pending, scan_batch_size)
+        for uris in chunk(pending, scan_size)
     ]
     summary.scan_tasks = len(scan_futures)
     for future in as_completed(scan_futures):
@@ -156,7 +158,8 @@ def ingest_flow(
     # Rounds: normally one. A file held back as a duplicate is decoded in a later
     # round only if the copy chosen first turned out to be unusable.
     while scanned:
-        plan = plan_batches(scanned, read_ledger(store), batch_size)
+        size = _balanced(len(scanned), threads * 4, 32, batch_size)
+        plan = plan_batches(scanned, read_ledger(store), size)
         if plan.duplicates:
             write_rejects(
                 store, plan.duplicates, cohort, run_id, config.version,
@@ -191,6 +194,22 @@ def ingest_flow(
         summary.slices, summary.n_rejects, summary.seconds,
     )
     return summary
+
+
+def _cluster_threads() -> int:
+    """Worker threads of the Dask cluster this flow runs on (1 without a cluster)."""
+    try:
+        from distributed import get_client
+
+        workers = get_client().scheduler_info().get("workers", {})
+    except ValueError:  # no Dask client: a plain task runner
+        return 1
+    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+
+
+def _balanced(n_items: int, n_tasks: int, smallest: int, largest: int) -> int:
+    """Batch size giving about `n_tasks` tasks, within [smallest, largest]."""
+    return max(min(smallest, largest), min(largest, -(-n_items // max(1, n_tasks))))
 
 
 def _patients_in_store(store: str) -> set[str]:

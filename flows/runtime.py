@@ -26,6 +26,8 @@ def prefect_api() -> Iterator[str | None]:
 
     # The same instance Prefect would start on its own; Prefect stops it at exit, after
     # its log and event workers have flushed (stopping it here would lose those).
+    # Hospitals are often offline: no usage telemetry from a temporary server.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     server = SubprocessASGIServer()
     server.start()
     os.environ["PREFECT_API_URL"] = server.api_url

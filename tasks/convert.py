@@ -169,7 +169,7 @@ def convert_file(
     `header` is the file's already-checked header (from a scan of the archive); without
     it the header is read and checked here.
     """
-    ds = read_dataset(fp, stop_before_pixels=False)
+    ds = read_dataset(fp, with_pixels=True)
     if header is None:
         header = read_header(ds, config)
     arr = decode_pixels(ds)

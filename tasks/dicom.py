@@ -8,6 +8,7 @@ radiographer understands ("modality MR, not CT").
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -19,7 +20,13 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from tasks.config import Phase, PreprocessConfig
 from tasks.errors import InputError
@@ -83,39 +90,92 @@ class SliceHeader:
     window_width_file: float | None
 
 
-def read_dataset(fp: IO[bytes] | str, *, stop_before_pixels: bool) -> Dataset:
+def read_dataset(fp: IO[bytes] | str, *, with_pixels: bool) -> Dataset:
     """Read a DICOM dataset; files without preamble or file meta are read too.
 
-    Raises `RejectedFile` (NOT_DICOM or TRUNCATED) with a message that names the problem.
+    Without `with_pixels` the pixel data is skipped (deferred), not read, but its
+    presence and length are still checked against the file size, so a truncated file
+    is recognised from its header alone. Raises `RejectedFile` (NOT_DICOM, TRUNCATED,
+    NO_PIXEL_DATA) with a message that names the problem.
     """
+    size = _size(fp)
     try:
-        return _read(fp, stop_before_pixels=stop_before_pixels, force=False)
+        ds = _read(fp, with_pixels=with_pixels, force=False)
     except InvalidDicomError:
-        pass
+        ds = None
     except (EOFError, ValueError, OSError, KeyError, TypeError, AttributeError) as err:
         raise _read_failure(err) from err
-    # No "DICM" prefix: many archives hold raw datasets without the Part 10 header.
-    if hasattr(fp, "seek"):
-        fp.seek(0)
-    try:
-        ds = _read(fp, stop_before_pixels=stop_before_pixels, force=True)
-    except (EOFError, ValueError, OSError, KeyError, TypeError, AttributeError) as err:
-        raise RejectedFile(
-            RejectReason.NOT_DICOM,
-            f"not a DICOM file: no 'DICM' marker and the content does not parse as a "
-            f"dataset ({err})",
-        ) from err
-    if "SOPClassUID" not in ds and "Modality" not in ds:
-        raise RejectedFile(
-            RejectReason.NOT_DICOM,
-            "not a DICOM file: no 'DICM' marker and no SOPClassUID or Modality element",
-        )
-    _guess_transfer_syntax(ds)
+    if ds is None:
+        # No "DICM" prefix: many archives hold raw datasets without the Part 10 header.
+        if hasattr(fp, "seek"):
+            fp.seek(0)
+        try:
+            ds = _read(fp, with_pixels=with_pixels, force=True)
+        except (EOFError, ValueError, OSError, KeyError, TypeError, AttributeError) as err:
+            raise RejectedFile(
+                RejectReason.NOT_DICOM,
+                f"not a DICOM file: no 'DICM' marker and the content does not parse as a "
+                f"dataset ({err})",
+            ) from err
+        if "SOPClassUID" not in ds and "Modality" not in ds:
+            raise RejectedFile(
+                RejectReason.NOT_DICOM,
+                "not a DICOM file: no 'DICM' marker and no SOPClassUID or Modality element",
+            )
+        _guess_transfer_syntax(ds)
+    _check_complete(ds, size)
     return ds
 
 
-def _read(fp: IO[bytes] | str, *, stop_before_pixels: bool, force: bool) -> Dataset:
-    return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, force=force)
+def _size(fp: IO[bytes] | str) -> int | None:
+    if isinstance(fp, str):
+        return os.path.getsize(fp)
+    try:
+        here = fp.tell()
+        end = fp.seek(0, os.SEEK_END)
+        fp.seek(here)
+        return int(end)
+    except (OSError, AttributeError):
+        return None
+
+
+_IMAGE_TAGS = ("SOPInstanceUID", "Rows", "Columns", "ImageOrientationPatient")
+
+
+def _check_complete(ds: Dataset, size: int | None) -> None:
+    """Tell a truncated file from one that never had pixel data."""
+    elem = ds.get_item(0x7FE00010, keep_deferred=True)
+    if elem is not None:
+        length = getattr(elem, "length", None)
+        tell = getattr(elem, "value_tell", None)
+        # Encapsulated (undefined length) and deflated data cannot be sized from the header.
+        undefined = length == 0xFFFFFFFF
+        deflated = _text(ds.file_meta, "TransferSyntaxUID") == str(DeflatedExplicitVRLittleEndian)
+        sized = size is not None and tell is not None and length is not None
+        if sized and not undefined and not deflated:
+            assert size is not None and tell is not None and length is not None
+            if tell + length > size:
+                raise RejectedFile(
+                    RejectReason.TRUNCATED,
+                    f"pixel data ends early (truncated file): {size - tell} of {length} bytes",
+                )
+        return
+    if _text(ds, "Modality").upper() != "CT":
+        return  # other modalities (and files without one) are refused for what they are
+    missing = [k for k in _IMAGE_TAGS if not _values(ds, k)]
+    if missing:
+        raise RejectedFile(
+            RejectReason.TRUNCATED,
+            f"file ends after {size if size is not None else 'an unknown number of'} bytes "
+            f"without pixel data and without {', '.join(missing)} (truncated file)",
+        )
+    raise RejectedFile(RejectReason.NO_PIXEL_DATA, "no pixel data in the file")
+
+
+def _read(fp: IO[bytes] | str, *, with_pixels: bool, force: bool) -> Dataset:
+    if with_pixels:
+        return pydicom.dcmread(fp, force=force)
+    return pydicom.dcmread(fp, force=force, defer_size=4096)
 
 
 def _read_failure(err: Exception) -> RejectedFile:

@@ -140,7 +140,7 @@ def scan_files(
     rejects: list[Reject] = []
     for uri in source_uris:
         try:
-            ds = read_dataset(_open(uri, whole=False), stop_before_pixels=True)
+            ds = read_dataset(_open(uri, whole=False), with_pixels=False)
             accepted.append(ScannedFile(uri, read_header(ds, config)))
         except (TimeoutError, ConnectionError):
             raise

@@ -1,0 +1,51 @@
+# renalflow: one Makefile for people and CI. `make demo` and `make test` need only Python 3.11+.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+UV_VERSION := 0.13.9
+# Installs compile bytecode up front: Prefect and TensorFlow import several times faster.
+UV_INSTALL := $(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --quiet
+
+.PHONY: demo test lint format bench bench-ingest clean help
+
+help:
+	@echo "make demo   - set up .venv and run the pipeline on a synthetic archive"
+	@echo "make test   - set up .venv with dev tools and run the whole test suite"
+	@echo "make lint   - ruff and mypy on tasks/ and flows/"
+	@echo "make bench  - benchmark scripts (figures go to BENCHMARKS.md)"
+
+$(BIN)/uv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.runtime: $(BIN)/uv requirements.lock pyproject.toml
+	$(UV_INSTALL) -r requirements.lock
+	$(UV_INSTALL) --no-deps -e .
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
+	$(UV_INSTALL) -r requirements-dev.lock
+	@touch $@
+
+demo: $(VENV)/.runtime
+	$(BIN)/renalflow demo
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check tasks flows tests bench
+	$(BIN)/ruff format --check tasks flows tests bench
+	$(BIN)/mypy tasks flows
+
+format: $(VENV)/.dev
+	$(BIN)/ruff format tasks flows tests bench
+	$(BIN)/ruff check --fix tasks flows tests bench
+
+bench: bench-ingest
+
+bench-ingest: $(VENV)/.runtime
+	$(BIN)/python bench/bench_ingest.py
+
+clean:
+	rm -rf $(VENV) renalflow-demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,98 @@
+"""Build small CT datasets in memory for tests (pydicom Dataset + FileMetaDataset)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
+
+AXIAL = ["1", "0", "0", "0", "1", "0"]
+CORONAL = ["1", "0", "0", "0", "0", "-1"]
+
+
+def make_ct(
+    stored: np.ndarray | None = None,
+    *,
+    signed: bool = False,
+    bits_stored: int = 12,
+    intercept: float | None = -1024.0,
+    slope: float | None = 1.0,
+    orientation: list[str] | None = None,
+    **tags: Any,
+) -> Dataset:
+    """A minimal but valid single-frame CT slice; keyword arguments set or override tags."""
+    if stored is None:
+        stored = np.full((16, 16), 1024, dtype=np.int16 if signed else np.uint16)
+    meta = FileMetaDataset()
+    sop = generate_uid()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop
+    ds.Modality = "CT"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.PatientID = "P1"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.InstanceNumber = 1
+    ds.ImageOrientationPatient = orientation or AXIAL
+    ds.ImagePositionPatient = ["0", "0", "-100.5"]
+    ds.PixelSpacing = ["0.7", "0.7"]
+    ds.SliceThickness = "3.0"
+    ds.KVP = "120"
+    ds.Manufacturer = "TEST"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 1 if signed else 0
+    if intercept is not None:
+        ds.RescaleIntercept = f"{intercept:g}"
+    if slope is not None:
+        ds.RescaleSlope = f"{slope:g}"
+    ds.PixelData = stored.astype(np.int16 if signed else np.uint16).tobytes()
+    ds["PixelData"].VR = "OW"
+    for keyword, value in tags.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def save(ds: Dataset, path: Path, syntax: str | UID = ExplicitVRLittleEndian) -> Path:
+    """Write `ds` in `syntax` (compressing when needed) as a DICOM Part 10 file."""
+    ds = ds.copy()
+    syntax = UID(syntax)
+    if syntax.is_compressed:
+        ds.compress(syntax, generate_instance_uid=False)
+    else:
+        ds.file_meta.TransferSyntaxUID = syntax
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def save_without_meta(ds: Dataset, path: Path) -> Path:
+    """Write the bare dataset (implicit VR, no preamble, no file meta), as old PACS exports do."""
+    ds = ds.copy()
+    ds.file_meta = FileMetaDataset()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    if path.read_bytes()[:2] != b"\x08\x00":
+        raise AssertionError("expected a bare dataset starting with group 0008")
+    return path
