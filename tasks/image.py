@@ -63,7 +63,9 @@ def stored_value_lut(
 
 
 def apply_lut(stored: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """Apply a `stored_value_lut` to 8- or 16-bit stored pixels."""
+    """Apply a `stored_value_lut` to 8- or 16-bit stored pixels (any byte order)."""
+    if not stored.dtype.isnative:
+        stored = stored.astype(stored.dtype.newbyteorder("="))
     if stored.dtype.itemsize == 1:
         index = stored.astype(np.uint16) if stored.dtype == np.uint8 else stored.astype(np.int16)
         return lut[index.view(np.uint16)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,11 @@ def make_ct(
 
 def save(ds: Dataset, path: Path, syntax: str | UID = ExplicitVRLittleEndian) -> Path:
     """Write `ds` in `syntax` (compressing when needed) as a DICOM Part 10 file."""
-    ds = ds.copy()
+    ds = copy.deepcopy(ds)
     syntax = UID(syntax)
+    if not syntax.is_little_endian:
+        pixels = np.frombuffer(ds.PixelData, dtype="<u2").astype(">u2")
+        ds.PixelData = pixels.tobytes()
     if syntax.is_compressed:
         ds.compress(syntax, generate_instance_uid=False)
     else:
@@ -89,7 +93,7 @@ def save(ds: Dataset, path: Path, syntax: str | UID = ExplicitVRLittleEndian) ->
 
 def save_without_meta(ds: Dataset, path: Path) -> Path:
     """Write the bare dataset (implicit VR, no preamble, no file meta), as old PACS exports do."""
-    ds = ds.copy()
+    ds = copy.deepcopy(ds)
     ds.file_meta = FileMetaDataset()
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)
