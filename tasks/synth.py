@@ -361,7 +361,8 @@ def _syntax_for_series(rng: np.random.Generator, syntaxes: dict[str, float]) -> 
 
 
 def _uid(*parts: object) -> str:
-    return str(generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts]))
+    # With entropy sources, pydicom derives the UID from a hash: same inputs, same UID.
+    return str(generate_uid(entropy_srcs=[str(p) for p in parts]))
 
 
 def _name(rng: np.random.Generator, length: int) -> str:
