@@ -48,17 +48,27 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     synth.add_argument("out", help="output folder (created if missing)")
-    synth.add_argument("--patients", type=_positive_int, default=20, help="number of patients (default 20)")
-    synth.add_argument("--seed", type=int, default=0, help="random seed; recorded in OUT/synth.json (default 0)")
     synth.add_argument(
-        "--benign-fraction", type=float, default=0.19,
+        "--patients", type=_positive_int, default=20, help="number of patients (default 20)"
+    )
+    synth.add_argument(
+        "--seed", type=int, default=0, help="random seed; recorded in OUT/synth.json (default 0)"
+    )
+    synth.add_argument(
+        "--benign-fraction",
+        type=float,
+        default=0.19,
         help="share of benign (oncocytoma) patients; the paper's cohort had 0.19 (default)",
     )
     synth.add_argument(
-        "--max-slices-per-series", type=_positive_int, default=30,
+        "--max-slices-per-series",
+        type=_positive_int,
+        default=30,
         help="cap on slices per series through the lesion (default 30)",
     )
-    synth.add_argument("--jobs", type=_positive_int, default=None, help="processes (default: one per core)")
+    synth.add_argument(
+        "--jobs", type=_positive_int, default=None, help="processes (default: one per core)"
+    )
 
     ingest = sub.add_parser(
         "ingest",
@@ -75,32 +85,57 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--store", required=True, help="slice store folder or URI")
     ingest.add_argument("--labels", help="CSV with patient_id,label (benign|malignant)")
     ingest.add_argument(
-        "--cohort", default="development",
+        "--cohort",
+        default="development",
         help="cohort name; 'development' (default) is split for training, any other name "
         "is an external test cohort",
     )
     where = ingest.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=_positive_int, help="local Dask workers (default: one per core)")
-    where.add_argument("--dask-address", help="address of an existing Dask scheduler (tcp://host:8786)")
-    ingest.add_argument("--window-center", type=float, default=40.0, help="window level in HU (default 40)")
-    ingest.add_argument("--window-width", type=float, default=400.0, help="window width in HU (default 400)")
+    where.add_argument(
+        "--workers", type=_positive_int, help="local Dask workers (default: one per core)"
+    )
+    where.add_argument(
+        "--dask-address", help="address of an existing Dask scheduler (tcp://host:8786)"
+    )
     ingest.add_argument(
-        "--window-source", choices=[w.value for w in WindowSource], default="fixed",
+        "--window-center", type=float, default=40.0, help="window level in HU (default 40)"
+    )
+    ingest.add_argument(
+        "--window-width", type=float, default=400.0, help="window width in HU (default 400)"
+    )
+    ingest.add_argument(
+        "--window-source",
+        choices=[w.value for w in WindowSource],
+        default="fixed",
         help="'fixed' applies the level/width above to every slice (default); 'file' uses "
         "each file's WindowCenter/WindowWidth",
     )
-    ingest.add_argument("--size", type=int, default=224, help="output image side in pixels (default 224)")
     ingest.add_argument(
-        "--interpolation", choices=[i.value for i in Interpolation], default="nearest",
+        "--size", type=int, default=224, help="output image side in pixels (default 224)"
+    )
+    ingest.add_argument(
+        "--interpolation",
+        choices=[i.value for i in Interpolation],
+        default="nearest",
         help="resize filter (default nearest, as the paper's Keras load_img)",
     )
     ingest.add_argument(
-        "--max-axial-angle", type=float, default=20.0,
+        "--max-axial-angle",
+        type=float,
+        default=20.0,
         help="largest tilt from the feet-head axis still counted as axial (default 20 degrees)",
     )
     ingest.add_argument("--keep-derived", action="store_true", help="also keep DERIVED images")
-    ingest.add_argument("--batch-size", type=_positive_int, default=256, help="slices per conversion task (default 256)")
-    ingest.add_argument("--memory-limit", help="per-worker memory limit for the local cluster, e.g. 2GiB")
+    ingest.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=256,
+        help="slices per conversion task (default 256)",
+    )
+    ingest.add_argument(
+        "--memory-limit", help="per-worker memory limit for the local cluster, e.g. 2GiB"
+    )
+    ingest.add_argument("--summary-json", help="also write the run summary as JSON to this file")
 
     demo = sub.add_parser(
         "demo",
@@ -110,10 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
             "cluster, and print what is in the store. Everything goes under OUT."
         ),
     )
-    demo.add_argument("--out", default="renalflow-demo", help="working folder (default ./renalflow-demo)")
-    demo.add_argument("--patients", type=_positive_int, default=24, help="synthetic patients (default 24)")
+    demo.add_argument(
+        "--out", default="renalflow-demo", help="working folder (default ./renalflow-demo)"
+    )
+    demo.add_argument(
+        "--patients", type=_positive_int, default=24, help="synthetic patients (default 24)"
+    )
     demo.add_argument("--seed", type=int, default=2020, help="random seed (default 2020)")
-    demo.add_argument("--workers", type=_positive_int, help="local Dask workers (default: one per core)")
+    demo.add_argument(
+        "--workers", type=_positive_int, help="local Dask workers (default: one per core)"
+    )
     return parser
 
 
@@ -133,7 +174,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     def progress(done: int, total: int, slices: int) -> None:
         print(f"\r  {done}/{total} patients, {slices} slices", end="", file=sys.stderr, flush=True)
 
-    print(f"writing {config.patients} synthetic patients to {args.out} (seed {config.seed})", file=sys.stderr)
+    print(
+        f"writing {config.patients} synthetic patients to {args.out} (seed {config.seed})",
+        file=sys.stderr,
+    )
     report = synthesize_archive(args.out, config, jobs=args.jobs, progress=progress)
     print(file=sys.stderr)
     record = {
@@ -161,6 +205,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from flows.ingest import format_summary, ingest_flow
     from flows.runtime import dask_task_runner, prefect_api
+    from tasks.ingest import check_archive, read_labels
 
     config = PreprocessConfig(
         window_center=args.window_center,
@@ -171,17 +216,29 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         max_axial_angle_deg=args.max_axial_angle,
         keep_derived=args.keep_derived,
     )
+    # Fail fast, before a server and a cluster are started, on inputs that cannot work.
+    archive, store = _as_uri(args.archive), _as_uri(args.store)
+    check_archive(archive)
+    if args.labels:
+        read_labels(args.labels)
     runner = dask_task_runner(args.workers, args.dask_address, args.memory_limit)
     with prefect_api():
-        summary = ingest_flow.with_options(task_runner=runner)(
-            archive=_as_uri(args.archive),
-            store=_as_uri(args.store),
+        summary = ingest_flow.with_options(task_runner=runner)(  # type: ignore[arg-type]
+            archive=archive,
+            store=store,
             labels=args.labels,
             cohort=args.cohort,
             preprocess=config,
             batch_size=args.batch_size,
         )
     print(format_summary(summary))
+    if args.summary_json:
+        import json
+        from pathlib import Path
+
+        from flows.ingest import summary_dict
+
+        Path(args.summary_json).write_text(json.dumps(summary_dict(summary), indent=2))
     return 0
 
 

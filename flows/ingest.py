@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
-from prefect.futures import as_completed
+from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.tasks import Task
+from prefect_dask import DaskTaskRunner
 
 from tasks.config import PreprocessConfig
 from tasks.errors import is_transient_io
 from tasks.ingest import (
     BatchReport,
+    Reject,
     ScannedFile,
     chunk,
     convert_files,
@@ -83,6 +88,8 @@ class IngestSummary:
     slices: int = 0
     rejects: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    work_seconds: float = 0.0
+    workers: int = 0
     scan_tasks: int = 0
     convert_tasks: int = 0
     worker_slices: dict[str, int] = field(default_factory=dict)
@@ -125,7 +132,10 @@ def ingest_flow(
     summary.files_new = len(pending)
     logger.info(
         "%d files under %s: %d already in the store, %d to ingest",
-        len(found), archive, summary.files_already_stored, len(pending),
+        len(found),
+        archive,
+        summary.files_already_stored,
+        len(pending),
     )
 
     def record(report: BatchReport) -> None:
@@ -139,72 +149,102 @@ def ingest_flow(
         )
 
     threads = _cluster_threads()
-    scanned: list[ScannedFile] = []
-    scan_size = _balanced(len(pending), threads * 2, 50, scan_batch_size)
+    summary.workers = threads
+    work_started = time.perf_counter()
+    # Scans and conversions overlap: each scanned chunk is planned and its batches are
+    # submitted as soon as it arrives, while other workers are still reading headers.
+    size = _balanced(len(pending), threads * 4, 32, batch_size)
     scan_futures = [
         scan_batch.submit(store, uris, config, cohort, run_id)
-        for uris in chunk(pending, scan_size)
+        for uris in chunk(pending, _balanced(len(pending), threads * 4, 50, scan_batch_size))
     ]
     summary.scan_tasks = len(scan_futures)
-    for future in as_completed(scan_futures):
-        accepted, report = future.result()
-        scanned.extend(accepted)
+    claimed: set[str] = set()
+    held: list[ScannedFile] = []
+    convert_futures: list[PrefectFuture[BatchReport]] = []
+    for scan_future in as_completed(scan_futures):
+        accepted, report = scan_future.result()
         record(report)
-    if pending:
-        logger.info(
-            "headers read: %d candidate slices, %d rejected", len(scanned), summary.n_rejects
-        )
+        plan = plan_batches(accepted, ledger, size, claimed)
+        _reject_duplicates(store, plan.duplicates, cohort, run_id, config.version, summary)
+        held.extend(plan.held)
+        convert_futures += [
+            convert_batch.submit(store, batch, config, cohort, label_map, run_id)
+            for batch in plan.batches
+        ]
+    _wait_and_report(convert_futures, summary, record, started, logger)
 
-    # Rounds: normally one. A file held back as a duplicate is decoded in a later
-    # round only if the copy chosen first turned out to be unusable.
-    while scanned:
-        size = _balanced(len(scanned), threads * 4, 32, batch_size)
-        plan = plan_batches(scanned, read_ledger(store), size)
-        if plan.duplicates:
-            write_rejects(
-                store, plan.duplicates, cohort, run_id, config.version,
-                f"dup-{run_id[:8]}-{int(time.time() * 1000)}",
-            )
-            summary.rejects.update(r.code.value for r in plan.duplicates)
+    # Held-back duplicates: normally all rejected in one more plan. One is decoded
+    # only if the copy chosen first turned out to be unusable.
+    while held:
+        plan = plan_batches(held, read_ledger(store), size)
+        _reject_duplicates(store, plan.duplicates, cohort, run_id, config.version, summary)
         futures = [
             convert_batch.submit(store, batch, config, cohort, label_map, run_id)
             for batch in plan.batches
         ]
-        summary.convert_tasks += len(futures)
-        done_files = 0
-        total_files = sum(len(b) for b in plan.batches)
-        for done, future in enumerate(as_completed(futures), start=1):
-            report = future.result()
-            record(report)
-            done_files += report.n_files
-            elapsed = time.perf_counter() - started
-            logger.info(
-                "[%d/%d batches] %d/%d files, %d slices, %d rejects, %.0f slices/s",
-                done, len(futures), done_files, total_files, summary.slices,
-                summary.n_rejects, summary.slices / max(elapsed, 1e-9),
-            )
-        scanned = plan.held
+        _wait_and_report(futures, summary, record, started, logger)
+        held = plan.held
 
     if label_map:
         stored_patients = _patients_in_store(store)
         summary.labelled_patients_without_slices = len(set(label_map) - stored_patients)
     summary.seconds = time.perf_counter() - started
+    summary.work_seconds = time.perf_counter() - work_started
     logger.info(
         "ingest finished: %d slices, %d rejects in %.1f s",
-        summary.slices, summary.n_rejects, summary.seconds,
+        summary.slices,
+        summary.n_rejects,
+        summary.seconds,
     )
     return summary
 
 
 def _cluster_threads() -> int:
     """Worker threads of the Dask cluster this flow runs on (1 without a cluster)."""
-    try:
-        from distributed import get_client
-
-        workers = get_client().scheduler_info().get("workers", {})
-    except ValueError:  # no Dask client: a plain task runner
+    context = FlowRunContext.get()
+    runner = context.task_runner if context else None
+    if not isinstance(runner, DaskTaskRunner):
         return 1
+    workers = runner.client.scheduler_info().get("workers", {})
     return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+
+
+def _reject_duplicates(
+    store: str,
+    duplicates: list[Reject],
+    cohort: str,
+    run_id: str,
+    version: str,
+    summary: IngestSummary,
+) -> None:
+    if duplicates:
+        part = f"dup-{run_id[:8]}-{uuid.uuid4().hex[:12]}"
+        write_rejects(store, duplicates, cohort, run_id, version, part)
+        summary.rejects.update(r.code.value for r in duplicates)
+
+
+def _wait_and_report(
+    futures: list[PrefectFuture[BatchReport]],
+    summary: IngestSummary,
+    record: Callable[[BatchReport], None],
+    started: float,
+    logger: Any,
+) -> None:
+    """Collect conversion results as they finish, logging progress for each batch."""
+    total = len(futures)
+    summary.convert_tasks += total
+    for done, future in enumerate(as_completed(futures), start=1):
+        record(future.result())
+        elapsed = time.perf_counter() - started
+        logger.info(
+            "[%d/%d batches] %d slices, %d rejects, %.0f slices/s",
+            done,
+            total,
+            summary.slices,
+            summary.n_rejects,
+            summary.slices / max(elapsed, 1e-9),
+        )
 
 
 def _balanced(n_items: int, n_tasks: int, smallest: int, largest: int) -> int:
@@ -217,6 +257,14 @@ def _patients_in_store(store: str) -> set[str]:
 
     table = read_table(store, SLICES, ["patient_id"])
     return set(table.column("patient_id").to_pylist())
+
+
+def summary_dict(summary: IngestSummary) -> dict[str, Any]:
+    """The summary as plain JSON-ready values (for `--summary-json` and scripts)."""
+    out = asdict(summary)
+    out["rejects"] = dict(summary.rejects)
+    out["n_rejects"] = summary.n_rejects
+    return out
 
 
 def format_summary(summary: IngestSummary) -> str:
@@ -235,6 +283,12 @@ def format_summary(summary: IngestSummary) -> str:
         lines.append(f"    {code:<22} {count:>6,}")
     rate = summary.slices / summary.seconds if summary.seconds else 0.0
     lines.append(f"  wall time        {summary.seconds:>8.1f} s  ({rate:,.0f} slices/s overall)")
+    if summary.work_seconds and summary.workers:
+        per_core = summary.slices / summary.work_seconds / summary.workers
+        lines.append(
+            f"  on the cluster   {summary.work_seconds:>8.1f} s  ({per_core:,.0f} slices/s per "
+            f"worker thread, {summary.workers} threads)"
+        )
     lines.append(f"  tasks            {summary.scan_tasks} scan + {summary.convert_tasks} convert")
     workers = defaultdict(float, summary.worker_seconds)
     for worker, slices in sorted(summary.worker_slices.items()):
@@ -248,6 +302,8 @@ def format_summary(summary: IngestSummary) -> str:
             f"  note: {summary.labelled_patients_without_slices} labelled patients have no "
             "slices in the store"
         )
-    lines.append("  read with: duckdb -c \"select count(*) from '"
-                 f"{summary.store.rstrip('/')}/slices/*.parquet'\"")
+    lines.append(
+        "  read with: duckdb -c \"select count(*) from '"
+        f"{summary.store.rstrip('/')}/slices/*.parquet'\""
+    )
     return "\n".join(lines)

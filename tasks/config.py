@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Interpolation(str, Enum):
+class Interpolation(StrEnum):
     """Pillow resampling filter used to downscale slices (paper: Keras `load_img` -> nearest)."""
 
     NEAREST = "nearest"
@@ -22,7 +22,7 @@ class Interpolation(str, Enum):
     BOX = "box"
 
 
-class WindowSource(str, Enum):
+class WindowSource(StrEnum):
     """Where the display window comes from.
 
     `fixed` applies the configured level/width to every slice, so brightness is the same
@@ -34,7 +34,7 @@ class WindowSource(str, Enum):
     FILE = "file"
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     """Contrast phase of a CT series, inferred from its tags."""
 
     NONCONTRAST = "noncontrast"

@@ -78,7 +78,11 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
     return arr
 
 
-_NATIVE_LITTLE_ENDIAN = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
+_NATIVE_LITTLE_ENDIAN = {
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+}
 
 
 def _native_pixels(ds: Dataset) -> np.ndarray | None:

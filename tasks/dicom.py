@@ -11,7 +11,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import IO, Any
 
 import numpy as np
@@ -35,7 +35,7 @@ from tasks.errors import InputError
 _MULTIFRAME_CT = {"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
 
 
-class RejectReason(str, Enum):
+class RejectReason(StrEnum):
     """Why a file did not become a slice: the short code next to the readable reason."""
 
     NOT_DICOM = "not_dicom"

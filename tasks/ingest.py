@@ -65,15 +65,24 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def check_archive(archive_uri: str) -> None:
+    """Raise `InputError` unless `archive_uri` names an existing file or folder."""
+    fs, root = fsspec.core.url_to_fs(archive_uri)
+    if not fs.exists(root):
+        raise InputError(
+            f"archive {archive_uri} does not exist; give the folder that holds the DICOM "
+            "files (or an s3:// URI)"
+        )
+
+
 def discover_files(archive_uri: str) -> list[str]:
     """Every file under `archive_uri` (local path or fsspec URI), as sorted full URIs.
 
     Nothing is skipped by name: junk files are listed too, so they can be accounted
     for as rejects rather than silently ignored.
     """
+    check_archive(archive_uri)
     fs, root = fsspec.core.url_to_fs(archive_uri)
-    if not fs.exists(root):
-        raise InputError(f"archive {archive_uri} does not exist; check the path or URI")
     if fs.isfile(root):
         paths = [root]
     else:
@@ -147,7 +156,12 @@ def scan_files(
         except Exception as err:  # one bad file never fails the batch
             rejects.append(_as_reject(uri, err))
     write_rejects(
-        store_uri, rejects, cohort, run_id, config.version, f"scan-{run_id[:8]}-{uuid.uuid4().hex[:12]}"
+        store_uri,
+        rejects,
+        cohort,
+        run_id,
+        config.version,
+        f"scan-{run_id[:8]}-{uuid.uuid4().hex[:12]}",
     )
     report = BatchReport(
         n_files=len(source_uris),
@@ -167,14 +181,21 @@ class Plan:
     held: list[ScannedFile]
 
 
-def plan_batches(scanned: list[ScannedFile], ledger: Ledger, batch_size: int) -> Plan:
+def plan_batches(
+    scanned: list[ScannedFile],
+    ledger: Ledger,
+    batch_size: int,
+    claimed: set[str] | None = None,
+) -> Plan:
     """Group files by series into batches of about `batch_size`, resolving duplicates.
 
     A SOPInstanceUID already in the store makes the file a duplicate. Within this
     run, the first file by URI wins and the others are held back: they become
     duplicates only once the winner is stored, so a damaged copy never takes a good
-    copy of the same image down with it.
+    copy of the same image down with it. `claimed` carries the SOPInstanceUIDs that
+    earlier plans of the same run already sent for decoding (updated in place).
     """
+    claimed = set() if claimed is None else claimed
     duplicates: list[Reject] = []
     held: list[ScannedFile] = []
     winners: dict[str, ScannedFile] = {}
@@ -190,10 +211,11 @@ def plan_batches(scanned: list[ScannedFile], ledger: Ledger, batch_size: int) ->
                     sop,
                 )
             )
-        elif sop in winners:
+        elif sop in winners or sop in claimed:
             held.append(item)
         else:
             winners[sop] = item
+            claimed.add(sop)
     by_series: dict[str, list[ScannedFile]] = defaultdict(list)
     for item in winners.values():
         by_series[item.header.series_instance_uid].append(item)

@@ -105,9 +105,7 @@ def write_part(
     temporary = posixpath.join(folder, f".{part_name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with fs.open(temporary, "wb") as handle:
-            pq.write_table(
-                table, handle, row_group_size=max(1, len(rows)), compression="zstd"
-            )
+            pq.write_table(table, handle, row_group_size=max(1, len(rows)), compression="zstd")
         if isinstance(fs, LocalFileSystem):
             fs.mv(temporary, final)
         else:
@@ -129,13 +127,13 @@ def list_parts(store_uri: str, table_name: str) -> list[str]:
     if not fs.exists(folder):
         return []
     return sorted(
-        p for p in fs.find(folder) if p.endswith(".parquet") and not posixpath.basename(p).startswith(".")
+        p
+        for p in fs.find(folder)
+        if p.endswith(".parquet") and not posixpath.basename(p).startswith(".")
     )
 
 
-def read_table(
-    store_uri: str, table_name: str, columns: list[str] | None = None
-) -> pa.Table:
+def read_table(store_uri: str, table_name: str, columns: list[str] | None = None) -> pa.Table:
     """Read a whole table (or some columns) of the store; empty with the schema if none yet."""
     schema = _SCHEMAS[table_name]
     parts = list_parts(store_uri, table_name)

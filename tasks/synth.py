@@ -33,12 +33,12 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
-    PYDICOM_IMPLEMENTATION_UID,
     RLELossless,
     generate_uid,
 )
@@ -96,7 +96,11 @@ class Vendor:
 
 VENDORS = (
     Vendor(
-        "SIEMENS", "SOMATOM Definition AS+", False, "B30f", 11.0,
+        "SIEMENS",
+        "SOMATOM Definition AS+",
+        False,
+        "B30f",
+        11.0,
         {
             Phase.NONCONTRAST: ("Abdomen NATIVE {t} B30f", "NATIV {t}"),
             Phase.ARTERIAL: ("Abdomen ARTERIAL {t} B30f", "ART {t} Br40"),
@@ -104,7 +108,11 @@ VENDORS = (
         },
     ),
     Vendor(
-        "GE MEDICAL SYSTEMS", "Revolution CT", True, "STANDARD", 13.0,
+        "GE MEDICAL SYSTEMS",
+        "Revolution CT",
+        True,
+        "STANDARD",
+        13.0,
         {
             Phase.NONCONTRAST: ("NON CONTRAST {t}mm", "Plain {t}"),
             Phase.ARTERIAL: ("Arterial {t}mm", "Abd {t} STND"),
@@ -112,7 +120,11 @@ VENDORS = (
         },
     ),
     Vendor(
-        "Philips", "IQon Spectral CT", False, "B", 10.0,
+        "Philips",
+        "IQon Spectral CT",
+        False,
+        "B",
+        10.0,
         {
             Phase.NONCONTRAST: ("Unenhanced {t}", "Kidney NC {t}"),
             Phase.ARTERIAL: ("Corticomedullary {t}", "Arterial {t}"),
@@ -120,7 +132,11 @@ VENDORS = (
         },
     ),
     Vendor(
-        "TOSHIBA", "Aquilion ONE", False, "FC18", 14.0,
+        "TOSHIBA",
+        "Aquilion ONE",
+        False,
+        "FC18",
+        14.0,
         {
             Phase.NONCONTRAST: ("Plain {t}", "Abd {t} FC18"),
             Phase.ARTERIAL: ("ART {t}", "Abd {t} FC18"),
@@ -151,10 +167,34 @@ PHASE_INDEX = {Phase.NONCONTRAST: 0, Phase.ARTERIAL: 1, Phase.VENOUS: 2}
 
 # Lesion appearance: HU by phase, texture amplitude (HU), necrosis, margin irregularity.
 HISTOLOGY: dict[str, dict[str, object]] = {
-    "oncocytoma": {"hu": (38, 150, 125), "texture": 6.0, "necrosis": 0.0, "irregular": 0.03, "scar": 0.35},
-    "clear cell RCC": {"hu": (34, 175, 120), "texture": 38.0, "necrosis": 0.75, "irregular": 0.14, "scar": 0.0},
-    "papillary RCC": {"hu": (36, 65, 85), "texture": 10.0, "necrosis": 0.2, "irregular": 0.05, "scar": 0.0},
-    "chromophobe RCC": {"hu": (37, 110, 115), "texture": 12.0, "necrosis": 0.1, "irregular": 0.05, "scar": 0.2},
+    "oncocytoma": {
+        "hu": (38, 150, 125),
+        "texture": 6.0,
+        "necrosis": 0.0,
+        "irregular": 0.03,
+        "scar": 0.35,
+    },
+    "clear cell RCC": {
+        "hu": (34, 175, 120),
+        "texture": 38.0,
+        "necrosis": 0.75,
+        "irregular": 0.14,
+        "scar": 0.0,
+    },
+    "papillary RCC": {
+        "hu": (36, 65, 85),
+        "texture": 10.0,
+        "necrosis": 0.2,
+        "irregular": 0.05,
+        "scar": 0.0,
+    },
+    "chromophobe RCC": {
+        "hu": (37, 110, 115),
+        "texture": 12.0,
+        "necrosis": 0.1,
+        "irregular": 0.05,
+        "scar": 0.2,
+    },
 }
 MALIGNANT_MIX = (("clear cell RCC", 0.75), ("papillary RCC", 0.15), ("chromophobe RCC", 0.10))
 
@@ -196,7 +236,10 @@ def plan_patients(config: SynthConfig) -> list[PatientPlan]:
             label, histology = "malignant", names[int(rng.choice(len(names), p=weights))]
         plans.append(
             PatientPlan(
-                i, f"{config.patient_prefix}{i + 1:05d}", label, histology,
+                i,
+                f"{config.patient_prefix}{i + 1:05d}",
+                label,
+                histology,
                 int(rng.integers(0, 2**62)),
             )
         )
@@ -208,7 +251,9 @@ def _grid() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+def _ellipse(
+    x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: float
+) -> np.ndarray:
     return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
 
 
@@ -243,15 +288,22 @@ def _build_anatomy(rng: np.random.Generator, spacing: float) -> _Anatomy:
     # Retroperitoneal and visceral fat around the organs.
     tissue[_ellipse(x, y, c, cy + 15 * mm, body_rx * 0.62, body_ry * 0.55)] = TISSUE_INDEX["fat"]
     # Liver on the patient's right (image left), spleen on the left.
-    tissue[_ellipse(x, y, c - body_rx * 0.45, cy - body_ry * 0.2, body_rx * 0.42, body_ry * 0.55)] = TISSUE_INDEX["liver"]
-    tissue[_ellipse(x, y, c + body_rx * 0.55, cy - body_ry * 0.05, body_rx * 0.18, body_ry * 0.3)] = TISSUE_INDEX["spleen"]
+    tissue[
+        _ellipse(x, y, c - body_rx * 0.45, cy - body_ry * 0.2, body_rx * 0.42, body_ry * 0.55)
+    ] = TISSUE_INDEX["liver"]
+    tissue[
+        _ellipse(x, y, c + body_rx * 0.55, cy - body_ry * 0.05, body_rx * 0.18, body_ry * 0.3)
+    ] = TISSUE_INDEX["spleen"]
     # Spine: vertebral body behind the great vessels.
     spine_y = cy + body_ry * 0.45
     tissue[_ellipse(x, y, c, spine_y, 22 * mm, 19 * mm)] = TISSUE_INDEX["bone_cortex"]
     tissue[_ellipse(x, y, c, spine_y, 18 * mm, 15 * mm)] = TISSUE_INDEX["bone_marrow"]
     tissue[_ellipse(x, y, c, spine_y + 30 * mm, 6 * mm, 14 * mm)] = TISSUE_INDEX["bone_cortex"]
     for side in (-1, 1):
-        tissue[_ellipse(x, y, c + side * 30 * mm, spine_y + 5 * mm, 26 * mm, 17 * mm) & (tissue == TISSUE_INDEX["fat"])] = TISSUE_INDEX["muscle"]
+        tissue[
+            _ellipse(x, y, c + side * 30 * mm, spine_y + 5 * mm, 26 * mm, 17 * mm)
+            & (tissue == TISSUE_INDEX["fat"])
+        ] = TISSUE_INDEX["muscle"]
     tissue[_ellipse(x, y, c + 14 * mm, spine_y - 27 * mm, 11 * mm, 11 * mm)] = TISSUE_INDEX["aorta"]
     tissue[_ellipse(x, y, c - 18 * mm, spine_y - 25 * mm, 12 * mm, 9 * mm)] = TISSUE_INDEX["ivc"]
     for _ in range(int(rng.integers(3, 8))):
@@ -291,7 +343,9 @@ def _lesion_slice(
 ) -> None:
     """Paint the lesion cross-section `dz_mm` from its centre into `hu` (in place)."""
     props = HISTOLOGY[lesion.histology]
-    r_mm = lesion.radius_mm * math.sqrt(max(0.0, 1 - (dz_mm / (lesion.radius_mm * lesion.z_scale)) ** 2))
+    r_mm = lesion.radius_mm * math.sqrt(
+        max(0.0, 1 - (dz_mm / (lesion.radius_mm * lesion.z_scale)) ** 2)
+    )
     if r_mm < 1.5:
         return
     r = r_mm / spacing
@@ -303,15 +357,16 @@ def _lesion_slice(
     irregular = float(props["irregular"])  # type: ignore[arg-type]
     boundary = r * (
         1
-        + irregular * sum(
-            math.sin(k) * np.cos((k + 2) * theta + lesion.irregular_phases[k]) for k in range(3)
-        )
+        + irregular
+        * sum(math.sin(k) * np.cos((k + 2) * theta + lesion.irregular_phases[k]) for k in range(3))
     )
     dist = np.sqrt(dx * dx + dy * dy)
     inside = dist <= boundary
     if not inside.any():
         return
-    rng = np.random.default_rng([lesion.necrosis_seed, int(round(dz_mm * 10)) & 0xFFFF, rng_seed & 0xFFFF])
+    rng = np.random.default_rng(
+        [lesion.necrosis_seed, round(dz_mm * 10) & 0xFFFF, rng_seed & 0xFFFF]
+    )
     base = float(props["hu"][PHASE_INDEX[phase]])  # type: ignore[index]
     contrast = 0.25 if phase is Phase.NONCONTRAST else 1.0
     texture = float(props["texture"]) * contrast  # type: ignore[arg-type]
@@ -334,7 +389,9 @@ def _lesion_slice(
     target[inside] = region[inside]
 
 
-def _kidney_slice(anatomy: _Anatomy, spacing: float, dz_mm: float, phase: Phase, hu: np.ndarray) -> None:
+def _kidney_slice(
+    anatomy: _Anatomy, spacing: float, dz_mm: float, phase: Phase, hu: np.ndarray
+) -> None:
     mm = 1.0 / spacing
     p = PHASE_INDEX[phase]
     for cx, cy, rx, ry in anatomy.kidneys:
@@ -372,7 +429,7 @@ def _name(rng: np.random.Generator, length: int) -> str:
 def _base_dataset(sop_uid: str, syntax: UID) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = syntax
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "RENALFLOW_SYNTH"
@@ -391,7 +448,7 @@ def write_patient(
     anatomy = _build_anatomy(rng, spacing)
     props = HISTOLOGY[plan.histology]
     side = int(rng.choice([0, 1]))
-    kcx, kcy, krx, kry = anatomy.kidneys[side]
+    kcx, kcy, krx, _ = anatomy.kidneys[side]
     angle = rng.uniform(0, 2 * math.pi)
     # Sizes overlap: oncocytoma median ~3.5 cm, RCC ~4.5 cm, both 1.5-8 cm.
     median = 17.0 if plan.label == "benign" else 22.0
@@ -412,7 +469,11 @@ def write_patient(
     if roll < 0.5:
         phases = [Phase.NONCONTRAST, Phase.ARTERIAL, Phase.VENOUS]
     elif roll < 0.85:
-        phases = [Phase.NONCONTRAST, Phase.VENOUS] if rng.random() < 0.5 else [Phase.ARTERIAL, Phase.VENOUS]
+        phases = (
+            [Phase.NONCONTRAST, Phase.VENOUS]
+            if rng.random() < 0.5
+            else [Phase.ARTERIAL, Phase.VENOUS]
+        )
     elif roll < 0.97:
         phases = [Phase.VENOUS]
     else:
@@ -453,9 +514,27 @@ def write_patient(
             hu += vendor.noise_hu * (thickness / 3.0) ** -0.5 * noise
             sop_uid = _uid(config.seed, plan.patient_id, "sop", s_no, i)
             ds = _base_dataset(sop_uid, syntax)
-            _fill_tags(ds, plan, vendor, study_uid, series_uid, sop_uid, s_no, i, phase, description,
-                       thickness, spacing, z, study_date, birth, sex, accession, bolus_start,
-                       acq_seconds)
+            _fill_tags(
+                ds,
+                plan,
+                vendor,
+                study_uid,
+                series_uid,
+                sop_uid,
+                s_no,
+                i,
+                phase,
+                description,
+                thickness,
+                spacing,
+                z,
+                study_date,
+                birth,
+                sex,
+                accession,
+                bolus_start,
+                acq_seconds,
+            )
             stored, padding = _to_stored(hu, vendor, anatomy.outside_fov)
             if padding is not None:
                 ds.PixelPaddingValue = padding
@@ -475,10 +554,25 @@ def _hms(seconds: int) -> str:
 
 
 def _fill_tags(
-    ds: Dataset, plan: PatientPlan, vendor: Vendor, study_uid: str, series_uid: str,
-    sop_uid: str, series_number: int, index: int, phase: Phase, description: str,
-    thickness: float, spacing: float, z: float, study_date: date, birth: date, sex: str,
-    accession: str, bolus_start: int, acq_seconds: int,
+    ds: Dataset,
+    plan: PatientPlan,
+    vendor: Vendor,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int,
+    index: int,
+    phase: Phase,
+    description: str,
+    thickness: float,
+    spacing: float,
+    z: float,
+    study_date: date,
+    birth: date,
+    sex: str,
+    accession: str,
+    bolus_start: int,
+    acq_seconds: int,
 ) -> None:
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -542,7 +636,9 @@ def _fill_tags(
     ds.RescaleType = "HU"
 
 
-def _to_stored(hu: np.ndarray, vendor: Vendor, outside: np.ndarray) -> tuple[np.ndarray, int | None]:
+def _to_stored(
+    hu: np.ndarray, vendor: Vendor, outside: np.ndarray
+) -> tuple[np.ndarray, int | None]:
     """HU to 12-bit stored values; signed vendors pad outside the field of view."""
     if vendor.signed:
         stored = np.clip(np.rint(hu), -2048, 2047).astype(np.int16)
@@ -568,7 +664,9 @@ def write_labels(plans: list[PatientPlan], path: Path) -> None:
             writer.writerow([plan.patient_id, plan.label, plan.histology])
 
 
-def _write_patient_job(args: tuple[PatientPlan, SynthConfig, str]) -> tuple[int, int, dict[str, int]]:
+def _write_patient_job(
+    args: tuple[PatientPlan, SynthConfig, str],
+) -> tuple[int, int, dict[str, int]]:
     plan, config, archive = args
     return write_patient(plan, config, Path(archive))
 

@@ -58,7 +58,9 @@ def _files(archive: Path) -> set[str]:
 def mixed_archive(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     """Synthetic patients mixed with real and odd DICOM from other sources."""
     root = tmp_path_factory.mktemp("mixed")
-    synthesize_archive(root / "synth", SynthConfig(patients=3, seed=3, max_slices_per_series=4), jobs=1)
+    synthesize_archive(
+        root / "synth", SynthConfig(patients=3, seed=3, max_slices_per_series=4), jobs=1
+    )
     archive = root / "synth" / "archive"
     extra = archive / "zz_other_sources"
     extra.mkdir()
@@ -132,7 +134,7 @@ def test_every_file_is_accounted_for_exactly_once(ingested):
 
 
 def test_odd_files_get_readable_reasons(ingested):
-    archive, store, _, expected = ingested
+    _, store, _, expected = ingested
     slices = read_table(str(store), SLICES, ["source_uri"]).column("source_uri").to_pylist()
     rejects = read_table(str(store), REJECTS).to_pylist()
     by_name = {Path(r["source_uri"]).name: r for r in rejects}
@@ -190,12 +192,18 @@ def test_rerun_adds_nothing_and_decodes_nothing(dask_cluster, ingested):
 
 
 def test_new_files_are_the_only_work_of_a_rerun(dask_cluster, tmp_path):
-    synthesize_archive(tmp_path / "a", SynthConfig(patients=2, seed=21, max_slices_per_series=3), jobs=1)
+    synthesize_archive(
+        tmp_path / "a", SynthConfig(patients=2, seed=21, max_slices_per_series=3), jobs=1
+    )
     archive = tmp_path / "a" / "archive"
     store = tmp_path / "store"
     first = _run(dask_cluster, archive, store)
     # The archive grows: new patients arrive in new folders.
-    synthesize_archive(tmp_path / "b", SynthConfig(patients=3, seed=22, max_slices_per_series=3, patient_prefix="NEW"), jobs=1)
+    synthesize_archive(
+        tmp_path / "b",
+        SynthConfig(patients=3, seed=22, max_slices_per_series=3, patient_prefix="NEW"),
+        jobs=1,
+    )
     added = [p for p in (tmp_path / "b" / "archive").rglob("*") if p.is_file()]
     shutil.copytree(tmp_path / "b" / "archive", archive / "night2")
     second = _run(dask_cluster, archive, store)
@@ -206,16 +214,30 @@ def test_new_files_are_the_only_work_of_a_rerun(dask_cluster, tmp_path):
 
 
 def test_killed_run_then_rerun_leaves_one_row_per_slice(dask_cluster, tmp_path):
-    synthesize_archive(tmp_path / "k", SynthConfig(patients=6, seed=31, max_slices_per_series=8), jobs=2)
+    synthesize_archive(
+        tmp_path / "k", SynthConfig(patients=6, seed=31, max_slices_per_series=8), jobs=2
+    )
     archive = tmp_path / "k" / "archive"
     store = tmp_path / "store"
     files = _files(archive)
     cmd = [
-        sys.executable, "-m", "flows.cli", "ingest", str(archive), "--store", str(store),
-        "--workers", "2", "--batch-size", "4",
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "ingest",
+        str(archive),
+        "--store",
+        str(store),
+        "--workers",
+        "2",
+        "--batch-size",
+        "4",
     ]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
         cwd=Path(__file__).resolve().parents[2],
     )
     deadline = time.monotonic() + 180

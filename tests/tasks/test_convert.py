@@ -55,7 +55,7 @@ def test_same_image_in_every_lossless_encoding_gives_identical_pixels(tmp_path: 
 
 
 def test_hu_and_window_values_match_hand_computation(tmp_path: Path):
-    # Stored 0 / 884 / 1064 / 1264 / 4095 with intercept -1024 are HU -1024 / -140 / 40 / 240 / 3071.
+    # Stored 0/884/1064/1264/4095 with intercept -1024 are HU -1024/-140/40/240/3071.
     stored = np.array([[0, 884, 1064, 1264, 4095, 1024, 1024, 1024]] * 8, dtype=np.uint16)
     path = save(make_ct(stored), tmp_path / "ramp.dcm")
     pixels = convert_file(str(path), PreprocessConfig(output_size=8)).pixels
@@ -112,9 +112,7 @@ def test_file_window_is_used_when_asked(tmp_path: Path):
     assert fixed.pixels[0, 0] == 255 and own.pixels[0, 0] == 128
 
 
-@pytest.mark.parametrize(
-    ("signed", "bits"), [(False, 12), (True, 12), (False, 16), (True, 16)]
-)
+@pytest.mark.parametrize(("signed", "bits"), [(False, 12), (True, 12), (False, 16), (True, 16)])
 def test_native_fast_path_equals_pixel_array(signed, bits):
     rng = np.random.default_rng(bits)
     if signed:

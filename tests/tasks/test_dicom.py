@@ -7,7 +7,7 @@ from pydicom.data import get_testdata_file
 
 from tasks.config import Phase, PreprocessConfig
 from tasks.dicom import RejectedFile, RejectReason, detect_phase, read_dataset, read_header
-from tests.factory import AXIAL, CORONAL, make_ct, save, save_without_meta
+from tests.factory import CORONAL, make_ct, save, save_without_meta
 
 CONFIG = PreprocessConfig(output_size=16)
 
@@ -59,7 +59,9 @@ def test_gantry_tilt_within_limit_is_axial():
 def test_z_is_position_along_the_slice_normal():
     header = read_header(make_ct(ImagePositionPatient=["-10", "20", "-42.5"]), CONFIG)
     assert header.z == pytest.approx(-42.5)
-    flipped = make_ct(orientation=["1", "0", "0", "0", "-1", "0"], ImagePositionPatient=["0", "0", "7"])
+    flipped = make_ct(
+        orientation=["1", "0", "0", "0", "-1", "0"], ImagePositionPatient=["0", "0", "7"]
+    )
     assert read_header(flipped, CONFIG).z == pytest.approx(-7.0)
 
 
@@ -152,7 +154,9 @@ def test_file_cut_inside_its_header_is_truncated(tmp_path: Path):
     path = save(make_ct(), tmp_path / "whole.dcm")
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(path.read_bytes()[:500])
-    with pytest.raises(RejectedFile, match=r"file ends after 500 bytes .*\(truncated file\)") as info:
+    with pytest.raises(
+        RejectedFile, match=r"file ends after 500 bytes .*\(truncated file\)"
+    ) as info:
         read_dataset(str(cut), with_pixels=False)
     assert info.value.code is RejectReason.TRUNCATED
 

@@ -45,7 +45,9 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path):
     config = SynthConfig(patients=2, seed=5, max_slices_per_series=4)
     synthesize_archive(tmp_path / "a", config, jobs=1)
     synthesize_archive(tmp_path / "b", config, jobs=2)
-    synthesize_archive(tmp_path / "c", SynthConfig(patients=2, seed=6, max_slices_per_series=4), jobs=1)
+    synthesize_archive(
+        tmp_path / "c", SynthConfig(patients=2, seed=6, max_slices_per_series=4), jobs=1
+    )
     assert archive_digest(tmp_path / "a") == archive_digest(tmp_path / "b")
     assert archive_digest(tmp_path / "a") != archive_digest(tmp_path / "c")
 

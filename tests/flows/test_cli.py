@@ -1,0 +1,84 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.cli import build_parser, main
+
+
+def test_help_explains_each_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("synth", "ingest", "demo"):
+        assert command in out
+    assert "51% majority vote" in out
+
+
+def test_ingest_help_shows_paper_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["ingest", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "default nearest, as the paper's Keras load_img" in out
+    assert "--dask-address" in out and "--labels" in out
+
+
+def test_workers_and_dask_address_are_exclusive(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(
+            ["ingest", "a", "--store", "s", "--workers", "2", "--dask-address", "x"]
+        )
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_synth_writes_archive_labels_and_seed_record(tmp_path: Path, capsys):
+    assert (
+        main(
+            [
+                "synth",
+                str(tmp_path / "out"),
+                "--patients",
+                "2",
+                "--seed",
+                "9",
+                "--max-slices-per-series",
+                "4",
+                "--jobs",
+                "1",
+            ]
+        )
+        == 0
+    )
+    record = json.loads((tmp_path / "out" / "synth.json").read_text())
+    assert record["seed"] == 9 and record["patients"] == 2 and record["slices"] > 0
+    assert (tmp_path / "out" / "labels.csv").read_text().startswith("patient_id,label,histology")
+    assert "2 patients" in capsys.readouterr().out
+
+
+def test_missing_archive_fails_fast_with_a_clear_message(tmp_path: Path, capsys):
+    code = main(["ingest", str(tmp_path / "nowhere"), "--store", str(tmp_path / "store")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "does not exist; give the folder that holds the DICOM files" in err
+    assert not (tmp_path / "store").exists()
+
+
+def test_bad_label_is_reported_with_its_line(tmp_path: Path, capsys):
+    (tmp_path / "archive").mkdir()
+    labels = tmp_path / "labels.csv"
+    labels.write_text("patient_id,label\nP1,benign\nP2,cancer\n")
+    code = main(
+        [
+            "ingest",
+            str(tmp_path / "archive"),
+            "--store",
+            str(tmp_path / "s"),
+            "--labels",
+            str(labels),
+        ]
+    )
+    assert code == 2
+    assert "line 3: label 'cancer' for patient P2 must be 'benign' or 'malignant'" in (
+        capsys.readouterr().err
+    )
