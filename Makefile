@@ -30,7 +30,7 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
 demo: $(VENV)/.runtime
 	$(BIN)/renalflow demo
 
-test: $(VENV)/.dev
+test: lint
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.dev

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from enum import StrEnum
 
 
@@ -88,7 +89,7 @@ class PreprocessConfig:
         out["interpolation"] = self.interpolation.value
         return out
 
-    @property
+    @cached_property
     def version(self) -> str:
         """Content hash of everything that changes the stored pixels (`preprocess_version`)."""
         payload = json.dumps({"schema": 1, **self.to_dict()}, sort_keys=True)

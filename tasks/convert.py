@@ -22,6 +22,7 @@ from tasks.dicom import (
     SliceHeader,
     read_dataset,
     read_header,
+    read_text,
     read_us,
 )
 from tasks.image import apply_lut, resize_slice, stored_value_lut, window_hu
@@ -45,8 +46,8 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
     """
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise RejectedFile(RejectReason.NO_PIXEL_DATA, "no pixel data in the file")
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = read_text(ds, "PhotometricInterpretation").upper()
+    samples = read_us(ds, "SamplesPerPixel") or 1
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise RejectedFile(
             RejectReason.UNSUPPORTED_PIXELS,
@@ -149,14 +150,12 @@ def preprocess_pixels(
     )
     if linear:
         assert header.rescale_slope is not None and header.rescale_intercept is not None
-        padding = ds.get("PixelPaddingValue")
+        padding = read_us(ds, "PixelPaddingValue")
+        signed = arr.dtype.kind == "i"
+        if padding is not None and signed and padding >= 0x8000:
+            padding -= 0x10000  # SS value read as unsigned
         lut = stored_value_lut(
-            header.rescale_slope,
-            header.rescale_intercept,
-            center,
-            width,
-            arr.dtype.kind == "i",
-            int(padding) if isinstance(padding, int) else None,
+            header.rescale_slope, header.rescale_intercept, center, width, signed, padding
         )
         if config.interpolation is Interpolation.NEAREST:
             return apply_lut(resize_slice(arr, size, config.interpolation), lut), center, width

@@ -244,9 +244,13 @@ def read_us(ds: Dataset, keyword: str) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+def read_text(ds: Dataset, keyword: str) -> str:
+    """A string element's value (multiple values joined with a backslash), "" if absent."""
     values = _values(ds, keyword)
     return "\\".join(values) if len(values) > 1 else (values[0] if values else "")
+
+
+_text = read_text
 
 
 def _float(ds: Dataset, keyword: str) -> float | None:

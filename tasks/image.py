@@ -107,7 +107,7 @@ def resize_slice(image: np.ndarray, size: int, interpolation: Interpolation) -> 
     if interpolation is Interpolation.NEAREST:
         rows = _nearest_index(image.shape[0], size)
         cols = _nearest_index(image.shape[1], size)
-        return image[rows[:, None], cols[None, :]]
+        return image.take(rows, axis=0).take(cols, axis=1)
     raise ValueError(
         f"cannot resize {image.dtype} pixels with {interpolation.value}: window them to "
         "uint8 first (only nearest may resize stored values)"
