@@ -7,7 +7,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -35,6 +35,8 @@ from tasks.ingest import (
 )
 from tasks.store import check_manifest, read_ledger
 
+T = TypeVar("T")
+
 
 def retry_on_transient_io(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect retry condition: only transient I/O errors, never a file's own defects."""
@@ -43,6 +45,27 @@ def retry_on_transient_io(task: Task[Any, Any], task_run: TaskRun, state: State[
     except Exception as err:
         return is_transient_io(err)
     return False
+
+
+class Opaque(Generic[T]):
+    """A task argument Prefect passes along without walking through it.
+
+    Prefect visits every element of list, dict and dataclass arguments looking for
+    futures; for batches of hundreds of headers that costs more than the work.
+    (`prefect.utilities.annotations.quote` does the same but does not survive the
+    trip through Dask.)
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def __getstate__(self) -> T:
+        return self.value
+
+    def __setstate__(self, value: T) -> None:
+        self.value = value
 
 
 # Caching is the store's job: its ledger says which files are done, so Prefect's
@@ -57,21 +80,21 @@ _TASK_OPTIONS: dict[str, Any] = {
 
 @task(name="scan-headers", **_TASK_OPTIONS)
 def scan_batch(
-    store: str, uris: list[str], config: PreprocessConfig, cohort: str, run_id: str
+    store: str, uris: Opaque[list[str]], config: PreprocessConfig, cohort: str, run_id: str
 ) -> tuple[list[ScannedFile], BatchReport]:
-    return scan_files(store, uris, config, cohort, run_id)
+    return scan_files(store, uris.value, config, cohort, run_id)
 
 
 @task(name="convert-slices", **_TASK_OPTIONS)
 def convert_batch(
     store: str,
-    items: list[ScannedFile],
+    items: Opaque[list[ScannedFile]],
     config: PreprocessConfig,
     cohort: str,
-    labels: dict[str, str],
+    labels: Opaque[dict[str, str]],
     run_id: str,
 ) -> BatchReport:
-    return convert_files(store, items, config, cohort, labels, run_id)
+    return convert_files(store, items.value, config, cohort, labels.value, run_id)
 
 
 @dataclass
@@ -108,8 +131,8 @@ def ingest_flow(
     labels: str | None = None,
     cohort: str = "development",
     preprocess: PreprocessConfig | None = None,
-    batch_size: int = 256,
-    scan_batch_size: int = 1000,
+    batch_size: int = 512,
+    scan_batch_size: int = 2000,
 ) -> IngestSummary:
     """Convert every new DICOM file under `archive` into the slice store at `store`.
 
@@ -153,10 +176,12 @@ def ingest_flow(
     work_started = time.perf_counter()
     # Scans and conversions overlap: each scanned chunk is planned and its batches are
     # submitted as soon as it arrives, while other workers are still reading headers.
-    size = _balanced(len(pending), threads * 4, 32, batch_size)
+    # Each Prefect task run costs ~0.1 s of client set-up on its worker, so batches are
+    # large: about three conversion tasks per worker thread, at most `batch_size` slices.
+    size = _balanced(len(pending), threads * 3, 32, batch_size)
     scan_futures = [
-        scan_batch.submit(store, uris, config, cohort, run_id)
-        for uris in chunk(pending, _balanced(len(pending), threads * 4, 50, scan_batch_size))
+        scan_batch.submit(store, Opaque(uris), config, cohort, run_id)
+        for uris in chunk(pending, _balanced(len(pending), threads * 2, 100, scan_batch_size))
     ]
     summary.scan_tasks = len(scan_futures)
     claimed: set[str] = set()
@@ -169,7 +194,7 @@ def ingest_flow(
         _reject_duplicates(store, plan.duplicates, cohort, run_id, config.version, summary)
         held.extend(plan.held)
         convert_futures += [
-            convert_batch.submit(store, batch, config, cohort, label_map, run_id)
+            convert_batch.submit(store, Opaque(batch), config, cohort, Opaque(label_map), run_id)
             for batch in plan.batches
         ]
     _wait_and_report(convert_futures, summary, record, started, logger)
@@ -180,7 +205,7 @@ def ingest_flow(
         plan = plan_batches(held, read_ledger(store), size)
         _reject_duplicates(store, plan.duplicates, cohort, run_id, config.version, summary)
         futures = [
-            convert_batch.submit(store, batch, config, cohort, label_map, run_id)
+            convert_batch.submit(store, Opaque(batch), config, cohort, Opaque(label_map), run_id)
             for batch in plan.batches
         ]
         _wait_and_report(futures, summary, record, started, logger)
