@@ -1,0 +1,115 @@
+"""Image-level metrics and the patient-level majority vote (positive class: malignant)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties); NaN if one class."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    y, s = y[order], s[order]
+    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tps = np.cumsum(y)[distinct]
+    fps = np.cumsum(~y)[distinct]
+    tpr = np.r_[0.0, tps / max(int(y.sum()), 1)]
+    fpr = np.r_[0.0, fps / max(int((~y).sum()), 1)]
+    return fpr, tpr
+
+
+@dataclass(frozen=True)
+class BinaryMetrics:
+    n: int
+    tp: int
+    tn: int
+    fp: int
+    fn: int
+    accuracy: float
+    sensitivity: float
+    specificity: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> BinaryMetrics:
+    """Confusion matrix, accuracy, sensitivity (malignant found) and specificity (benign kept)."""
+    y = np.asarray(y_true).astype(bool)
+    p = np.asarray(y_pred).astype(bool)
+    tp, tn = int((y & p).sum()), int((~y & ~p).sum())
+    fp, fn = int((~y & p).sum()), int((y & ~p).sum())
+    n = len(y)
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else float("nan")
+
+    return BinaryMetrics(
+        n, tp, tn, fp, fn, ratio(tp + tn, n), ratio(tp, tp + fn), ratio(tn, tn + fp)
+    )
+
+
+def majority_vote(n_malignant: int, n_images: int, threshold: float = 0.51) -> bool:
+    """The study's patient rule: malignant when at least `threshold` of the images are.
+
+    With the default 51%, a patient with exactly half malignant images is benign (a tie
+    does not reach 51%). A patient without images has no vote.
+    """
+    if n_images <= 0:
+        raise ValueError("a patient without images has no vote")
+    return n_malignant / n_images >= threshold - 1e-12
+
+
+def bootstrap_auc_ci(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    groups: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 2020,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile CI of the image-level AUC, resampling patients (groups), not images.
+
+    Images of one patient are correlated; resampling them independently would give a
+    falsely narrow interval.
+    """
+    y = np.asarray(y_true)
+    s = np.asarray(scores)
+    g = np.asarray(groups)
+    unique, inverse = np.unique(g, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(len(unique))]
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(unique), size=len(unique))
+        index = np.concatenate([members[k] for k in pick])
+        auc = roc_auc(y[index], s[index])
+        if not np.isnan(auc):
+            aucs.append(auc)
+    if not aucs:
+        return float("nan"), float("nan")
+    alpha = (1 - level) / 2
+    return float(np.quantile(aucs, alpha)), float(np.quantile(aucs, 1 - alpha))
