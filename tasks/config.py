@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from functools import cached_property
 from enum import StrEnum
+from functools import cached_property
 
 
 class Interpolation(StrEnum):

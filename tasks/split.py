@@ -55,11 +55,15 @@ def split_patients(labels: dict[str, str], config: SplitConfig) -> dict[str, str
                 f"only {n} {label} patients: too few to split into train/validation/test"
             )
         for i, patient in enumerate(order):
-            assignment[patient] = TRAIN if i < n_train else VALIDATION if i < n_train + n_val else TEST
+            assignment[patient] = (
+                TRAIN if i < n_train else VALIDATION if i < n_train + n_val else TEST
+            )
     return assignment
 
 
-def save_split(assignment: dict[str, str], labels: dict[str, str], config: SplitConfig, path: Path) -> None:
+def save_split(
+    assignment: dict[str, str], labels: dict[str, str], config: SplitConfig, path: Path
+) -> None:
     payload = {
         "config": asdict(config),
         "patients": [

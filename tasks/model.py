@@ -1,0 +1,161 @@
+"""The classifier: the paper's ResNet50V2 and a small CPU demo network, in Keras 3.
+
+Written against `keras` and numpy only, so the same code runs on TensorFlow (the
+default backend) and on JAX. The model takes one-channel uint8 slices; scaling to
+[-1, 1] (ResNetV2's preprocessing) and channel replication happen inside it, so the
+input pipeline moves uint8 and the accelerator does the float work.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from tasks.errors import ModelError
+
+
+class Profile(StrEnum):
+    PAPER = "paper"
+    CPU_DEMO = "cpu-demo"
+
+
+NOT_PAPER_NOTE = (
+    "cpu-demo profile: a small network trained briefly so the pipeline can be shown on a "
+    "laptop CPU. It is NOT the paper's ResNet50V2 model and its numbers are not the "
+    "paper's."
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; the defaults are the paper's (Pedersen et al. 2020).
+
+    Attributes:
+        profile: `paper` (ResNet50V2, 224x224x3) or `cpu-demo` (small CNN).
+        epochs: 10 in the paper.
+        batch_size: 32.
+        learning_rate: RMSprop, 2e-5 in the paper (no decay).
+        weights: `imagenet` (downloaded by Keras only when asked), `none` (random), or
+            a path to a local weights file for the backbone (offline hospitals).
+        select_epoch: keep the model of this epoch (the paper kept epoch 5); None keeps
+            the epoch with the lowest validation loss.
+        decay_after: multiply the learning rate by `decay_factor` after this epoch
+            (the authors' suggested improvement: after the fourth); None = no decay.
+        mixed_precision: None, "bf16" or "fp16".
+        oversample: resample benign training images to 50:50 (the paper did).
+        seed: seeds weight initialisation, shuffling and oversampling.
+    """
+
+    profile: Profile = Profile.PAPER
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 2e-5
+    weights: str = "imagenet"
+    select_epoch: int | None = None
+    decay_after: int | None = None
+    decay_factor: float = 0.1
+    mixed_precision: str | None = None
+    oversample: bool = True
+    seed: int = 2020
+    input_size: int = 224
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "profile", Profile(self.profile))
+        if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError("epochs, batch_size and learning_rate must be positive")
+        if self.select_epoch is not None and not 1 <= self.select_epoch <= self.epochs:
+            raise ValueError(
+                f"select_epoch {self.select_epoch} is outside the {self.epochs} epochs trained"
+            )
+        if self.mixed_precision not in (None, "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be bf16 or fp16, got {self.mixed_precision}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["profile"] = self.profile.value
+        return out
+
+
+def profile_config(profile: Profile | str, **overrides: Any) -> TrainConfig:
+    """Defaults for a profile, then explicit overrides (None values are ignored)."""
+    profile = Profile(profile)
+    base = TrainConfig(profile=profile)
+    if profile is Profile.CPU_DEMO:
+        # A randomly initialised small network needs a larger step than fine-tuning.
+        base = replace(base, epochs=6, learning_rate=1e-3, weights="none", batch_size=32)
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _small_backbone(x: Any, layers: Any) -> Any:
+    """Four stride-2 stages of two 3x3 convolutions each: ~0.1 M weights."""
+    for filters in (16, 32, 64, 96):
+        x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+    return layers.GlobalAveragePooling2D()(x)
+
+
+def build_model(config: TrainConfig) -> Any:
+    """Build and compile the classifier for `config` (uint8 (S, S, 1) in, P(malignant) out)."""
+    import keras
+    from keras import layers
+
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy(
+            "mixed_bfloat16" if config.mixed_precision == "bf16" else "mixed_float16"
+        )
+    else:
+        keras.mixed_precision.set_global_policy("float32")
+    size = config.input_size
+    inputs = keras.Input((size, size, 1), dtype="uint8", name="slice")
+    # ResNetV2 preprocessing ("tf" mode): x / 127.5 - 1, on the device.
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="resnet_v2_scaling")(inputs)
+    if config.profile is Profile.PAPER:
+        x = layers.Concatenate(name="grey_to_rgb")([x, x, x])
+        backbone = keras.applications.ResNet50V2(
+            include_top=False,
+            weights=_backbone_weights(config.weights),
+            input_shape=(size, size, 3),
+            pooling="avg",
+        )
+        backbone.trainable = True  # all weights trainable, as in the paper
+        x = backbone(x)
+    else:
+        x = _small_backbone(x, layers)
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="malignant")(x)
+    model = keras.Model(inputs, outputs, name=f"renalflow_{config.profile.value.replace('-', '_')}")
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(learning_rate=config.learning_rate),
+        loss=keras.losses.BinaryCrossentropy(),
+        metrics=[
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            keras.metrics.AUC(name="auc"),
+        ],
+    )
+    return model
+
+
+def _backbone_weights(weights: str) -> str | None:
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    if not os.path.exists(weights):
+        raise ModelError(
+            f"weights file {weights} does not exist; give a local ResNet50V2 (no top) weights "
+            "file, 'imagenet' to download through Keras, or 'none' for random weights"
+        )
+    return weights
+
+
+def backbone_of(model: Any) -> Any:
+    """The ResNet50V2 sub-model of a paper-profile model (for saving its weights)."""
+    for layer in model.layers:
+        if layer.name.startswith("resnet50v2"):
+            return layer
+    raise ModelError("this model has no ResNet50V2 backbone (is it the cpu-demo profile?)")

@@ -1,0 +1,291 @@
+"""One training run: split, oversample, fit, select an epoch, and leave every artifact.
+
+What a run leaves in the model directory:
+  model.keras            the selected model
+  checkpoints/           one .keras file per epoch
+  history.json/.csv      loss, accuracy and AUC per epoch, train and validation
+  curves.png             loss and accuracy per epoch (the paper's figures 2-3)
+  config.json            the full training configuration (seed included)
+  split.json             the patient split (reused by later runs and evaluations)
+  lineage.json           store, preprocess_version, rows and patients per split and class
+  model_version.txt      content hash of model.keras
+  environment.json       Keras backend, versions and devices
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.dataset import SliceSet, iterate_batches, load_slices
+from tasks.errors import InputError, ModelError
+from tasks.model import NOT_PAPER_NOTE, Profile, TrainConfig, build_model
+from tasks.split import (
+    TEST,
+    TRAIN,
+    VALIDATION,
+    SplitConfig,
+    load_split,
+    oversample_indices,
+    save_split,
+    split_patients,
+)
+
+DEVELOPMENT = "development"
+
+
+@dataclass
+class TrainResult:
+    model_dir: str
+    model_version: str
+    selected_epoch: int
+    history: dict[str, list[float]]
+    seconds: float
+    images_per_second: float
+
+
+def patient_labels(slices: SliceSet) -> dict[str, str]:
+    meta = slices.meta[["patient_id", "label"]].drop_duplicates()
+    conflicting = meta["patient_id"][meta["patient_id"].duplicated()]
+    if len(conflicting):
+        raise InputError(f"patients with two labels in the store: {sorted(set(conflicting))[:5]}")
+    return dict(zip(meta["patient_id"], meta["label"], strict=True))
+
+
+def resolve_split(model_dir: Path, labels: dict[str, str], config: SplitConfig) -> dict[str, str]:
+    """Reuse the split saved in `model_dir`, or make and save one. New patients go unsplit."""
+    path = model_dir / "split.json"
+    if path.exists():
+        return load_split(path)
+    assignment = split_patients(labels, config)
+    save_split(assignment, labels, config, path)
+    return assignment
+
+
+def _environment() -> dict[str, Any]:
+    import keras
+
+    env: dict[str, Any] = {
+        "keras_backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "numpy": np.__version__,
+    }
+    try:
+        if env["keras_backend"] == "tensorflow":
+            import tensorflow as tf
+
+            env["tensorflow"] = tf.__version__
+            env["devices"] = [d.name for d in tf.config.list_logical_devices()]
+        elif env["keras_backend"] == "jax":
+            import jax
+
+            env["jax"] = jax.__version__
+            env["devices"] = [str(d) for d in jax.devices()]
+    except Exception as err:  # environment facts are informative, never fatal
+        env["devices_error"] = str(err)
+    return env
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _plot_curves(history: dict[str, list[float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, name in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
+        ax.plot(epochs, history[key], "o-", label=f"training {name}")
+        if f"val_{key}" in history:
+            ax.plot(epochs, history[f"val_{key}"], "s-", label=f"validation {name}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.set_xticks(epochs)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def make_sequence(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    seed: int,
+    oversample: bool,
+    shuffle: bool,
+) -> Any:
+    """A Keras PyDataset that reshuffles (and re-draws the oversampling) every epoch."""
+    import keras
+
+    class SliceBatches(keras.utils.PyDataset):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = self._draw()
+
+        def _draw(self) -> np.ndarray:
+            if oversample:
+                return oversample_indices(labels, self.rng)
+            return self.rng.permutation(len(labels)) if shuffle else np.arange(len(labels))
+
+        def __len__(self) -> int:
+            return int(np.ceil(len(self.order) / batch_size))
+
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+            chosen = self.order[index * batch_size : (index + 1) * batch_size]
+            return next(iterate_batches(images, labels, chosen, batch_size))
+
+        def on_epoch_end(self) -> None:
+            self.order = self._draw()
+
+    return SliceBatches()
+
+
+def train_model(
+    store_uri: str,
+    model_dir: str | Path,
+    config: TrainConfig,
+    split_config: SplitConfig | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train on the development cohort's train split, validate on its validation split."""
+    import keras
+
+    started = time.perf_counter()
+    out = Path(model_dir)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    split_config = split_config or SplitConfig(seed=config.seed)
+    keras.utils.set_random_seed(config.seed)
+
+    slices = load_slices(store_uri, cohorts=[DEVELOPMENT], labelled_only=True)
+    if len(slices) == 0:
+        raise InputError(
+            f"no labelled slices of the development cohort in {store_uri}: ingest with "
+            "--labels (and without --cohort, or --cohort development)"
+        )
+    labels = patient_labels(slices)
+    assignment = resolve_split(out, labels, split_config)
+    split_of = slices.meta["patient_id"].map(assignment).fillna("unsplit").to_numpy()
+    train = slices.subset(split_of == TRAIN)
+    validation = slices.subset(split_of == VALIDATION)
+    if len(train) == 0 or len(validation) == 0:
+        raise InputError("the split left no training or no validation images")
+    if config.input_size != slices.images.shape[1]:
+        raise ModelError(
+            f"the store holds {slices.images.shape[1]}px slices but the model expects "
+            f"{config.input_size}px; ingest with --size {config.input_size}"
+        )
+
+    lineage = _lineage(store_uri, slices, split_of)
+    (out / "lineage.json").write_text(json.dumps(lineage, indent=2))
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                "train": config.to_dict(),
+                "split": split_config.__dict__,
+                "note": NOT_PAPER_NOTE if config.profile is Profile.CPU_DEMO else "paper profile",
+            },
+            indent=2,
+        )
+    )
+    if config.profile is Profile.CPU_DEMO:
+        log(NOT_PAPER_NOTE)
+    log(
+        f"training on {len(train)} images of {lineage['patients'][TRAIN]['total']} patients, "
+        f"validating on {len(validation)} images; profile {config.profile.value}, "
+        f"{config.epochs} epochs, batch {config.batch_size}, seed {config.seed}"
+    )
+
+    model = build_model(config)
+    train_seq = make_sequence(
+        train.images, train.labels, config.batch_size, config.seed, config.oversample, True
+    )
+    val_seq = make_sequence(
+        validation.images, validation.labels, config.batch_size, config.seed, False, False
+    )
+    callbacks: list[Any] = [
+        keras.callbacks.ModelCheckpoint(str(out / "checkpoints" / "epoch-{epoch:02d}.keras")),
+    ]
+    if config.decay_after is not None:
+        decay_after, factor = config.decay_after, config.decay_factor
+
+        def schedule(epoch: int, lr: float) -> float:
+            # `epoch` counts from 0: epochs after `decay_after` run at the reduced rate.
+            return config.learning_rate * (factor if epoch >= decay_after else 1.0)
+
+        callbacks.append(keras.callbacks.LearningRateScheduler(schedule))
+    fit = model.fit(
+        train_seq, validation_data=val_seq, epochs=config.epochs, callbacks=callbacks, verbose=2
+    )
+    history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+
+    if config.select_epoch is not None:
+        selected = config.select_epoch
+    else:
+        selected = int(np.argmin(history["val_loss"])) + 1
+    shutil.copyfile(out / "checkpoints" / f"epoch-{selected:02d}.keras", out / "model.keras")
+    version = file_digest(out / "model.keras")
+    (out / "model_version.txt").write_text(version + "\n")
+    (out / "history.json").write_text(json.dumps({"selected_epoch": selected, **history}, indent=2))
+    with (out / "history.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        keys = list(history)
+        writer.writerow(["epoch", *keys])
+        for i in range(len(history["loss"])):
+            writer.writerow([i + 1, *(history[k][i] for k in keys)])
+    title = f"renalflow {config.profile.value}: selected epoch {selected}"
+    if config.profile is Profile.CPU_DEMO:
+        title += " (cpu-demo, not the paper's model)"
+    _plot_curves(history, out / "curves.png", title)
+    (out / "environment.json").write_text(json.dumps(_environment(), indent=2))
+    seconds = time.perf_counter() - started
+    seen = config.epochs * len(train_seq) * config.batch_size
+    log(f"selected epoch {selected}; model version {version}; {seconds:.0f} s")
+    return TrainResult(str(out), version, selected, history, seconds, seen / seconds)
+
+
+def _counts(values: Any) -> dict[str, int]:
+    return {str(k): int(v) for k, v in values.value_counts().items()}
+
+
+def _lineage(store_uri: str, slices: SliceSet, split_of: np.ndarray) -> dict[str, Any]:
+    meta = slices.meta.assign(split=split_of)
+    patients: dict[str, dict[str, int]] = {}
+    rows: dict[str, dict[str, int]] = {}
+    for name in (TRAIN, VALIDATION, TEST):
+        part = meta[meta["split"] == name]
+        rows[name] = {"total": len(part), **part["label"].value_counts().to_dict()}
+        per_patient = part.drop_duplicates("patient_id")
+        patients[name] = {
+            "total": len(per_patient),
+            **per_patient["label"].value_counts().to_dict(),
+        }
+    return {
+        "store": store_uri,
+        "preprocess_version": sorted(set(meta["preprocess_version"])),
+        "rows": rows,
+        "patients": patients,
+    }
