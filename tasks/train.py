@@ -271,18 +271,19 @@ def _counts(values: Any) -> dict[str, int]:
     return {str(k): int(v) for k, v in values.value_counts().items()}
 
 
+def _counts(values: Any) -> dict[str, int]:
+    return {str(k): int(v) for k, v in values.value_counts().items()}
+
+
 def _lineage(store_uri: str, slices: SliceSet, split_of: np.ndarray) -> dict[str, Any]:
     meta = slices.meta.assign(split=split_of)
     patients: dict[str, dict[str, int]] = {}
     rows: dict[str, dict[str, int]] = {}
     for name in (TRAIN, VALIDATION, TEST):
         part = meta[meta["split"] == name]
-        rows[name] = {"total": len(part), **part["label"].value_counts().to_dict()}
         per_patient = part.drop_duplicates("patient_id")
-        patients[name] = {
-            "total": len(per_patient),
-            **per_patient["label"].value_counts().to_dict(),
-        }
+        rows[name] = {"total": len(part), **_counts(part["label"])}
+        patients[name] = {"total": len(per_patient), **_counts(per_patient["label"])}
     return {
         "store": store_uri,
         "preprocess_version": sorted(set(meta["preprocess_version"])),
