@@ -271,10 +271,6 @@ def _counts(values: Any) -> dict[str, int]:
     return {str(k): int(v) for k, v in values.value_counts().items()}
 
 
-def _counts(values: Any) -> dict[str, int]:
-    return {str(k): int(v) for k, v in values.value_counts().items()}
-
-
 def _lineage(store_uri: str, slices: SliceSet, split_of: np.ndarray) -> dict[str, Any]:
     meta = slices.meta.assign(split=split_of)
     patients: dict[str, dict[str, int]] = {}
