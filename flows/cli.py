@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from tasks.config import Interpolation, PreprocessConfig, WindowSource
 from tasks.errors import RenalflowError
@@ -137,6 +138,66 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("--summary-json", help="also write the run summary as JSON to this file")
 
+    train = sub.add_parser(
+        "train",
+        help="train the classifier on the development cohort (paper profile by default)",
+        description=(
+            "Split the development cohort's patients 70/10/20 (stratified, seeded, saved in "
+            "MODEL_DIR/split.json and reused), oversample benign training images to 50:50 and "
+            "train. Profile 'paper': ResNet50V2, ImageNet weights, RMSprop 2e-5, 10 epochs, "
+            "batch 32. Profile 'cpu-demo': a small CNN that trains in minutes on a CPU; it "
+            "is not the paper's model."
+        ),
+    )
+    train.add_argument("--store", required=True, help="slice store written by `renalflow ingest`")
+    train.add_argument("--model-dir", required=True, help="where the model and its records go")
+    train.add_argument("--profile", choices=["paper", "cpu-demo"], default="paper")
+    train.add_argument("--epochs", type=_positive_int, help="epochs (paper: 10)")
+    train.add_argument("--batch-size", type=_positive_int, help="batch size (paper: 32)")
+    train.add_argument("--learning-rate", type=float, help="RMSprop learning rate (paper: 2e-5)")
+    train.add_argument(
+        "--weights",
+        help="'imagenet' (downloaded by Keras; paper), 'none', or a local weights file",
+    )
+    train.add_argument(
+        "--select-epoch",
+        type=_positive_int,
+        help="keep this epoch's model (the paper kept 5); default: lowest validation loss",
+    )
+    train.add_argument(
+        "--decay-after",
+        type=_positive_int,
+        help="divide the learning rate by 10 after this epoch (the authors suggest 4)",
+    )
+    train.add_argument("--mixed-precision", choices=["bf16", "fp16"], help="mixed precision")
+    train.add_argument("--seed", type=int, default=2020, help="seed for split, weights, shuffling")
+    train.add_argument("--no-oversample", action="store_true", help="do not balance classes")
+    train.add_argument(
+        "--dask-address",
+        help="Dask scheduler with GPU workers (`dask worker ... --resources GPU=1`); "
+        "training runs there when one is found, locally otherwise",
+    )
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="image metrics, the 51%% patient vote and a report for a split or a cohort",
+        description=(
+            "Per image: ROC AUC with a 95%% bootstrap CI over patients, accuracy, "
+            "sensitivity, specificity, confusion matrix. Per patient: malignant when at "
+            "least 51%% of the images are. Writes metrics.json, patients.csv, roc.png and "
+            "report.md (beside the paper's results)."
+        ),
+    )
+    evaluate.add_argument("--store", required=True)
+    evaluate.add_argument("--model-dir", required=True)
+    which = evaluate.add_mutually_exclusive_group()
+    which.add_argument("--split", choices=["train", "validation", "test"], help="default: test")
+    which.add_argument("--cohort", help="an external cohort ingested with --cohort NAME")
+    evaluate.add_argument("--report", required=True, help="folder for the report")
+    evaluate.add_argument("--vote-threshold", type=float, default=0.51, help="default 0.51")
+    evaluate.add_argument("--image-threshold", type=float, default=0.5, help="default 0.5")
+    evaluate.add_argument("--bootstrap", type=_positive_int, default=1000, help="resamples (1000)")
+
     demo = sub.add_parser(
         "demo",
         help="run the pipeline end to end on a synthetic archive (what `make demo` runs)",
@@ -242,6 +303,73 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from flows.runtime import prefect_api
+    from flows.train import gpu_workers, train_flow
+    from tasks.model import profile_config
+
+    config = profile_config(
+        args.profile,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        weights=args.weights,
+        select_epoch=args.select_epoch,
+        decay_after=args.decay_after,
+        mixed_precision=args.mixed_precision,
+        seed=args.seed,
+        oversample=False if args.no_oversample else None,
+    )
+    flow = train_flow
+    gpu = False
+    if args.dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        found = gpu_workers(args.dask_address)
+        if found:
+            print(f"training on GPU worker(s) {', '.join(found)}")
+            flow = train_flow.with_options(task_runner=DaskTaskRunner(address=args.dask_address))  # type: ignore[arg-type]
+            gpu = True
+        else:
+            print("no Dask worker with a GPU resource: training locally")
+    with prefect_api():
+        result = flow(store=_as_uri(args.store), model_dir=args.model_dir, config=config, gpu=gpu)
+    print(
+        f"model {Path(result.model_dir) / 'model.keras'} (version {result.model_version}, "
+        f"epoch {result.selected_epoch}) in {result.seconds:.0f} s, "
+        f"{result.images_per_second:.0f} training images/s"
+    )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from flows.runtime import prefect_api
+    from flows.train import evaluate_flow
+
+    options = {
+        "split": args.split or ("test" if not args.cohort else None),
+        "cohort": args.cohort,
+        "image_threshold": args.image_threshold,
+        "vote_threshold": args.vote_threshold,
+        "n_bootstrap": args.bootstrap,
+    }
+    with prefect_api():
+        metrics = evaluate_flow(
+            store=_as_uri(args.store), model_dir=args.model_dir, report=args.report, options=options
+        )
+    image, patient = metrics["image"], metrics["patient"]
+    print(
+        f"{metrics['evaluated']}: image AUC {image['auc']:.3f} "
+        f"(95% CI {image['auc_ci95'][0]:.3f}-{image['auc_ci95'][1]:.3f}), "
+        f"accuracy {image['accuracy']:.3f}, sensitivity {image['sensitivity']:.3f}, "
+        f"specificity {image['specificity']:.3f}\n"
+        f"patients: {patient['n']}, vote accuracy {patient['accuracy']:.3f}, "
+        f"false negatives {patient['false_negatives']}\n"
+        f"report: {Path(args.report) / 'report.md'}"
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -298,7 +426,13 @@ def _as_uri(location: str) -> str:
     return os.path.abspath(location)
 
 
-COMMANDS = {"synth": _cmd_synth, "ingest": _cmd_ingest, "demo": _cmd_demo}
+COMMANDS = {
+    "synth": _cmd_synth,
+    "ingest": _cmd_ingest,
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "demo": _cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,62 @@
+"""Train and evaluate flows: launch training on a GPU Dask worker when there is one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.evaluate import evaluate
+from tasks.model import TrainConfig
+from tasks.split import SplitConfig
+from tasks.train import TrainResult, train_model
+
+
+@task(name="train-model", cache_policy=NO_CACHE)
+def train_task(store: str, model_dir: str, config: TrainConfig, split: SplitConfig) -> TrainResult:
+    logger = get_run_logger()
+    return train_model(store, model_dir, config, split, log=logger.info)
+
+
+@task(name="evaluate-model", cache_policy=NO_CACHE)
+def evaluate_task(
+    store: str, model_dir: str, report: str, options: dict[str, Any]
+) -> dict[str, Any]:
+    return evaluate(store, model_dir, report, **options)
+
+
+def gpu_workers(address: str) -> list[str]:
+    """Workers of the Dask cluster at `address` that advertise a GPU resource."""
+    from distributed import Client
+
+    with Client(address, timeout="30s") as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    return [w for w, info in workers.items() if info.get("resources", {}).get("GPU", 0) >= 1]
+
+
+@flow(name="train", log_prints=True)
+def train_flow(
+    store: str,
+    model_dir: str,
+    config: TrainConfig | None = None,
+    split: SplitConfig | None = None,
+    gpu: bool = False,
+) -> TrainResult:
+    """Train the classifier. With `gpu`, the task is annotated to need a Dask worker
+    started with `--resources GPU=1`, so the scheduler places it there."""
+    config = config or TrainConfig()
+    split = split or SplitConfig(seed=config.seed)
+    if gpu:
+        with dask.annotate(resources={"GPU": 1}):
+            future = train_task.submit(store, model_dir, config, split)
+        return future.result()
+    return train_task(store, model_dir, config, split)
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(
+    store: str, model_dir: str, report: str, options: dict[str, Any]
+) -> dict[str, Any]:
+    return evaluate_task(store, model_dir, report, options)

@@ -1,0 +1,243 @@
+"""Evaluate a trained model: image metrics, the 51% patient vote, and a readable report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.dataset import SliceSet, load_slices
+from tasks.errors import InputError, ModelError
+from tasks.metrics import (
+    binary_metrics,
+    bootstrap_auc_ci,
+    majority_vote,
+    roc_auc,
+    roc_curve,
+)
+from tasks.split import load_split
+from tasks.train import DEVELOPMENT
+
+# The paper's results (Pedersen et al. 2020, Table 2/3), for the report.
+PAPER_RESULTS = {
+    "DataTest_1": {"auc": 0.973, "accuracy": 0.933, "specificity": 0.935, "patient_accuracy": 1.0},
+    "DataTest_2": {"auc": 0.946, "accuracy": 0.900, "specificity": 0.980, "patient_accuracy": 1.0},
+    "DataTest_3": {"auc": 0.991, "accuracy": 0.971, "specificity": 1.000, "patient_accuracy": 1.0},
+}
+
+
+def load_model(model_dir: str | Path) -> Any:
+    import keras
+
+    path = Path(model_dir) / "model.keras"
+    if not path.exists():
+        raise ModelError(
+            f"no model.keras in {model_dir}; train one with `renalflow train --store S "
+            f"--model-dir {model_dir}`"
+        )
+    return keras.saving.load_model(path)
+
+
+def predict_probabilities(model: Any, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """P(malignant) per image; uint8 batches go to the model as they are."""
+    out = np.empty(len(images), dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size][..., None]
+        out[start : start + len(batch)] = np.asarray(model.predict_on_batch(batch)).reshape(-1)
+    return out
+
+
+def patient_table(
+    meta: pd.DataFrame,
+    probabilities: np.ndarray,
+    image_threshold: float = 0.5,
+    vote_threshold: float = 0.51,
+) -> pd.DataFrame:
+    """One row per patient: images, malignant images, fraction, vote and (if known) label."""
+    frame = meta[["patient_id", "label"]].assign(
+        probability=probabilities, malignant=probabilities >= image_threshold
+    )
+    grouped = frame.groupby("patient_id", sort=True)
+    table = pd.DataFrame(
+        {
+            "label": grouped["label"].first(),
+            "n_images": grouped.size(),
+            "n_malignant": grouped["malignant"].sum().astype(int),
+            "mean_probability": grouped["probability"].mean(),
+        }
+    )
+    table["fraction_malignant"] = table["n_malignant"] / table["n_images"]
+    table["vote"] = [
+        "malignant" if majority_vote(m, n, vote_threshold) else "benign"
+        for m, n in zip(table["n_malignant"], table["n_images"], strict=True)
+    ]
+    return table.reset_index()
+
+
+def select_slices(
+    store_uri: str, model_dir: Path, split: str | None, cohort: str | None
+) -> SliceSet:
+    if cohort and cohort != DEVELOPMENT:
+        slices = load_slices(store_uri, cohorts=[cohort], labelled_only=True)
+        if len(slices) == 0:
+            raise InputError(f"no labelled slices of cohort {cohort!r} in {store_uri}")
+        return slices
+    assignment = load_split(model_dir / "split.json")
+    wanted = split or "test"
+    patients = {p for p, s in assignment.items() if s == wanted}
+    if not patients:
+        raise InputError(f"the split in {model_dir} has no {wanted!r} patients")
+    return load_slices(store_uri, cohorts=[DEVELOPMENT], patients=patients, labelled_only=True)
+
+
+def evaluate(
+    store_uri: str,
+    model_dir: str | Path,
+    report_dir: str | Path,
+    *,
+    split: str | None = "test",
+    cohort: str | None = None,
+    image_threshold: float = 0.5,
+    vote_threshold: float = 0.51,
+    n_bootstrap: int = 1000,
+    seed: int = 2020,
+) -> dict[str, Any]:
+    """Score a split or external cohort; write metrics.json, patients.csv, plots and report.md."""
+    started = time.perf_counter()
+    model_dir, report = Path(model_dir), Path(report_dir)
+    report.mkdir(parents=True, exist_ok=True)
+    slices = select_slices(store_uri, model_dir, split, cohort)
+    model = load_model(model_dir)
+    probabilities = predict_probabilities(model, slices.images)
+    y = slices.labels.astype(int)
+    image_metrics = binary_metrics(y, probabilities >= image_threshold)
+    auc = roc_auc(y, probabilities)
+    low, high = bootstrap_auc_ci(
+        y, probabilities, slices.meta["patient_id"].to_numpy(), n_boot=n_bootstrap, seed=seed
+    )
+    patients = patient_table(slices.meta, probabilities, image_threshold, vote_threshold)
+    patient_metrics = binary_metrics(
+        (patients["label"] == "malignant").to_numpy(), (patients["vote"] == "malignant").to_numpy()
+    )
+    version_file = model_dir / "model_version.txt"
+    name = cohort if cohort and cohort != DEVELOPMENT else f"{split or 'test'} split"
+    metrics: dict[str, Any] = {
+        "evaluated": name,
+        "store": store_uri,
+        "model_dir": str(model_dir),
+        "model_version": version_file.read_text().strip() if version_file.exists() else None,
+        "image_threshold": image_threshold,
+        "vote_threshold": vote_threshold,
+        "image": {
+            "auc": auc,
+            "auc_ci95": [low, high],
+            "auc_ci_method": (
+                f"percentile bootstrap over patients, {n_bootstrap} resamples, seed {seed}"
+            ),
+            **image_metrics.to_dict(),
+        },
+        "patient": {**patient_metrics.to_dict(), "false_negatives": patient_metrics.fn},
+        "seconds": time.perf_counter() - started,
+    }
+    (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    patients.to_csv(report / "patients.csv", index=False)
+    _plot_roc(y, probabilities, auc, report / "roc.png", name)
+    _write_markdown(metrics, patients, model_dir, report)
+    return metrics
+
+
+def _plot_roc(y: np.ndarray, scores: np.ndarray, auc: float, path: Path, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fpr, tpr = roc_curve(y, scores)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, tpr, lw=2, label=f"AUC {auc:.3f}")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, alpha=0.5)
+    ax.set_xlabel("1 - specificity (benign called malignant)")
+    ax.set_ylabel("sensitivity (malignant found)")
+    ax.set_title(f"ROC, per image: {name}")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value != value else f"{100 * value:.1f}%"
+
+
+def _write_markdown(
+    metrics: dict[str, Any], patients: pd.DataFrame, model_dir: Path, report: Path
+) -> None:
+    image, patient = metrics["image"], metrics["patient"]
+    lines = [
+        f"# renalflow evaluation: {metrics['evaluated']}",
+        "",
+        f"Model `{metrics['model_dir']}` (version {metrics['model_version']}), store "
+        f"`{metrics['store']}`.",
+    ]
+    config_path = model_dir / "config.json"
+    if config_path.exists():
+        note = json.loads(config_path.read_text()).get("note", "")
+        if note and note != "paper profile":
+            lines += ["", f"> **{note}**"]
+    lines += [
+        "",
+        "## This run beside the paper",
+        "",
+        "| set | AUC (image) | accuracy (image) | specificity (image) | patient vote accuracy |",
+        "|---|---|---|---|---|",
+        f"| **{metrics['evaluated']}** (this run) | {image['auc']:.3f} "
+        f"(95% CI {image['auc_ci95'][0]:.3f}-{image['auc_ci95'][1]:.3f}) | "
+        f"{_pct(image['accuracy'])} | {_pct(image['specificity'])} | "
+        f"{_pct(patient['accuracy'])}, {patient['false_negatives']} false negatives |",
+    ]
+    for name, paper in PAPER_RESULTS.items():
+        lines.append(
+            f"| {name} (paper) | {paper['auc']:.3f} | {_pct(paper['accuracy'])} | "
+            f"{_pct(paper['specificity'])} | {_pct(paper['patient_accuracy'])} |"
+        )
+    lines += [
+        "",
+        f"## Per image (threshold {metrics['image_threshold']})",
+        "",
+        f"{image['n']} images: sensitivity {_pct(image['sensitivity'])}, specificity "
+        f"{_pct(image['specificity'])}, accuracy {_pct(image['accuracy'])}.",
+        "",
+        "| | predicted malignant | predicted benign |",
+        "|---|---|---|",
+        f"| malignant | {image['tp']} | {image['fn']} |",
+        f"| benign | {image['fp']} | {image['tn']} |",
+        "",
+        "![ROC curve](roc.png)",
+        "",
+        f"## Per patient (malignant when at least {100 * metrics['vote_threshold']:.0f}% of the "
+        "images are)",
+        "",
+        f"{patient['n']} patients: accuracy {_pct(patient['accuracy'])}, sensitivity "
+        f"{_pct(patient['sensitivity'])}, specificity {_pct(patient['specificity'])}, "
+        f"{patient['false_negatives']} false negatives (malignant voted benign).",
+        "",
+        "| patient | label | images | malignant images | fraction | vote |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in patients.itertuples():
+        mark = "" if str(row.vote) == str(row.label) else " **(wrong)**"
+        lines.append(
+            f"| {row.patient_id} | {row.label} | {row.n_images} | {row.n_malignant} | "
+            f"{row.fraction_malignant:.2f} | {row.vote}{mark} |"
+        )
+    curves = model_dir / "curves.png"
+    if curves.exists():
+        target = report / "curves.png"
+        target.write_bytes(curves.read_bytes())
+        lines += ["", "## Training", "", "![training curves](curves.png)"]
+    (report / "report.md").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,81 @@
+"""Model construction; the paper profile is checked setting by setting."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.errors import ModelError
+from tasks.model import Profile, TrainConfig, backbone_of, build_model, profile_config
+
+
+@pytest.fixture(scope="module")
+def paper_model():
+    return build_model(TrainConfig(weights="none"))
+
+
+def test_paper_profile_defaults_are_the_papers():
+    config = TrainConfig()
+    assert (config.epochs, config.batch_size, config.learning_rate) == (10, 32, 2e-5)
+    assert config.weights == "imagenet" and config.oversample and config.decay_after is None
+
+
+def test_paper_model_has_the_papers_architecture_and_optimiser(paper_model):
+    import keras
+
+    assert paper_model.input_shape == (None, 224, 224, 1)
+    assert paper_model.inputs[0].dtype == "uint8"
+    backbone = backbone_of(paper_model)
+    assert backbone.name.startswith("resnet50v2")
+    assert backbone.output_shape == (None, 2048)  # no top, global average pooling
+    assert all(layer.trainable for layer in backbone.layers)
+    head = paper_model.layers[-1]
+    assert isinstance(head, keras.layers.Dense) and head.units == 1
+    assert head.activation is keras.activations.sigmoid
+    assert isinstance(paper_model.optimizer, keras.optimizers.RMSprop)
+    assert float(paper_model.optimizer.learning_rate) == pytest.approx(2e-5)
+    assert isinstance(paper_model.loss, keras.losses.BinaryCrossentropy)
+    assert head.kernel_regularizer is None
+
+
+def test_scaling_and_channel_replication_happen_inside_the_model(paper_model):
+    names = [layer.name for layer in paper_model.layers]
+    assert "resnet_v2_scaling" in names and "grey_to_rgb" in names
+    out = paper_model.get_layer("resnet_v2_scaling")(np.array([[0, 255]], dtype=np.uint8))
+    np.testing.assert_allclose(np.asarray(out), [[-1.0, 1.0]], atol=1e-6)
+
+
+def test_paper_model_trains_a_step_on_the_cpu(paper_model):
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 224, 224, 1), dtype=np.uint8)
+    logs = paper_model.train_on_batch(
+        images, np.array([0.0, 1.0], dtype=np.float32), return_dict=True
+    )
+    assert np.isfinite(logs["loss"])
+
+
+def test_local_weights_file_round_trips(paper_model, tmp_path: Path):
+    path = tmp_path / "resnet50v2_notop.weights.h5"
+    backbone_of(paper_model).save_weights(path)
+    loaded = build_model(TrainConfig(weights=str(path)))
+    for a, b in zip(backbone_of(paper_model).weights, backbone_of(loaded).weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_missing_weights_file_explains(tmp_path: Path):
+    with pytest.raises(ModelError, match="does not exist; give a local ResNet50V2"):
+        build_model(TrainConfig(weights=str(tmp_path / "nope.h5")))
+
+
+def test_cpu_demo_profile_is_small_and_says_what_it_is():
+    config = profile_config("cpu-demo")
+    assert config.profile is Profile.CPU_DEMO and config.weights == "none"
+    model = build_model(config)
+    assert model.count_params() < 500_000
+    assert "cpu_demo" in model.name
+
+
+def test_invalid_settings_are_refused():
+    with pytest.raises(ValueError, match="outside the 10 epochs"):
+        TrainConfig(select_epoch=11)
+    with pytest.raises(ValueError, match="bf16 or fp16"):
+        TrainConfig(mixed_precision="fp8")

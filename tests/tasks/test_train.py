@@ -1,0 +1,111 @@
+"""A tiny end-to-end training and evaluation on a small synthetic store (cpu-demo profile)."""
+
+import json
+
+import pytest
+
+from tasks.config import PreprocessConfig
+from tasks.evaluate import evaluate, patient_table
+from tasks.ingest import convert_files, discover_files, read_labels, scan_files
+from tasks.model import profile_config
+from tasks.split import load_split
+from tasks.synth import SynthConfig, synthesize_archive
+from tasks.train import train_model
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("train")
+    synthesize_archive(
+        root / "synth",
+        SynthConfig(patients=12, seed=5, benign_fraction=0.4, max_slices_per_series=4),
+        jobs=2,
+    )
+    store = str(root / "store")
+    config = PreprocessConfig(output_size=64)
+    uris = discover_files(str(root / "synth" / "archive"))
+    accepted, _ = scan_files(store, uris, config, "development", "run")
+    convert_files(
+        store,
+        accepted,
+        config,
+        "development",
+        read_labels(str(root / "synth" / "labels.csv")),
+        "run",
+    )
+    return store
+
+
+@pytest.fixture(scope="module")
+def trained(store, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("model")
+    config = profile_config("cpu-demo", input_size=64, epochs=4, learning_rate=1e-3)
+    return train_model(store, model_dir, config, log=lambda _: None), model_dir
+
+
+def test_training_loss_goes_down(trained):
+    result, _ = trained
+    loss = result.history["loss"]
+    assert len(loss) == 4 and loss[-1] < loss[0]
+
+
+def test_training_leaves_every_artifact(trained):
+    result, model_dir = trained
+    for name in (
+        "model.keras",
+        "history.json",
+        "history.csv",
+        "curves.png",
+        "config.json",
+        "split.json",
+        "lineage.json",
+        "model_version.txt",
+        "environment.json",
+    ):
+        assert (model_dir / name).exists(), name
+    assert len(list((model_dir / "checkpoints").glob("epoch-*.keras"))) == 4
+    assert (model_dir / "model_version.txt").read_text().strip() == result.model_version
+    config = json.loads((model_dir / "config.json").read_text())
+    assert "NOT the paper's" in config["note"] and config["train"]["seed"] == 2020
+    lineage = json.loads((model_dir / "lineage.json").read_text())
+    assert sum(lineage["patients"][s]["total"] for s in ("train", "validation", "test")) == 12
+    history = json.loads((model_dir / "history.json").read_text())
+    assert history["selected_epoch"] == result.selected_epoch
+    assert {"val_loss", "val_auc", "accuracy"} <= set(history)
+
+
+def test_split_is_reused_by_a_second_run(store, trained, tmp_path):
+    _, model_dir = trained
+    first = load_split(model_dir / "split.json")
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "split.json").write_text((model_dir / "split.json").read_text())
+    train_model(
+        store,
+        again,
+        profile_config("cpu-demo", input_size=64, epochs=1, seed=99),
+        log=lambda _: None,
+    )
+    assert load_split(again / "split.json") == first
+
+
+def test_evaluate_writes_metrics_and_report(store, trained, tmp_path):
+    _, model_dir = trained
+    metrics = evaluate(store, model_dir, tmp_path / "report", n_bootstrap=50)
+    for name in ("metrics.json", "patients.csv", "roc.png", "report.md", "curves.png"):
+        assert (tmp_path / "report" / name).exists(), name
+    assert metrics["patient"]["n"] >= 2 and 0 <= metrics["image"]["auc"] <= 1
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "DataTest_1 (paper) | 0.973" in report and "![ROC curve](roc.png)" in report
+
+
+def test_patient_table_applies_the_51_percent_vote():
+    import numpy as np
+    import pandas as pd
+
+    meta = pd.DataFrame(
+        {"patient_id": ["a", "a", "b", "b", "b"], "label": ["malignant"] * 2 + ["benign"] * 3}
+    )
+    table = patient_table(meta, np.array([0.9, 0.2, 0.7, 0.6, 0.1]))
+    assert table.set_index("patient_id")["vote"].to_dict() == {"a": "benign", "b": "malignant"}
+    assert table.set_index("patient_id")["n_malignant"].to_dict() == {"a": 1, "b": 2}
