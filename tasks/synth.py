@@ -168,28 +168,28 @@ PHASE_INDEX = {Phase.NONCONTRAST: 0, Phase.ARTERIAL: 1, Phase.VENOUS: 2}
 # Lesion appearance: HU by phase, texture amplitude (HU), necrosis, margin irregularity.
 HISTOLOGY: dict[str, dict[str, object]] = {
     "oncocytoma": {
-        "hu": (38, 150, 125),
-        "texture": 6.0,
+        "hu": (38, 140, 120),
+        "texture": 5.0,
         "necrosis": 0.0,
         "irregular": 0.03,
         "scar": 0.35,
     },
     "clear cell RCC": {
-        "hu": (34, 175, 120),
-        "texture": 38.0,
+        "hu": (34, 170, 110),
+        "texture": 45.0,
         "necrosis": 0.75,
         "irregular": 0.14,
         "scar": 0.0,
     },
     "papillary RCC": {
-        "hu": (36, 65, 85),
+        "hu": (36, 60, 80),
         "texture": 10.0,
         "necrosis": 0.2,
         "irregular": 0.05,
         "scar": 0.0,
     },
     "chromophobe RCC": {
-        "hu": (37, 110, 115),
+        "hu": (37, 100, 105),
         "texture": 12.0,
         "necrosis": 0.1,
         "irregular": 0.05,
@@ -272,6 +272,7 @@ class _Anatomy:
     tissue: np.ndarray
     kidneys: list[tuple[float, float, float, float]]  # cx, cy, rx, ry at the kidney's mid-plane
     outside_fov: np.ndarray  # pixels outside the reconstructed circle
+    gas_box: tuple[float, float, float, float]  # where bowel gas moves, slice to slice
 
 
 def _build_anatomy(rng: np.random.Generator, spacing: float) -> _Anatomy:
@@ -306,11 +307,6 @@ def _build_anatomy(rng: np.random.Generator, spacing: float) -> _Anatomy:
         ] = TISSUE_INDEX["muscle"]
     tissue[_ellipse(x, y, c + 14 * mm, spine_y - 27 * mm, 11 * mm, 11 * mm)] = TISSUE_INDEX["aorta"]
     tissue[_ellipse(x, y, c - 18 * mm, spine_y - 25 * mm, 12 * mm, 9 * mm)] = TISSUE_INDEX["ivc"]
-    for _ in range(int(rng.integers(3, 8))):
-        gx = c + rng.uniform(-0.4, 0.4) * body_rx
-        gy = cy + rng.uniform(-0.7, 0.0) * body_ry
-        r = rng.uniform(4, 14) * mm
-        tissue[_ellipse(x, y, gx, gy, r, r * rng.uniform(0.6, 1.0))] = TISSUE_INDEX["bowel_gas"]
     kidneys = []
     for side in (-1, 1):
         kidneys.append(
@@ -322,7 +318,8 @@ def _build_anatomy(rng: np.random.Generator, spacing: float) -> _Anatomy:
             )
         )
     outside = (x - c) ** 2 + (y - c) ** 2 > (SIZE / 2 - 2) ** 2
-    return _Anatomy(tissue=tissue, kidneys=kidneys, outside_fov=outside)
+    gas_box = (c - 0.4 * body_rx, cy - 0.7 * body_ry, c + 0.4 * body_rx, cy)
+    return _Anatomy(tissue=tissue, kidneys=kidneys, outside_fov=outside, gas_box=gas_box)
 
 
 @dataclass(frozen=True)
@@ -374,11 +371,12 @@ def _lesion_slice(
     if texture > 0:
         region += texture * _smooth_noise(rng, inside.shape, 6)
     necrosis = float(props["necrosis"])  # type: ignore[arg-type]
-    if necrosis > 0 and phase is not Phase.NONCONTRAST:
-        # Necrosis: low-attenuation, non-enhancing core with a ragged edge.
+    if necrosis > 0:
+        # Necrosis: low-attenuation, non-enhancing core with a ragged edge (a little
+        # darker than viable tumour even without contrast).
         ragged = _smooth_noise(np.random.default_rng(lesion.necrosis_seed), inside.shape, 5)
         core = dist <= boundary * (necrosis * 0.75 + 0.12 * ragged)
-        region[core] = 22.0 + 6.0 * ragged[core]
+        region[core] = 18.0 + 6.0 * ragged[core]
     if lesion.scar and phase is not Phase.NONCONTRAST:
         # Central stellate scar: thin low-enhancing spokes meeting in the centre.
         spokes = np.abs(np.sin(2.5 * (theta + lesion.irregular_phases[0]))) < 0.22
@@ -387,6 +385,20 @@ def _lesion_slice(
     # A rim of partial volume against the kidney, then paste.
     target = hu[y0 : y0 + 2 * half, x0 : x0 + 2 * half]
     target[inside] = region[inside]
+
+
+def _bowel_gas(rng: np.random.Generator, anatomy: _Anatomy, spacing: float, hu: np.ndarray) -> None:
+    """Bowel gas changes from slice to slice, as bowel loops do."""
+    x0, y0, x1, y1 = anatomy.gas_box
+    for _ in range(int(rng.integers(3, 8))):
+        r = rng.uniform(4, 14) / spacing
+        gx, gy = rng.uniform(x0, x1), rng.uniform(y0, y1)
+        ry = r * rng.uniform(0.6, 1.0)
+        ys, xs = np.ogrid[int(gy - ry) : int(gy + ry) + 1, int(gx - r) : int(gx + r) + 1]
+        mask = ((xs - gx) / r) ** 2 + ((ys - gy) / ry) ** 2 <= 1.0
+        hu[int(gy - ry) : int(gy + ry) + 1, int(gx - r) : int(gx + r) + 1][mask] = TISSUE_HU[
+            "bowel_gas"
+        ][0]
 
 
 def _kidney_slice(
@@ -453,11 +465,12 @@ def write_patient(
     # Sizes overlap: oncocytoma median ~3.5 cm, RCC ~4.5 cm, both 1.5-8 cm.
     median = 17.0 if plan.label == "benign" else 22.0
     radius_mm = float(np.clip(rng.lognormal(math.log(median), 0.3), 8.0, 40.0))
-    offset = krx * rng.uniform(0.5, 0.9)
+    # Renal masses found on CT usually bulge from the kidney's outline (exophytic).
+    offset = krx * rng.uniform(0.75, 1.05)
     lesion = _Lesion(
         side=side,
-        cx=kcx + offset * math.cos(angle) * 0.8,
-        cy=kcy + offset * math.sin(angle) * 0.6,
+        cx=kcx + offset * math.cos(angle),
+        cy=kcy + offset * math.sin(angle) * 0.8,
         radius_mm=radius_mm,
         z_scale=float(rng.uniform(0.85, 1.15)),
         histology=plan.histology,
@@ -508,6 +521,7 @@ def write_patient(
             z = z0 + i * thickness
             dz = z - table_z
             hu = base_hu.copy()
+            _bowel_gas(rng, anatomy, spacing, hu)
             _kidney_slice(anatomy, spacing, dz, phase, hu)
             _lesion_slice(s_no, lesion, spacing, dz, phase, hu)
             noise = rng.standard_normal((SIZE, SIZE), dtype=np.float32)
