@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -13,7 +11,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import FlowRunContext
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.tasks import Task
@@ -23,17 +21,14 @@ from tasks.config import PreprocessConfig
 from tasks.errors import is_transient_io
 from tasks.ingest import (
     BatchReport,
-    Reject,
-    ScannedFile,
-    chunk,
+    StagedBatch,
+    commit_batch,
     convert_files,
     discover_files,
-    plan_batches,
+    group_files,
     read_labels,
-    scan_files,
-    write_rejects,
 )
-from tasks.store import check_manifest, read_ledger
+from tasks.store import check_manifest, clear_staging, read_ledger
 
 T = TypeVar("T")
 
@@ -78,23 +73,16 @@ _TASK_OPTIONS: dict[str, Any] = {
 }
 
 
-@task(name="scan-headers", **_TASK_OPTIONS)
-def scan_batch(
-    store: str, uris: Opaque[list[str]], config: PreprocessConfig, cohort: str, run_id: str
-) -> tuple[list[ScannedFile], BatchReport]:
-    return scan_files(store, uris.value, config, cohort, run_id)
-
-
 @task(name="convert-slices", **_TASK_OPTIONS)
 def convert_batch(
     store: str,
-    items: Opaque[list[ScannedFile]],
+    uris: Opaque[list[str]],
     config: PreprocessConfig,
     cohort: str,
     labels: Opaque[dict[str, str]],
     run_id: str,
-) -> BatchReport:
-    return convert_files(store, items.value, config, cohort, labels.value, run_id)
+) -> StagedBatch:
+    return convert_files(store, uris.value, config, cohort, labels.value, run_id)
 
 
 @dataclass
@@ -113,7 +101,6 @@ class IngestSummary:
     seconds: float = 0.0
     work_seconds: float = 0.0
     workers: int = 0
-    scan_tasks: int = 0
     convert_tasks: int = 0
     worker_slices: dict[str, int] = field(default_factory=dict)
     worker_seconds: dict[str, float] = field(default_factory=dict)
@@ -145,6 +132,9 @@ def ingest_flow(
     run_id = str(flow_run.get_id() or "local")
     summary = IngestSummary(archive, store, run_id, config.version)
     check_manifest(store, config.to_dict(), config.version)
+    stale = clear_staging(store)  # batches a crashed run converted but never committed
+    if stale:
+        logger.info("removed %d uncommitted batches left by an interrupted run", stale)
     label_map = read_labels(labels) if labels else {}
 
     found = discover_files(archive)
@@ -174,42 +164,37 @@ def ingest_flow(
     threads = _cluster_threads()
     summary.workers = threads
     work_started = time.perf_counter()
-    # Scans and conversions overlap: each scanned chunk is planned and its batches are
-    # submitted as soon as it arrives, while other workers are still reading headers.
     # Each Prefect task run costs ~0.1 s of client set-up on its worker, so batches are
-    # large: about three conversion tasks per worker thread, at most `batch_size` slices.
-    size = _balanced(len(pending), threads * 3, 32, batch_size)
-    scan_futures = [
-        scan_batch.submit(store, Opaque(uris), config, cohort, run_id)
-        for uris in chunk(pending, _balanced(len(pending), threads * 2, 100, scan_batch_size))
+    # large: about three tasks per worker thread, at most `batch_size` files each.
+    batches = group_files(pending, _balanced(len(pending), threads * 3, 32, batch_size))
+    futures = [
+        convert_batch.submit(store, Opaque(batch), config, cohort, Opaque(label_map), run_id)
+        for batch in batches
     ]
-    summary.scan_tasks = len(scan_futures)
-    claimed: set[str] = set()
-    held: list[ScannedFile] = []
-    convert_futures: list[PrefectFuture[BatchReport]] = []
-    for scan_future in as_completed(scan_futures):
-        accepted, report = scan_future.result()
-        record(report)
-        plan = plan_batches(accepted, ledger, size, claimed)
-        _reject_duplicates(store, plan.duplicates, cohort, run_id, config.version, summary)
-        held.extend(plan.held)
-        convert_futures += [
-            convert_batch.submit(store, Opaque(batch), config, cohort, Opaque(label_map), run_id)
-            for batch in plan.batches
-        ]
-    _wait_and_report(convert_futures, summary, record, started, logger)
-
-    # Held-back duplicates: normally all rejected in one more plan. One is decoded
-    # only if the copy chosen first turned out to be unusable.
-    while held:
-        plan = plan_batches(held, read_ledger(store), size)
-        _reject_duplicates(store, plan.duplicates, cohort, run_id, config.version, summary)
-        futures = [
-            convert_batch.submit(store, Opaque(batch), config, cohort, Opaque(label_map), run_id)
-            for batch in plan.batches
-        ]
-        _wait_and_report(futures, summary, record, started, logger)
-        held = plan.held
+    summary.convert_tasks = len(futures)
+    # Workers convert in parallel; this process commits each batch as it arrives,
+    # the only place that sees every batch and so can tell duplicates apart.
+    stored = dict(ledger.sop_sources)
+    files_done = 0
+    for done, future in enumerate(as_completed(futures), start=1):
+        staged = future.result()
+        record(staged.report)
+        files_done += staged.report.n_files
+        duplicates = commit_batch(store, staged, stored, cohort, run_id, config.version)
+        summary.slices -= len(duplicates)
+        summary.rejects.update(r.code.value for r in duplicates)
+        elapsed = time.perf_counter() - started
+        logger.info(
+            "[%d/%d batches] %d/%d files, %d slices, %d rejects, %.0f slices/s",
+            done,
+            len(futures),
+            files_done,
+            len(pending),
+            summary.slices,
+            summary.n_rejects,
+            summary.slices / max(elapsed, 1e-9),
+        )
+    clear_staging(store)
 
     if label_map:
         stored_patients = _patients_in_store(store)
@@ -233,43 +218,6 @@ def _cluster_threads() -> int:
         return 1
     workers = runner.client.scheduler_info().get("workers", {})
     return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
-
-
-def _reject_duplicates(
-    store: str,
-    duplicates: list[Reject],
-    cohort: str,
-    run_id: str,
-    version: str,
-    summary: IngestSummary,
-) -> None:
-    if duplicates:
-        part = f"dup-{run_id[:8]}-{uuid.uuid4().hex[:12]}"
-        write_rejects(store, duplicates, cohort, run_id, version, part)
-        summary.rejects.update(r.code.value for r in duplicates)
-
-
-def _wait_and_report(
-    futures: list[PrefectFuture[BatchReport]],
-    summary: IngestSummary,
-    record: Callable[[BatchReport], None],
-    started: float,
-    logger: Any,
-) -> None:
-    """Collect conversion results as they finish, logging progress for each batch."""
-    total = len(futures)
-    summary.convert_tasks += total
-    for done, future in enumerate(as_completed(futures), start=1):
-        record(future.result())
-        elapsed = time.perf_counter() - started
-        logger.info(
-            "[%d/%d batches] %d slices, %d rejects, %.0f slices/s",
-            done,
-            total,
-            summary.slices,
-            summary.n_rejects,
-            summary.slices / max(elapsed, 1e-9),
-        )
 
 
 def _balanced(n_items: int, n_tasks: int, smallest: int, largest: int) -> int:
@@ -314,7 +262,7 @@ def format_summary(summary: IngestSummary) -> str:
             f"  on the cluster   {summary.work_seconds:>8.1f} s  ({per_core:,.0f} slices/s per "
             f"worker thread, {summary.workers} threads)"
         )
-    lines.append(f"  tasks            {summary.scan_tasks} scan + {summary.convert_tasks} convert")
+    lines.append(f"  tasks            {summary.convert_tasks} conversion batches")
     workers = defaultdict(float, summary.worker_seconds)
     for worker, slices in sorted(summary.worker_slices.items()):
         busy = workers[worker]

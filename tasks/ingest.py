@@ -1,4 +1,4 @@
-"""Batched ingest work: discover files, scan headers, plan batches, convert and write.
+"""Batched ingest work: discover files, group them, convert in one pass, commit.
 
 Each function works on a batch of files so that a 100,000-file archive becomes a few
 hundred units of work, and every file of a batch ends up in exactly one of the two
@@ -19,23 +19,25 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import fsspec
+import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
 from tasks.config import PreprocessConfig
 from tasks.convert import ConvertedSlice, convert_file
-from tasks.dicom import RejectedFile, RejectReason, SliceHeader, read_dataset, read_header
+from tasks.dicom import RejectedFile, RejectReason
 from tasks.errors import InputError
-from tasks.store import REJECTS, SLICES, Ledger, now_utc, write_part
+from tasks.store import (
+    REJECTS,
+    SLICES,
+    STAGING,
+    move_part,
+    now_utc,
+    read_part,
+    remove_part,
+    write_part,
+)
 
 LABELS = ("benign", "malignant")
-
-
-@dataclass(frozen=True)
-class ScannedFile:
-    """A file whose header passed the checks, waiting to be decoded."""
-
-    source_uri: str
-    header: SliceHeader
 
 
 @dataclass
@@ -95,14 +97,12 @@ def chunk(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[start : start + size]
 
 
-def _open(source_uri: str, *, whole: bool) -> IO[bytes] | str:
+def _open(source_uri: str) -> IO[bytes] | str:
     """A local path (fastest for pydicom) or an in-memory copy of a remote object."""
     fs, path = fsspec.core.url_to_fs(source_uri)
     if isinstance(fs, LocalFileSystem):
         return str(path)
-    if whole:
-        return io.BytesIO(fs.cat_file(path))
-    return fs.open(path, "rb", block_size=256 * 1024)
+    return io.BytesIO(fs.cat_file(path))
 
 
 def _reject_row(reject: Reject, cohort: str, run_id: str, version: str) -> dict[str, Any]:
@@ -130,114 +130,6 @@ def _as_reject(source_uri: str, err: Exception) -> Reject:
         return Reject(source_uri, err.code, err.reason)
     text = str(err) or type(err).__name__
     return Reject(source_uri, RejectReason.UNREADABLE, f"cannot read the file: {text}")
-
-
-def scan_files(
-    store_uri: str,
-    source_uris: list[str],
-    config: PreprocessConfig,
-    cohort: str,
-    run_id: str,
-) -> tuple[list[ScannedFile], BatchReport]:
-    """Read headers only; write the files that are not usable CT slices to `rejects`.
-
-    Transient I/O errors (network, throttling) propagate so the caller can retry the
-    batch; anything wrong with a file itself becomes a reject.
-    """
-    started = time.perf_counter()
-    accepted: list[ScannedFile] = []
-    rejects: list[Reject] = []
-    for uri in source_uris:
-        try:
-            ds = read_dataset(_open(uri, whole=False), with_pixels=False)
-            accepted.append(ScannedFile(uri, read_header(ds, config)))
-        except (TimeoutError, ConnectionError):
-            raise
-        except Exception as err:  # one bad file never fails the batch
-            rejects.append(_as_reject(uri, err))
-    write_rejects(
-        store_uri,
-        rejects,
-        cohort,
-        run_id,
-        config.version,
-        f"scan-{run_id[:8]}-{uuid.uuid4().hex[:12]}",
-    )
-    report = BatchReport(
-        n_files=len(source_uris),
-        rejects=Counter(r.code.value for r in rejects),
-        seconds=time.perf_counter() - started,
-        worker=worker_name(),
-    )
-    return accepted, report
-
-
-@dataclass
-class Plan:
-    """The result of planning: batches to convert, duplicates to reject, files held back."""
-
-    batches: list[list[ScannedFile]]
-    duplicates: list[Reject]
-    held: list[ScannedFile]
-
-
-def plan_batches(
-    scanned: list[ScannedFile],
-    ledger: Ledger,
-    batch_size: int,
-    claimed: set[str] | None = None,
-) -> Plan:
-    """Group files by series into batches of about `batch_size`, resolving duplicates.
-
-    A SOPInstanceUID already in the store makes the file a duplicate. Within this
-    run, the first file by URI wins and the others are held back: they become
-    duplicates only once the winner is stored, so a damaged copy never takes a good
-    copy of the same image down with it. `claimed` carries the SOPInstanceUIDs that
-    earlier plans of the same run already sent for decoding (updated in place).
-    """
-    claimed = set() if claimed is None else claimed
-    duplicates: list[Reject] = []
-    held: list[ScannedFile] = []
-    winners: dict[str, ScannedFile] = {}
-    for item in sorted(scanned, key=lambda s: s.source_uri):
-        sop = item.header.sop_instance_uid
-        if sop in ledger.sop_sources:
-            duplicates.append(
-                Reject(
-                    item.source_uri,
-                    RejectReason.DUPLICATE,
-                    f"duplicate of SOPInstanceUID {sop} (already stored from "
-                    f"{ledger.sop_sources[sop]})",
-                    sop,
-                )
-            )
-        elif sop in winners or sop in claimed:
-            held.append(item)
-        else:
-            winners[sop] = item
-            claimed.add(sop)
-    by_series: dict[str, list[ScannedFile]] = defaultdict(list)
-    for item in winners.values():
-        by_series[item.header.series_instance_uid].append(item)
-    batches: list[list[ScannedFile]] = []
-    current: list[ScannedFile] = []
-    for series_uid in sorted(by_series):
-        series = sorted(
-            by_series[series_uid],
-            key=lambda s: (s.header.z if s.header.z is not None else 0.0, s.source_uri),
-        )
-        # Keep a series in one batch when it fits; split long series, never merge past size.
-        if current and len(current) + len(series) > batch_size:
-            batches.append(current)
-            current = []
-        for part in chunk(series, batch_size):
-            if len(part) == batch_size:
-                batches.append(part)
-            else:
-                current.extend(part)
-    if current:
-        batches.append(current)
-    return Plan(batches=batches, duplicates=duplicates, held=held)
 
 
 def _slice_row(
@@ -281,22 +173,67 @@ def _slice_row(
     }
 
 
+def group_files(source_uris: list[str], batch_size: int) -> list[list[str]]:
+    """Batches of at most `batch_size` files that keep each folder together when it fits.
+
+    Archives store a series per folder almost everywhere, so grouping by folder groups by
+    series without reading a single header; a folder larger than a batch is split.
+    """
+    folders: dict[str, list[str]] = defaultdict(list)
+    for uri in sorted(source_uris):
+        folders[uri.rsplit("/", 1)[0]].append(uri)
+    batches: list[list[str]] = []
+    current: list[str] = []
+    for folder in sorted(folders):
+        files = folders[folder]
+        if current and len(current) + len(files) > batch_size:
+            batches.append(current)
+            current = []
+        for part in chunk(files, batch_size):
+            if len(part) == batch_size:
+                batches.append(part)
+            else:
+                current.extend(part)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class StagedBatch:
+    """A converted batch: its slices wait in a staged part until the flow commits them."""
+
+    staged_part: str | None
+    part_name: str
+    sops: list[tuple[str, str]]  # (sop_instance_uid, source_uri) of the staged rows
+    report: BatchReport
+
+
+def staging_folder(store_uri: str, run_id: str) -> str:
+    return f"{store_uri.rstrip('/')}/{STAGING}/{run_id}"
+
+
 def convert_files(
     store_uri: str,
-    items: list[ScannedFile],
+    source_uris: list[str],
     config: PreprocessConfig,
     cohort: str,
     labels: dict[str, str],
     run_id: str,
-) -> BatchReport:
-    """Decode and preprocess a batch; write one `slices` part and one `rejects` part."""
+) -> StagedBatch:
+    """Read, check, decode and preprocess a batch of files in one pass.
+
+    Files that are not usable slices are written to `rejects` at once (that verdict is
+    the file's own). The slices go to a staged part, sorted by series and z; they
+    become visible only when `commit_batch` moves them into `slices`, after duplicates
+    across batches have been resolved.
+    """
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     rejects: list[Reject] = []
-    for item in items:
-        uri = item.source_uri
+    for uri in source_uris:
         try:
-            converted = convert_file(_open(uri, whole=True), config, item.header)
+            converted = convert_file(_open(uri), config)
         except (TimeoutError, ConnectionError):
             raise
         except Exception as err:  # one bad file never fails the batch
@@ -304,18 +241,64 @@ def convert_files(
             continue
         label = labels.get(converted.header.patient_id)
         rows.append(_slice_row(uri, converted, cohort, label, run_id, config.version))
+    rows.sort(key=lambda r: (r["series_instance_uid"], r["z"] if r["z"] is not None else 0.0))
     part = f"part-{run_id[:8]}-{uuid.uuid4().hex[:12]}"
-    # Slices first: if the process dies between the two writes, the rejected files
-    # are simply found pending (and rejected again) on the next run.
-    write_part(store_uri, SLICES, rows, part)
+    staged = write_part(staging_folder(store_uri, run_id), SLICES, rows, part)
     write_rejects(store_uri, rejects, cohort, run_id, config.version, part)
-    return BatchReport(
-        n_files=len(items),
+    report = BatchReport(
+        n_files=len(source_uris),
         n_slices=len(rows),
         rejects=Counter(r.code.value for r in rejects),
         seconds=time.perf_counter() - started,
         worker=worker_name(),
     )
+    return StagedBatch(
+        staged, part, [(r["sop_instance_uid"], r["source_uri"]) for r in rows], report
+    )
+
+
+def commit_batch(
+    store_uri: str,
+    staged: StagedBatch,
+    stored: dict[str, str],
+    cohort: str,
+    run_id: str,
+    version: str,
+) -> list[Reject]:
+    """Move a staged part into `slices`, turning repeated SOPInstanceUIDs into rejects.
+
+    `stored` maps every SOPInstanceUID already in the store (or committed earlier in
+    this run) to its source; it is updated in place. The first copy of an image to be
+    committed is kept; later copies become `duplicate` rejects. Only decoded slices
+    compete, so a damaged copy never takes a good copy of the same image down with it.
+    The slices part is committed before the duplicate rejects are written: a crash in
+    between leaves those files unaccounted for, and the next run rejects them again.
+    """
+    duplicates: list[Reject] = []
+    keep: list[bool] = []
+    for sop, uri in staged.sops:
+        if sop in stored:
+            duplicates.append(
+                Reject(
+                    uri,
+                    RejectReason.DUPLICATE,
+                    f"duplicate of SOPInstanceUID {sop} (already stored from {stored[sop]})",
+                    sop,
+                )
+            )
+            keep.append(False)
+        else:
+            stored[sop] = uri
+            keep.append(True)
+    if staged.staged_part is not None:
+        if all(keep):
+            move_part(staged.staged_part, store_uri, SLICES, staged.part_name)
+        else:
+            table = read_part(staged.staged_part).filter(pa.array(keep))
+            write_part(store_uri, SLICES, table.to_pylist(), staged.part_name)
+            remove_part(staged.staged_part)
+    write_rejects(store_uri, duplicates, cohort, run_id, version, f"dup-{staged.part_name}")
+    return duplicates
 
 
 def read_labels(labels_uri: str) -> dict[str, str]:

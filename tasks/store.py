@@ -25,6 +25,7 @@ from tasks.errors import StoreError
 
 SLICES = "slices"
 REJECTS = "rejects"
+STAGING = "_staging"  # converted batches waiting to be committed (never read as data)
 MANIFEST = "_renalflow_store.json"
 
 SLICE_SCHEMA = pa.schema(
@@ -118,6 +119,45 @@ def write_part(
             "writable and has free space; nothing partial was left behind"
         ) from err
     return final
+
+
+def move_part(source: str, store_uri: str, table_name: str, part_name: str) -> str:
+    """Commit a staged part file into `table_name` of the store (rename, or one copy)."""
+    fs, root = open_store(store_uri)
+    folder = posixpath.join(root, table_name)
+    fs.makedirs(folder, exist_ok=True)
+    final = posixpath.join(folder, f"{part_name}.parquet")
+    try:
+        if isinstance(fs, LocalFileSystem):
+            fs.mv(source, final)
+        else:
+            fs.copy(source, final)
+            fs.rm(source)
+    except OSError as err:
+        raise StoreError(f"could not commit {source} to {final}: {err}") from err
+    return final
+
+
+def read_part(path: str) -> pa.Table:
+    fs, _ = fsspec.core.url_to_fs(path)
+    with fs.open(path, "rb") as handle:
+        return pq.read_table(handle)
+
+
+def remove_part(path: str) -> None:
+    fs, _ = fsspec.core.url_to_fs(path)
+    fs.rm(path)
+
+
+def clear_staging(store_uri: str) -> int:
+    """Remove batches staged by runs that never committed them; returns how many."""
+    fs, root = open_store(store_uri)
+    folder = posixpath.join(root, STAGING)
+    if not fs.exists(folder):
+        return 0
+    stale = [p for p in fs.find(folder) if p.endswith(".parquet") or p.endswith(".tmp")]
+    fs.rm(folder, recursive=True)
+    return len(stale)
 
 
 def list_parts(store_uri: str, table_name: str) -> list[str]:

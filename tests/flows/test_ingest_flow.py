@@ -145,10 +145,15 @@ def test_odd_files_get_readable_reasons(ingested):
         elif outcome == "decode":
             assert by_name[name]["reason_code"] in ("decode_error", "truncated"), by_name[name]
             assert "JPEG 2000" in by_name[name]["reason"]
+        elif outcome == "duplicate":
+            # Whichever copy is committed first is kept; the other becomes the duplicate.
+            assert name in stored or by_name[name]["reason_code"] == "duplicate", name
         else:
             assert by_name[name]["reason_code"] == outcome, (name, by_name[name])
     assert by_name["MR_small.dcm"]["reason"] == "modality MR, not CT"
-    assert by_name["copy_of_first.dcm"]["reason"].startswith("duplicate of SOPInstanceUID ")
+    duplicates = [r for r in rejects if r["reason_code"] == "duplicate"]
+    assert len(duplicates) == 2
+    assert all(r["reason"].startswith("duplicate of SOPInstanceUID ") for r in duplicates)
 
 
 def test_damaged_duplicate_does_not_take_the_good_copy_down(ingested, mixed_archive):
