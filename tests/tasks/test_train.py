@@ -6,7 +6,7 @@ import pytest
 
 from tasks.config import PreprocessConfig
 from tasks.evaluate import evaluate, patient_table
-from tasks.ingest import convert_files, discover_files, read_labels, scan_files
+from tasks.ingest import commit_batch, convert_files, discover_files, read_labels
 from tasks.model import profile_config
 from tasks.split import load_split
 from tasks.synth import SynthConfig, synthesize_archive
@@ -24,15 +24,9 @@ def store(tmp_path_factory) -> str:
     store = str(root / "store")
     config = PreprocessConfig(output_size=64)
     uris = discover_files(str(root / "synth" / "archive"))
-    accepted, _ = scan_files(store, uris, config, "development", "run")
-    convert_files(
-        store,
-        accepted,
-        config,
-        "development",
-        read_labels(str(root / "synth" / "labels.csv")),
-        "run",
-    )
+    labels = read_labels(str(root / "synth" / "labels.csv"))
+    staged = convert_files(store, uris, config, "development", labels, "run")
+    commit_batch(store, staged, {}, "development", "run", config.version)
     return store
 
 
