@@ -56,6 +56,9 @@ def dask_task_runner(
         "threads_per_worker": 1,
         "processes": True,
         "dashboard_address": None,
+        # Workers import renalflow (and Prefect) while the cluster starts, not on their
+        # first task.
+        "preload": ["flows.ingest"],
     }
     if memory_limit:
         kwargs["memory_limit"] = memory_limit
