@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import platform
 import shutil
 import time
@@ -81,6 +82,8 @@ def _environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "numpy": np.__version__,
+        "pid": os.getpid(),
+        "host": platform.node(),
     }
     try:
         if env["keras_backend"] == "tensorflow":

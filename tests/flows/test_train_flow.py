@@ -1,0 +1,77 @@
+"""Train and evaluate through the Prefect engine; the GPU path on a real Dask worker."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from flows.train import evaluate_flow, gpu_workers, train_flow
+from tasks.config import PreprocessConfig
+from tasks.ingest import commit_batch, convert_files, discover_files, read_labels
+from tasks.model import profile_config
+from tasks.synth import SynthConfig, synthesize_archive
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("train-flow")
+    synthesize_archive(
+        root / "synth",
+        SynthConfig(patients=10, seed=8, benign_fraction=0.4, max_slices_per_series=3),
+        jobs=2,
+    )
+    store = str(root / "store")
+    config = PreprocessConfig(output_size=64)
+    uris = discover_files(str(root / "synth" / "archive"))
+    labels = read_labels(str(root / "synth" / "labels.csv"))
+    staged = convert_files(store, uris, config, "development", labels, "run")
+    commit_batch(store, staged, {}, "development", "run", config.version)
+    return store
+
+
+def test_train_flow_runs_locally_and_evaluate_flow_reports(prefect_api, small_store, tmp_path):
+    config = profile_config("cpu-demo", input_size=64, epochs=2)
+    result = train_flow(store=small_store, model_dir=str(tmp_path / "model"), config=config)
+    assert (tmp_path / "model" / "model.keras").exists() and result.selected_epoch in (1, 2)
+    metrics = evaluate_flow(
+        store=small_store,
+        model_dir=str(tmp_path / "model"),
+        report=str(tmp_path / "report"),
+        options={"split": "test", "n_bootstrap": 20},
+    )
+    assert metrics["model_version"] == result.model_version
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["patient"]["n"] >= 2
+
+
+def test_training_is_placed_on_the_gpu_worker(prefect_api, small_store, tmp_path):
+    from distributed import Client, LocalCluster
+    from prefect_dask import DaskTaskRunner
+
+    # Two workers; only the second advertises a GPU, as `dask worker --resources GPU=1`.
+    with LocalCluster(
+        n_workers=0, processes=True, threads_per_worker=1, dashboard_address=None
+    ) as cluster:
+        cluster.scale(1)
+        cluster.wait_for_workers(1)
+        plain = set(cluster.scheduler_info["workers"])
+        gpu_cluster_spec = dict(cluster.new_worker_spec())
+        name, spec = next(iter(gpu_cluster_spec.items()))
+        spec["options"] = {**spec["options"], "resources": {"GPU": 1}}
+        cluster.worker_spec[f"gpu-{name}"] = spec
+        cluster.scale(2)
+        cluster.wait_for_workers(2)
+        gpu = set(gpu_workers(cluster.scheduler_address))
+        assert len(gpu) == 1 and not (gpu & plain)
+        config = profile_config("cpu-demo", input_size=64, epochs=1)
+        runner = DaskTaskRunner(address=cluster.scheduler_address)
+        result = train_flow.with_options(task_runner=runner)(
+            store=small_store, model_dir=str(tmp_path / "gpu-model"), config=config, gpu=True
+        )
+        env = json.loads((Path(result.model_dir) / "environment.json").read_text())
+        assert env["keras_backend"] == os.environ.get("KERAS_BACKEND", "tensorflow")
+        with Client(cluster) as client:
+            pids = client.run(os.getpid)
+        assert env["pid"] == pids[next(iter(gpu))], "training did not run on the GPU worker"
