@@ -232,15 +232,22 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         max_slices_per_series=args.max_slices_per_series,
     )
 
+    tty = sys.stderr.isatty()
+
     def progress(done: int, total: int, slices: int) -> None:
-        print(f"\r  {done}/{total} patients, {slices} slices", end="", file=sys.stderr, flush=True)
+        # A live counter on a terminal; every tenth of the work in a log file.
+        if tty:
+            print(f"\r  {done}/{total} patients, {slices} slices", end="", file=sys.stderr)
+        elif done == total or done % max(1, total // 10) == 0:
+            print(f"  {done}/{total} patients, {slices} slices", file=sys.stderr)
 
     print(
         f"writing {config.patients} synthetic patients to {args.out} (seed {config.seed})",
         file=sys.stderr,
     )
     report = synthesize_archive(args.out, config, jobs=args.jobs, progress=progress)
-    print(file=sys.stderr)
+    if tty:
+        print(file=sys.stderr)
     record = {
         "seed": config.seed,
         "patients": report.patients,

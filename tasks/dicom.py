@@ -150,7 +150,8 @@ def _check_complete(ds: Dataset, size: int | None) -> None:
         tell = getattr(elem, "value_tell", None)
         # Encapsulated (undefined length) and deflated data cannot be sized from the header.
         undefined = length == 0xFFFFFFFF
-        deflated = _text(ds.file_meta, "TransferSyntaxUID") == str(DeflatedExplicitVRLittleEndian)
+        syntax = read_text(ds.file_meta, "TransferSyntaxUID")
+        deflated = syntax == str(DeflatedExplicitVRLittleEndian)
         sized = size is not None and tell is not None and length is not None
         if sized and not undefined and not deflated:
             assert size is not None and tell is not None and length is not None
@@ -160,7 +161,7 @@ def _check_complete(ds: Dataset, size: int | None) -> None:
                     f"pixel data ends early (truncated file): {size - tell} of {length} bytes",
                 )
         return
-    if _text(ds, "Modality").upper() != "CT":
+    if read_text(ds, "Modality").upper() != "CT":
         return  # other modalities (and files without one) are refused for what they are
     missing = [k for k in _IMAGE_TAGS if not _values(ds, k)]
     if missing:
@@ -248,9 +249,6 @@ def read_text(ds: Dataset, keyword: str) -> str:
     """A string element's value (multiple values joined with a backslash), "" if absent."""
     values = _values(ds, keyword)
     return "\\".join(values) if len(values) > 1 else (values[0] if values else "")
-
-
-_text = read_text
 
 
 def _float(ds: Dataset, keyword: str) -> float | None:
@@ -352,15 +350,15 @@ def detect_phase(ds: Dataset) -> Phase:
     (below 50 s arterial, 50-180 s venous); then an empty ContrastBolusAgent means no
     contrast. Anything else is `unknown` rather than a guess.
     """
-    text = " ".join(_text(ds, k) for k in ("SeriesDescription", "ProtocolName"))
+    text = " ".join(read_text(ds, k) for k in ("SeriesDescription", "ProtocolName"))
     text = text.replace("_", " ")
     for phase, pattern in _PHASE_WORDS:
         if pattern.search(text):
             return phase
-    agent = _text(ds, "ContrastBolusAgent")
+    agent = read_text(ds, "ContrastBolusAgent")
     if agent:
-        start = _seconds(_text(ds, "ContrastBolusStartTime"))
-        acquired = _seconds(_text(ds, "AcquisitionTime"))
+        start = _seconds(read_text(ds, "ContrastBolusStartTime"))
+        acquired = _seconds(read_text(ds, "AcquisitionTime"))
         if start is not None and acquired is not None:
             delay = acquired - start
             if 0 <= delay < 50:
@@ -378,14 +376,14 @@ def read_header(ds: Dataset, config: PreprocessConfig) -> SliceHeader:
 
     Raises `RejectedFile` with a readable reason for anything else.
     """
-    modality = _text(ds, "Modality")
+    modality = read_text(ds, "Modality")
     if not modality:
         raise RejectedFile(
             RejectReason.MISSING_TAG, "no Modality element: cannot confirm the image is CT"
         )
     if modality.upper() != "CT":
         raise RejectedFile(RejectReason.NOT_CT, f"modality {modality}, not CT")
-    sop_class = _text(ds, "SOPClassUID")
+    sop_class = read_text(ds, "SOPClassUID")
     frames = _int(ds, "NumberOfFrames")
     if sop_class in _MULTIFRAME_CT or (frames is not None and frames > 1):
         raise RejectedFile(
@@ -402,7 +400,7 @@ def read_header(ds: Dataset, config: PreprocessConfig) -> SliceHeader:
             f"derived image (ImageType {'/'.join(image_type)}): only original acquisitions "
             "are used; set keep_derived to include reformats",
         )
-    sop_uid = _text(ds, "SOPInstanceUID")
+    sop_uid = read_text(ds, "SOPInstanceUID")
     if not sop_uid:
         raise RejectedFile(RejectReason.MISSING_TAG, "no SOPInstanceUID: the image has no identity")
     orientation = _floats(ds, "ImageOrientationPatient")
@@ -420,7 +418,7 @@ def read_header(ds: Dataset, config: PreprocessConfig) -> SliceHeader:
             RejectReason.NO_RESCALE,
             "no RescaleSlope/RescaleIntercept: pixel values are not Hounsfield units",
         )
-    rescale_type = _text(ds, "RescaleType")
+    rescale_type = read_text(ds, "RescaleType")
     if rescale_type and rescale_type.upper() not in ("HU", "HOUNSFIELD UNITS"):
         raise RejectedFile(
             RejectReason.NO_RESCALE,
@@ -436,21 +434,21 @@ def read_header(ds: Dataset, config: PreprocessConfig) -> SliceHeader:
     spacing = _floats(ds, "PixelSpacing")
     pixel_spacing = (spacing[0], spacing[1]) if spacing and len(spacing) == 2 else None
     return SliceHeader(
-        patient_id=_text(ds, "PatientID"),
-        study_instance_uid=_text(ds, "StudyInstanceUID"),
-        series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        patient_id=read_text(ds, "PatientID"),
+        study_instance_uid=read_text(ds, "StudyInstanceUID"),
+        series_instance_uid=read_text(ds, "SeriesInstanceUID"),
         sop_instance_uid=sop_uid,
         instance_number=_int(ds, "InstanceNumber"),
         z=z,
         phase=detect_phase(ds).value,
         slice_thickness=_float(ds, "SliceThickness"),
         pixel_spacing=pixel_spacing,
-        manufacturer=_text(ds, "Manufacturer"),
+        manufacturer=read_text(ds, "Manufacturer"),
         transfer_syntax=str(UID(ds.file_meta.TransferSyntaxUID)),
-        study_date=_text(ds, "StudyDate"),
-        series_description=_text(ds, "SeriesDescription"),
+        study_date=read_text(ds, "StudyDate"),
+        series_description=read_text(ds, "SeriesDescription"),
         kvp=_float(ds, "KVP"),
-        photometric_interpretation=_text(ds, "PhotometricInterpretation"),
+        photometric_interpretation=read_text(ds, "PhotometricInterpretation"),
         rows=rows,
         columns=columns,
         rescale_slope=slope,

@@ -87,6 +87,16 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
+def _rename(fs: fsspec.AbstractFileSystem, source: str, final: str) -> None:
+    """Atomic move: a rename on local disk; object stores have no rename, but a single
+    whole-object copy is atomic, so copy then delete."""
+    if isinstance(fs, LocalFileSystem):
+        fs.mv(source, final)
+    else:
+        fs.copy(source, final)
+        fs.rm(source)
+
+
 def write_part(
     store_uri: str, table_name: str, rows: list[dict[str, Any]], part_name: str
 ) -> str | None:
@@ -107,12 +117,7 @@ def write_part(
     try:
         with fs.open(temporary, "wb") as handle:
             pq.write_table(table, handle, row_group_size=max(1, len(rows)), compression="zstd")
-        if isinstance(fs, LocalFileSystem):
-            fs.mv(temporary, final)
-        else:
-            # Object stores have no rename; a single whole-object copy is atomic.
-            fs.copy(temporary, final)
-            fs.rm(temporary)
+        _rename(fs, temporary, final)
     except OSError as err:
         raise StoreError(
             f"could not write {table_name} part {final}: {err}. Check that the store is "
@@ -128,11 +133,7 @@ def move_part(source: str, store_uri: str, table_name: str, part_name: str) -> s
     fs.makedirs(folder, exist_ok=True)
     final = posixpath.join(folder, f"{part_name}.parquet")
     try:
-        if isinstance(fs, LocalFileSystem):
-            fs.mv(source, final)
-        else:
-            fs.copy(source, final)
-            fs.rm(source)
+        _rename(fs, source, final)
     except OSError as err:
         raise StoreError(f"could not commit {source} to {final}: {err}") from err
     return final

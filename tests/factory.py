@@ -100,3 +100,20 @@ def save_without_meta(ds: Dataset, path: Path) -> Path:
     if path.read_bytes()[:2] != b"\x08\x00":
         raise AssertionError("expected a bare dataset starting with group 0008")
     return path
+
+
+def build_store(root: Path, *, patients: int, seed: int, size: int = 64) -> str:
+    """A small labelled slice store from a synthetic archive, without Prefect or Dask."""
+    from tasks.config import PreprocessConfig
+    from tasks.ingest import commit_batch, convert_files, discover_files, read_labels
+    from tasks.synth import SynthConfig, synthesize_archive
+
+    synth = SynthConfig(patients=patients, seed=seed, benign_fraction=0.4, max_slices_per_series=4)
+    synthesize_archive(root / "synth", synth, jobs=2)
+    store = str(root / "store")
+    config = PreprocessConfig(output_size=size)
+    uris = discover_files(str(root / "synth" / "archive"))
+    labels = read_labels(str(root / "synth" / "labels.csv"))
+    staged = convert_files(store, uris, config, "development", labels, "run")
+    commit_batch(store, staged, {}, "development", "run", config.version)
+    return store

@@ -9,27 +9,13 @@ from pathlib import Path
 import pytest
 
 from flows.train import evaluate_flow, gpu_workers, train_flow
-from tasks.config import PreprocessConfig
-from tasks.ingest import commit_batch, convert_files, discover_files, read_labels
 from tasks.model import profile_config
-from tasks.synth import SynthConfig, synthesize_archive
+from tests.factory import build_store
 
 
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("train-flow")
-    synthesize_archive(
-        root / "synth",
-        SynthConfig(patients=10, seed=8, benign_fraction=0.4, max_slices_per_series=3),
-        jobs=2,
-    )
-    store = str(root / "store")
-    config = PreprocessConfig(output_size=64)
-    uris = discover_files(str(root / "synth" / "archive"))
-    labels = read_labels(str(root / "synth" / "labels.csv"))
-    staged = convert_files(store, uris, config, "development", labels, "run")
-    commit_batch(store, staged, {}, "development", "run", config.version)
-    return store
+    return build_store(tmp_path_factory.mktemp("train-flow"), patients=10, seed=8)
 
 
 def test_train_flow_runs_locally_and_evaluate_flow_reports(prefect_api, small_store, tmp_path):

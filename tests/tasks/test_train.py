@@ -4,30 +4,16 @@ import json
 
 import pytest
 
-from tasks.config import PreprocessConfig
 from tasks.evaluate import evaluate, patient_table
-from tasks.ingest import commit_batch, convert_files, discover_files, read_labels
 from tasks.model import profile_config
 from tasks.split import load_split
-from tasks.synth import SynthConfig, synthesize_archive
 from tasks.train import train_model
+from tests.factory import build_store
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("train")
-    synthesize_archive(
-        root / "synth",
-        SynthConfig(patients=12, seed=5, benign_fraction=0.4, max_slices_per_series=4),
-        jobs=2,
-    )
-    store = str(root / "store")
-    config = PreprocessConfig(output_size=64)
-    uris = discover_files(str(root / "synth" / "archive"))
-    labels = read_labels(str(root / "synth" / "labels.csv"))
-    staged = convert_files(store, uris, config, "development", labels, "run")
-    commit_batch(store, staged, {}, "development", "run", config.version)
-    return store
+    return build_store(tmp_path_factory.mktemp("train"), patients=12, seed=5)
 
 
 @pytest.fixture(scope="module")
