@@ -267,46 +267,86 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) 
 
 @dataclass
 class _Anatomy:
-    """A patient's static body cross-section (tissue indices) and organ geometry in pixels."""
+    """A patient's body: fixed geometry, and cross-sections that change along z.
 
-    tissue: np.ndarray
-    kidneys: list[tuple[float, float, float, float]]  # cx, cy, rx, ry at the kidney's mid-plane
+    Organs do not look the same on every slice: the liver and spleen shrink towards
+    their tips, vertebral bodies alternate with discs, the body outline tapers. Maps
+    are computed per 4 mm of z and cached, so a series costs a few maps, not one a slice.
+    """
+
+    c: float
+    cy: float
+    mm: float
+    body: tuple[float, float, float]  # rx, ry, subcutaneous fat thickness (pixels)
+    taper: float  # relative change of the body outline per mm of z
+    liver_z: float  # mm above the kidneys' mid-plane where the liver is widest
+    spleen_z: float
+    vertebra_z: float  # phase of the 32 mm vertebral cycle
+    kidneys: list[tuple[float, float, float, float]]  # cx, cy, rx, ry at the mid-plane
     outside_fov: np.ndarray  # pixels outside the reconstructed circle
     gas_box: tuple[float, float, float, float]  # where bowel gas moves, slice to slice
+    cache: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def tissue_at(self, dz_mm: float) -> np.ndarray:
+        key = round(dz_mm / 4.0)
+        if key not in self.cache:
+            self.cache[key] = self._draw(key * 4.0)
+        return self.cache[key]
+
+    def _draw(self, z: float) -> np.ndarray:
+        x, y = _grid()
+        c, cy, mm = self.c, self.cy, self.mm
+        rx0, ry0, fat = self.body
+        scale = 1.0 + self.taper * z
+        body_rx, body_ry = rx0 * scale, ry0 * scale
+        tissue = np.full((SIZE, SIZE), TISSUE_INDEX["air"], dtype=np.uint8)
+        tissue[_ellipse(x, y, c, cy, body_rx, body_ry)] = TISSUE_INDEX["fat"]
+        tissue[_ellipse(x, y, c, cy, body_rx - fat, body_ry - fat)] = TISSUE_INDEX["muscle"]
+        # Retroperitoneal and visceral fat around the organs.
+        visceral = _ellipse(x, y, c, cy + 15 * mm, body_rx * 0.62, body_ry * 0.55)
+        tissue[visceral] = TISSUE_INDEX["fat"]
+        # Liver on the patient's right (image left), spleen on the left; both taper.
+        liver = math.sqrt(max(0.0, 1 - ((z - self.liver_z) / 90.0) ** 2))
+        if liver > 0.15:
+            lx, ly = c - body_rx * 0.45, cy - body_ry * 0.2
+            mask = _ellipse(x, y, lx, ly, body_rx * 0.42 * liver, body_ry * 0.55 * liver)
+            tissue[mask] = TISSUE_INDEX["liver"]
+        spleen = math.sqrt(max(0.0, 1 - ((z - self.spleen_z) / 60.0) ** 2))
+        if spleen > 0.15:
+            sx, sy = c + body_rx * 0.55, cy - body_ry * 0.05
+            mask = _ellipse(x, y, sx, sy, body_rx * 0.18 * spleen, body_ry * 0.3 * spleen)
+            tissue[mask] = TISSUE_INDEX["spleen"]
+        # Spine: vertebral bodies alternate with discs every ~32 mm.
+        spine_y = cy + ry0 * 0.45
+        cycle = ((z - self.vertebra_z) % 32.0) / 32.0
+        if cycle < 0.18:
+            tissue[_ellipse(x, y, c, spine_y, 21 * mm, 18 * mm)] = TISSUE_INDEX["muscle"]  # disc
+        else:
+            tissue[_ellipse(x, y, c, spine_y, 22 * mm, 19 * mm)] = TISSUE_INDEX["bone_cortex"]
+            tissue[_ellipse(x, y, c, spine_y, 18 * mm, 15 * mm)] = TISSUE_INDEX["bone_marrow"]
+        if 0.3 < cycle < 0.85:
+            process = _ellipse(x, y, c, spine_y + 30 * mm, 6 * mm, 14 * mm)
+            tissue[process] = TISSUE_INDEX["bone_cortex"]
+        for side in (-1, 1):
+            psoas = _ellipse(x, y, c + side * 30 * mm, spine_y + 5 * mm, 26 * mm, 17 * mm)
+            tissue[psoas & (tissue == TISSUE_INDEX["fat"])] = TISSUE_INDEX["muscle"]
+        aorta = _ellipse(x, y, c + 14 * mm, spine_y - 27 * mm, 11 * mm, 11 * mm)
+        tissue[aorta] = TISSUE_INDEX["aorta"]
+        tissue[_ellipse(x, y, c - 18 * mm, spine_y - 25 * mm, 12 * mm, 9 * mm)] = TISSUE_INDEX[
+            "ivc"
+        ]
+        return tissue
 
 
 def _build_anatomy(rng: np.random.Generator, spacing: float) -> _Anatomy:
     x, y = _grid()
     mm = 1.0 / spacing
     c = SIZE / 2
-    tissue = np.full((SIZE, SIZE), TISSUE_INDEX["air"], dtype=np.uint8)
     body_rx = rng.uniform(140, 175) * mm
     body_ry = rng.uniform(100, 125) * mm
     cy = c + rng.uniform(-8, 8) * mm
     fat = rng.uniform(8, 30) * mm
-    tissue[_ellipse(x, y, c, cy, body_rx, body_ry)] = TISSUE_INDEX["fat"]
-    tissue[_ellipse(x, y, c, cy, body_rx - fat, body_ry - fat)] = TISSUE_INDEX["muscle"]
-    # Retroperitoneal and visceral fat around the organs.
-    tissue[_ellipse(x, y, c, cy + 15 * mm, body_rx * 0.62, body_ry * 0.55)] = TISSUE_INDEX["fat"]
-    # Liver on the patient's right (image left), spleen on the left.
-    tissue[
-        _ellipse(x, y, c - body_rx * 0.45, cy - body_ry * 0.2, body_rx * 0.42, body_ry * 0.55)
-    ] = TISSUE_INDEX["liver"]
-    tissue[
-        _ellipse(x, y, c + body_rx * 0.55, cy - body_ry * 0.05, body_rx * 0.18, body_ry * 0.3)
-    ] = TISSUE_INDEX["spleen"]
-    # Spine: vertebral body behind the great vessels.
     spine_y = cy + body_ry * 0.45
-    tissue[_ellipse(x, y, c, spine_y, 22 * mm, 19 * mm)] = TISSUE_INDEX["bone_cortex"]
-    tissue[_ellipse(x, y, c, spine_y, 18 * mm, 15 * mm)] = TISSUE_INDEX["bone_marrow"]
-    tissue[_ellipse(x, y, c, spine_y + 30 * mm, 6 * mm, 14 * mm)] = TISSUE_INDEX["bone_cortex"]
-    for side in (-1, 1):
-        tissue[
-            _ellipse(x, y, c + side * 30 * mm, spine_y + 5 * mm, 26 * mm, 17 * mm)
-            & (tissue == TISSUE_INDEX["fat"])
-        ] = TISSUE_INDEX["muscle"]
-    tissue[_ellipse(x, y, c + 14 * mm, spine_y - 27 * mm, 11 * mm, 11 * mm)] = TISSUE_INDEX["aorta"]
-    tissue[_ellipse(x, y, c - 18 * mm, spine_y - 25 * mm, 12 * mm, 9 * mm)] = TISSUE_INDEX["ivc"]
     kidneys = []
     for side in (-1, 1):
         kidneys.append(
@@ -319,7 +359,19 @@ def _build_anatomy(rng: np.random.Generator, spacing: float) -> _Anatomy:
         )
     outside = (x - c) ** 2 + (y - c) ** 2 > (SIZE / 2 - 2) ** 2
     gas_box = (c - 0.4 * body_rx, cy - 0.7 * body_ry, c + 0.4 * body_rx, cy)
-    return _Anatomy(tissue=tissue, kidneys=kidneys, outside_fov=outside, gas_box=gas_box)
+    return _Anatomy(
+        c=c,
+        cy=cy,
+        mm=mm,
+        body=(body_rx, body_ry, fat),
+        taper=float(rng.uniform(-0.0015, 0.0015)),
+        liver_z=float(rng.uniform(10, 60)),
+        spleen_z=float(rng.uniform(0, 40)),
+        vertebra_z=float(rng.uniform(0, 32)),
+        kidneys=kidneys,
+        outside_fov=outside,
+        gas_box=gas_box,
+    )
 
 
 @dataclass(frozen=True)
@@ -516,11 +568,10 @@ def write_patient(
         delay = {Phase.ARTERIAL: 35, Phase.VENOUS: 85}.get(phase, 0)
         acq_seconds = bolus_start + delay if delay else bolus_start - 300
         phase_lut = np.array([TISSUE_HU[t][PHASE_INDEX[phase]] for t in TISSUES], dtype=np.float32)
-        base_hu = phase_lut[anatomy.tissue]
         for i in range(n):
             z = z0 + i * thickness
             dz = z - table_z
-            hu = base_hu.copy()
+            hu = phase_lut[anatomy.tissue_at(dz)]
             _bowel_gas(rng, anatomy, spacing, hu)
             _kidney_slice(anatomy, spacing, dz, phase, hu)
             _lesion_slice(s_no, lesion, spacing, dz, phase, hu)
