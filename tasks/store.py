@@ -228,6 +228,13 @@ def check_manifest(store_uri: str, preprocess: dict[str, Any], version: str) -> 
             )
         return
     fs.makedirs(root, exist_ok=True)
+    # Both tables exist from the start (empty, with their schema), so a query over a
+    # store whose archive had no rejects still finds `rejects`.
+    for table_name, schema in _SCHEMAS.items():
+        folder = posixpath.join(root, table_name)
+        fs.makedirs(folder, exist_ok=True)
+        with fs.open(posixpath.join(folder, "part-00000000-empty.parquet"), "wb") as handle:
+            pq.write_table(schema.empty_table(), handle)
     payload = {
         "format": "renalflow slice store",
         "format_version": 1,

@@ -74,3 +74,15 @@ def test_manifest_refuses_other_preprocessing(tmp_path: Path):
 def test_reading_a_folder_that_is_not_a_store_explains(tmp_path: Path):
     with pytest.raises(StoreError, match="not a renalflow slice store"):
         read_manifest(str(tmp_path))
+
+
+def test_new_store_has_both_tables_for_duckdb_and_pyarrow(tmp_path: Path):
+    import duckdb
+    import pyarrow.dataset as pds
+
+    check_manifest(str(tmp_path), {}, "v1")
+    for table in ("slices", "rejects"):
+        count = duckdb.sql(f"select count(*) from '{tmp_path}/{table}/*.parquet'").fetchall()
+        assert count == [(0,)]
+        assert pds.dataset(str(tmp_path / table)).count_rows() == 0
+    assert "pixels" in read_table(str(tmp_path), "slices").schema.names
