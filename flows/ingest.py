@@ -110,6 +110,13 @@ class IngestSummary:
     def n_rejects(self) -> int:
         return sum(self.rejects.values())
 
+    def add_batch(self, report: BatchReport) -> None:
+        self.slices += report.n_slices
+        self.rejects.update(report.rejects)
+        worker = report.worker
+        self.worker_slices[worker] = self.worker_slices.get(worker, 0) + report.n_slices
+        self.worker_seconds[worker] = self.worker_seconds.get(worker, 0.0) + report.seconds
+
 
 @flow(name="ingest", log_prints=True)
 def ingest_flow(
@@ -119,7 +126,6 @@ def ingest_flow(
     cohort: str = "development",
     preprocess: PreprocessConfig | None = None,
     batch_size: int = 512,
-    scan_batch_size: int = 2000,
 ) -> IngestSummary:
     """Convert every new DICOM file under `archive` into the slice store at `store`.
 
@@ -151,16 +157,6 @@ def ingest_flow(
         len(pending),
     )
 
-    def record(report: BatchReport) -> None:
-        summary.slices += report.n_slices
-        summary.rejects.update(report.rejects)
-        summary.worker_slices[report.worker] = (
-            summary.worker_slices.get(report.worker, 0) + report.n_slices
-        )
-        summary.worker_seconds[report.worker] = (
-            summary.worker_seconds.get(report.worker, 0.0) + report.seconds
-        )
-
     threads = _cluster_threads()
     summary.workers = threads
     work_started = time.perf_counter()
@@ -178,7 +174,7 @@ def ingest_flow(
     files_done = 0
     for done, future in enumerate(as_completed(futures), start=1):
         staged = future.result()
-        record(staged.report)
+        summary.add_batch(staged.report)
         files_done += staged.report.n_files
         duplicates = commit_batch(store, staged, stored, cohort, run_id, config.version)
         summary.slices -= len(duplicates)
