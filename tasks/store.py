@@ -154,6 +154,7 @@ def clear_staging(store_uri: str) -> int:
     """Remove batches staged by runs that never committed them; returns how many."""
     fs, root = open_store(store_uri)
     folder = posixpath.join(root, STAGING)
+    fs.invalidate_cache(folder)
     if not fs.exists(folder):
         return 0
     stale = [p for p in fs.find(folder) if p.endswith(".parquet") or p.endswith(".tmp")]
@@ -165,6 +166,8 @@ def list_parts(store_uri: str, table_name: str) -> list[str]:
     """Committed part files of a table (temporary files are never listed)."""
     fs, root = open_store(store_uri)
     folder = posixpath.join(root, table_name)
+    # Parts are written by other processes (workers): never trust a cached listing.
+    fs.invalidate_cache(folder)
     if not fs.exists(folder):
         return []
     return sorted(
