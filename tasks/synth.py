@@ -576,7 +576,9 @@ def write_patient(
             _kidney_slice(anatomy, spacing, dz, phase, hu)
             _lesion_slice(s_no, lesion, spacing, dz, phase, hu)
             noise = rng.standard_normal((SIZE, SIZE), dtype=np.float32)
-            hu += vendor.noise_hu * (thickness / 3.0) ** -0.5 * noise
+            # Tube current modulation: the dose, and so the noise, changes from slice to slice.
+            modulation = float(np.exp(rng.normal(0.0, 0.3)))
+            hu += vendor.noise_hu * modulation * (thickness / 3.0) ** -0.5 * noise
             sop_uid = _uid(config.seed, plan.patient_id, "sop", s_no, i)
             ds = _base_dataset(sop_uid, syntax)
             _fill_tags(
