@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -28,7 +28,7 @@ from tasks.ingest import (
     group_files,
     read_labels,
 )
-from tasks.store import check_manifest, clear_staging, read_ledger
+from tasks.store import SLICES, check_manifest, clear_staging, read_ledger, read_table
 
 T = TypeVar("T")
 
@@ -222,8 +222,6 @@ def _balanced(n_items: int, n_tasks: int, smallest: int, largest: int) -> int:
 
 
 def _patients_in_store(store: str) -> set[str]:
-    from tasks.store import SLICES, read_table
-
     table = read_table(store, SLICES, ["patient_id"])
     return set(table.column("patient_id").to_pylist())
 
@@ -259,9 +257,8 @@ def format_summary(summary: IngestSummary) -> str:
             f"worker thread, {summary.workers} threads)"
         )
     lines.append(f"  tasks            {summary.convert_tasks} conversion batches")
-    workers = defaultdict(float, summary.worker_seconds)
     for worker, slices in sorted(summary.worker_slices.items()):
-        busy = workers[worker]
+        busy = summary.worker_seconds[worker]
         per = slices / busy if busy else 0.0
         lines.append(
             f"  worker {worker:<24} {slices:>7,} slices in {busy:6.1f} s busy ({per:,.0f} slices/s)"

@@ -164,17 +164,10 @@ def preprocess_pixels(
     return resize_slice(window_hu(hu, center, width), size, config.interpolation), center, width
 
 
-def convert_file(
-    fp: IO[bytes] | str, config: PreprocessConfig, header: SliceHeader | None = None
-) -> ConvertedSlice:
-    """Read, check, decode and preprocess one file; raises `RejectedFile` if unusable.
-
-    `header` is the file's already-checked header (from a scan of the archive); without
-    it the header is read and checked here.
-    """
+def convert_file(fp: IO[bytes] | str, config: PreprocessConfig) -> ConvertedSlice:
+    """Read, check, decode and preprocess one file; raises `RejectedFile` if unusable."""
     ds = read_dataset(fp, with_pixels=True)
-    if header is None:
-        header = read_header(ds, config)
+    header = read_header(ds, config)
     arr = decode_pixels(ds)
     pixels, center, width = preprocess_pixels(ds, arr, header, config)
     return ConvertedSlice(header=header, window_center=center, window_width=width, pixels=pixels)

@@ -295,7 +295,7 @@ def commit_batch(
             move_part(staged.staged_part, store_uri, SLICES, staged.part_name)
         else:
             table = read_part(staged.staged_part).filter(pa.array(keep))
-            write_part(store_uri, SLICES, table.to_pylist(), staged.part_name)
+            write_part(store_uri, SLICES, table, staged.part_name)
             remove_part(staged.staged_part)
     write_rejects(store_uri, duplicates, cohort, run_id, version, f"dup-{staged.part_name}")
     return duplicates

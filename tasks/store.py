@@ -98,17 +98,21 @@ def _rename(fs: fsspec.AbstractFileSystem, source: str, final: str) -> None:
 
 
 def write_part(
-    store_uri: str, table_name: str, rows: list[dict[str, Any]], part_name: str
+    store_uri: str, table_name: str, rows: list[dict[str, Any]] | pa.Table, part_name: str
 ) -> str | None:
-    """Write `rows` as one Parquet part of `table_name`, atomically; returns its path.
+    """Write `rows` (dicts or an Arrow table) as one Parquet part of `table_name`,
+    atomically; returns its path, or None when there is nothing to write.
 
     The part is written under a hidden temporary name in the same folder and then
     moved into place: a crash leaves either the whole part or no part.
     """
-    if not rows:
+    if len(rows) == 0:
         return None
     schema = _SCHEMAS[table_name]
-    table = pa.Table.from_pylist(rows, schema=schema)
+    if isinstance(rows, pa.Table):
+        table = rows.cast(schema)
+    else:
+        table = pa.Table.from_pylist(rows, schema=schema)
     fs, root = open_store(store_uri)
     folder = posixpath.join(root, table_name)
     fs.makedirs(folder, exist_ok=True)
@@ -116,7 +120,7 @@ def write_part(
     temporary = posixpath.join(folder, f".{part_name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with fs.open(temporary, "wb") as handle:
-            pq.write_table(table, handle, row_group_size=max(1, len(rows)), compression="zstd")
+            pq.write_table(table, handle, row_group_size=table.num_rows, compression="zstd")
         _rename(fs, temporary, final)
     except OSError as err:
         raise StoreError(
