@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tasks.config import Interpolation, PreprocessConfig, WindowSource
-from tasks.errors import RenalflowError
+from tasks.errors import InputError, RenalflowError
 
 DESCRIPTION = """\
 renalflow screens CT archives for benign renal masses (oncocytoma vs renal cell
@@ -198,6 +198,88 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--image-threshold", type=float, default=0.5, help="default 0.5")
     evaluate.add_argument("--bootstrap", type=_positive_int, default=1000, help="resamples (1000)")
 
+    score = sub.add_parser(
+        "score",
+        help="screen an archive with a trained model into the results table (incremental)",
+        description=(
+            "Score every study under ARCHIVE that this model version has not scored yet: new "
+            "files are converted into the slice store (with the model's preprocessing), "
+            "images are scored in batches on Dask workers, and R gets one row per image "
+            "(R/slice_scores) and one 51%% vote per study (R/patient_votes), both Delta "
+            "tables with atomic commits. Rerunning adds nothing; a new model version adds its "
+            "own rows. Identifiers never reach R: patients and studies appear as keyed "
+            "pseudonyms (HMAC-SHA256) under the key in RENALFLOW_PSEUDONYM_KEY or a Prefect "
+            "Secret block (--key-secret); without a key, nothing is scored."
+        ),
+    )
+    score.add_argument("archive", help="archive folder or URI (file://, s3://)")
+    score.add_argument("--model-dir", required=True, help="trained model (renalflow train)")
+    score.add_argument("--results", required=True, help="results table folder or s3:// URI")
+    score.add_argument(
+        "--store",
+        help="slice store for the archive's slices (default: RESULTS.slices beside R; it "
+        "holds identifiers and pixels, so keep it inside the department)",
+    )
+    score.add_argument(
+        "--cohort",
+        default="screening",
+        help="cohort name for newly ingested files (default 'screening')",
+    )
+    score.add_argument("--vote-threshold", type=float, default=0.51, help="default 0.51")
+    score.add_argument("--image-threshold", type=float, default=0.5, help="default 0.5")
+    score.add_argument(
+        "--min-images",
+        type=_positive_int,
+        default=10,
+        help="studies with fewer images are flagged too_few_images (default 10)",
+    )
+    score.add_argument("--key-secret", help="Prefect Secret block holding the pseudonymisation key")
+    where = score.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers", type=_positive_int, help="local Dask workers (default: one per core)"
+    )
+    where.add_argument(
+        "--dask-address",
+        help="existing Dask scheduler; scoring goes to GPU workers (--resources GPU=1) when "
+        "it has any",
+    )
+    score.add_argument("--summary-json", help="also write the run summary as JSON to this file")
+
+    query = sub.add_parser(
+        "query",
+        help="DuckDB SQL over the results table (patient_votes, slice_scores)",
+        description=(
+            "Run SQL against the results table R, whose tables appear as the views "
+            "patient_votes and slice_scores. With --as-of, read R as it was at a version of "
+            "patient_votes (see `renalflow history`) or at a time, so a study can cite the "
+            "exact state it analysed."
+        ),
+        epilog=(
+            "examples:\n"
+            '  renalflow query "select vote, count(*) from patient_votes group by vote" '
+            "--results R\n"
+            '  renalflow query "select * from patient_votes" --results R --as-of 3 '
+            "--format csv > votes_v3.csv"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    query.add_argument("sql", help="a SELECT over patient_votes and slice_scores")
+    query.add_argument("--results", required=True, help="results table folder or URI")
+    query.add_argument(
+        "--as-of", help="a patient_votes version (e.g. 3) or a time (e.g. 2026-11-27T02:00)"
+    )
+    query.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    query.add_argument(
+        "--output", help="write to this file instead of the terminal (required for parquet)"
+    )
+
+    hist = sub.add_parser(
+        "history",
+        help="versions of the results table (for --as-of), newest first",
+        description="List the commits of R/patient_votes: version, time, operation, flow run.",
+    )
+    hist.add_argument("--results", required=True)
+
     demo = sub.add_parser(
         "demo",
         help="run the pipeline end to end on a synthetic archive (what `make demo` runs)",
@@ -377,6 +459,88 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from flows.runtime import dask_task_runner, prefect_api
+    from flows.score import format_summary, score_flow
+    from tasks.ingest import check_archive
+    from tasks.pseudonym import NO_KEY_HELP, key_from_env
+    from tasks.score import ScoreConfig, read_model_info
+
+    config = ScoreConfig(
+        image_threshold=args.image_threshold,
+        vote_threshold=args.vote_threshold,
+        min_images=args.min_images,
+    )
+    # Fail fast, before a server and a cluster start: no key, no model, no archive.
+    if key_from_env() is None and not args.key_secret:
+        raise InputError(NO_KEY_HELP)
+    read_model_info(args.model_dir)
+    archive = _as_uri(args.archive)
+    check_archive(archive)
+    gpu = False
+    if args.dask_address:
+        from flows.train import gpu_workers
+
+        found = gpu_workers(args.dask_address)
+        gpu = bool(found)
+        if found:
+            print(f"scoring on GPU worker(s) {', '.join(found)}")
+    runner = dask_task_runner(args.workers, args.dask_address)
+    with prefect_api():
+        summary = score_flow.with_options(task_runner=runner)(  # type: ignore[arg-type]
+            archive=archive,
+            model_dir=os.path.abspath(args.model_dir),
+            results=_as_uri(args.results),
+            store=_as_uri(args.store) if args.store else None,
+            cohort=args.cohort,
+            config=config,
+            key_secret=args.key_secret,
+            gpu=gpu,
+        )
+    print(format_summary(summary))
+    if args.summary_json:
+        import json
+
+        from flows.score import summary_dict
+
+        Path(args.summary_json).write_text(json.dumps(summary_dict(summary), indent=2))
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from tasks.query import format_result, run_query
+    from tasks.results import parse_as_of
+
+    if args.format == "parquet" and not args.output:
+        raise InputError("--format parquet writes binary data: give --output FILE.parquet")
+    as_of = parse_as_of(args.as_of) if args.as_of else None
+    table = run_query(_as_uri(args.results), args.sql, as_of)
+    out = format_result(table, args.format)
+    if args.output:
+        mode = "wb" if isinstance(out, bytes) else "w"
+        with open(args.output, mode) as handle:
+            handle.write(out)
+        print(f"{table.num_rows} rows -> {args.output}", file=sys.stderr)
+    else:
+        assert isinstance(out, str)
+        sys.stdout.write(out)
+    return 0
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from tasks.results import history
+
+    print(f"{'version':>7}  {'time':<25}  {'operation':<12}  {'rows added':>10}  flow run")
+    for entry in history(_as_uri(args.results)):
+        added = entry["rows_inserted"]
+        print(
+            f"{entry['version']:>7}  {entry['timestamp'].isoformat(timespec='seconds'):<25}  "
+            f"{entry['operation']:<12}  {'' if added is None else added:>10}  "
+            f"{entry['flow_run_id']}"
+        )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -438,6 +602,9 @@ COMMANDS = {
     "ingest": _cmd_ingest,
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
+    "score": _cmd_score,
+    "query": _cmd_query,
+    "history": _cmd_history,
     "demo": _cmd_demo,
 }
 

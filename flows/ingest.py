@@ -132,10 +132,24 @@ def ingest_flow(
     Files already in the store (as a slice or a reject) are skipped, so a rerun after
     a crash or after the archive grew does only the missing work.
     """
+    run_id = str(flow_run.get_id() or "local")
+    return run_ingest(archive, store, labels, cohort, preprocess, batch_size, run_id)
+
+
+def run_ingest(
+    archive: str,
+    store: str,
+    labels: str | None,
+    cohort: str,
+    preprocess: PreprocessConfig | None,
+    batch_size: int,
+    run_id: str,
+) -> IngestSummary:
+    """The ingest flow's work, on the task runner of whichever flow calls it (the score
+    flow ingests new files this way, on its own cluster)."""
     logger = get_run_logger()
     started = time.perf_counter()
     config = preprocess or PreprocessConfig()
-    run_id = str(flow_run.get_id() or "local")
     summary = IngestSummary(archive, store, run_id, config.version)
     check_manifest(store, config.to_dict(), config.version)
     stale = clear_staging(store)  # batches a crashed run converted but never committed

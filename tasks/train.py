@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from tasks.dataset import SliceSet, iterate_batches, load_slices
-from tasks.errors import InputError, ModelError
+from tasks.errors import InputError, ModelError, StoreError
 from tasks.model import NOT_PAPER_NOTE, Profile, TrainConfig, build_model
 from tasks.split import (
     TEST,
@@ -41,6 +41,7 @@ from tasks.split import (
     save_split,
     split_patients,
 )
+from tasks.store import read_manifest
 
 DEVELOPMENT = "development"
 
@@ -283,9 +284,14 @@ def _lineage(store_uri: str, slices: SliceSet, split_of: np.ndarray) -> dict[str
         per_patient = part.drop_duplicates("patient_id")
         rows[name] = {"total": len(part), **_counts(part["label"])}
         patients[name] = {"total": len(per_patient), **_counts(per_patient["label"])}
+    try:  # how the store made its pixels: scoring must make new slices the same way
+        preprocess = read_manifest(store_uri).get("preprocess")
+    except StoreError:
+        preprocess = None
     return {
         "store": store_uri,
         "preprocess_version": sorted(set(meta["preprocess_version"])),
+        "preprocess": preprocess,
         "rows": rows,
         "patients": patients,
     }

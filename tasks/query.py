@@ -1,0 +1,91 @@
+"""DuckDB SQL over the results table, now or as it was at a version or time."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import date, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from tasks.errors import InputError
+from tasks.results import tables_as_of
+
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+def run_query(results: str, sql: str, as_of: int | datetime | None = None) -> pa.Table:
+    """Run `sql` with `patient_votes` and `slice_scores` as views; an Arrow table back."""
+    import duckdb
+
+    datasets = tables_as_of(results, as_of)
+    con = duckdb.connect()
+    try:
+        for name, dataset in datasets.items():
+            con.register(name, dataset)
+        try:
+            result = con.sql(sql)
+        except duckdb.Error as err:
+            raise InputError(f"the query failed: {err}") from err
+        if result is None:
+            raise InputError("the query returned no result set; use a SELECT")
+        return result.to_arrow_table()
+    finally:
+        con.close()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
+
+
+def format_result(table: pa.Table, fmt: str, max_rows: int = 200) -> str | bytes:
+    """`table` as text (table, csv, json) or Parquet bytes."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        return sink.getvalue()
+    if fmt == "csv":
+        import pyarrow.csv as pcsv
+
+        sink = io.BytesIO()
+        pcsv.write_csv(table, sink)
+        return sink.getvalue().decode()
+    if fmt == "json":
+        rows = [{k: _plain(v) for k, v in row.items()} for row in table.to_pylist()]
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "table":
+        return _text_table(table, max_rows)
+    raise InputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(_plain(value))
+
+
+def _text_table(table: pa.Table, max_rows: int) -> str:
+    names = table.column_names
+    rows = [[_cell(v) for v in row.values()] for row in table.slice(0, max_rows).to_pylist()]
+    widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
+    numeric = [pa.types.is_integer(f.type) or pa.types.is_floating(f.type) for f in table.schema]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(cells, widths, numeric, strict=True)
+        ).rstrip()
+
+    out = [line(names), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    shown = min(max_rows, table.num_rows)
+    suffix = "" if shown == table.num_rows else f" (first {shown} shown)"
+    out.append(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''}{suffix})")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,363 @@
+"""Retrospective scoring: which studies a model has not scored yet, per-image
+probabilities, and the patient vote per study, pseudonymised for the results table.
+
+The flow (flows/score.py) strings these together: ingest what is new, `plan_scoring`,
+`score_slices` on the workers, then `result_rows` and the two merges into R.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
+
+from tasks.config import Phase, PreprocessConfig
+from tasks.dataset import pixels_to_array
+from tasks.errors import InputError, ModelError, StoreError
+from tasks.metrics import majority_vote
+from tasks.pseudonym import key_id, pseudonym
+from tasks.store import SLICE_SCHEMA, SLICES, list_parts, now_utc, open_store, read_manifest
+
+# What the planner reads from the store: everything but the pixels.
+INVENTORY_COLUMNS = [
+    "source_uri",
+    "patient_id",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "instance_number",
+    "z",
+    "phase",
+    "manufacturer",
+    "study_date",
+    "cohort",
+    "label",
+    "preprocess_version",
+]
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Scoring settings; defaults follow the paper.
+
+    Attributes:
+        image_threshold: an image is malignant when P(malignant) >= this (0.5).
+        vote_threshold: a study is malignant when at least this share of its images
+            are (the paper's 51%).
+        min_images: studies with fewer images get the `too_few_images` QC flag (the
+            paper had 20-100 images per patient; a vote on a handful is fragile).
+        batch_size: images per inference batch.
+    """
+
+    image_threshold: float = 0.5
+    vote_threshold: float = 0.51
+    min_images: int = 10
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("image_threshold", "vote_threshold"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
+        if self.min_images < 1 or self.batch_size < 1:
+            raise ValueError("min_images and batch_size must be at least 1")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What scoring needs to know about a trained model directory."""
+
+    model_dir: str
+    model_version: str
+    profile: str
+    preprocess: PreprocessConfig
+
+
+def read_model_info(model_dir: str | Path) -> ModelInfo:
+    """Model version, profile and the preprocessing its training slices went through."""
+    root = Path(model_dir)
+    version_file = root / "model_version.txt"
+    if not (root / "model.keras").exists() or not version_file.exists():
+        raise ModelError(
+            f"{model_dir} holds no trained model (model.keras and model_version.txt); train "
+            f"one with `renalflow train --store S --model-dir {model_dir}`"
+        )
+    config = json.loads((root / "config.json").read_text())
+    lineage = json.loads((root / "lineage.json").read_text())
+    preprocess = lineage.get("preprocess")
+    if preprocess is None:
+        # Models trained before lineage recorded the settings: use the store's manifest.
+        try:
+            preprocess = read_manifest(lineage["store"])["preprocess"]
+        except (StoreError, KeyError) as err:
+            raise ModelError(
+                f"{model_dir}/lineage.json does not say how its slices were preprocessed and "
+                f"its training store {lineage.get('store')} is not readable: {err}"
+            ) from err
+    return ModelInfo(
+        model_dir=str(root),
+        model_version=version_file.read_text().strip(),
+        profile=str(config.get("train", {}).get("profile", "")),
+        preprocess=PreprocessConfig(**preprocess),
+    )
+
+
+def archive_prefix(archive_uri: str) -> str:
+    """The archive as the `source_uri` prefix its slices carry in the store."""
+    fs, root = fsspec.core.url_to_fs(archive_uri)
+    prefix: str = fs.unstrip_protocol(root.rstrip("/"))
+    return prefix
+
+
+def inventory(store_uri: str, archive_uri: str, preprocess_version: str) -> pa.Table:
+    """Metadata (no pixels) of the store's slices that came from `archive_uri`, each with
+    the part file holding it (`part`)."""
+    prefix = archive_prefix(archive_uri)
+    fs, _ = open_store(store_uri)
+    tables = []
+    for part in list_parts(store_uri, SLICES):
+        table = pds.dataset(part, format="parquet", filesystem=fs).to_table(
+            columns=INVENTORY_COLUMNS,
+            filter=(pc.field("preprocess_version") == preprocess_version),
+        )
+        uris = table.column("source_uri")
+        keep = pc.or_(pc.equal(uris, prefix), pc.starts_with(uris, prefix.rstrip("/") + "/"))
+        table = table.filter(keep)
+        if table.num_rows:
+            tables.append(table.append_column("part", pa.array([part] * table.num_rows)))
+    if not tables:
+        empty = SLICE_SCHEMA.empty_table().select(INVENTORY_COLUMNS)
+        return empty.append_column("part", pa.array([], pa.string()))
+    return pa.concat_tables(tables)
+
+
+@dataclass
+class ScoringPlan:
+    """Studies to score now, and what was skipped."""
+
+    studies_in_archive: int
+    already_scored: int
+    rescored: int  # studies scored before but with images added since
+    slices: pd.DataFrame  # inventory rows of the studies to score
+
+    @property
+    def studies(self) -> int:
+        return int(self.slices["study_instance_uid"].nunique()) if len(self.slices) else 0
+
+
+def plan_scoring(inventory_table: pa.Table, scored: dict[str, int], key: bytes) -> ScoringPlan:
+    """Studies with no vote from this model yet, or whose image count changed since."""
+    frame = inventory_table.to_pandas()
+    if frame.empty:
+        return ScoringPlan(0, 0, 0, frame)
+    counts = frame.groupby("study_instance_uid").size()
+    todo, done, rescored = [], 0, 0
+    for study_uid, n_images in counts.items():
+        previous = scored.get(pseudonym(key, str(study_uid)))
+        if previous is None:
+            todo.append(study_uid)
+        elif previous != n_images:
+            todo.append(study_uid)
+            rescored += 1
+        else:
+            done += 1
+    chosen = frame[frame["study_instance_uid"].isin(todo)].reset_index(drop=True)
+    return ScoringPlan(len(counts), done, rescored, chosen)
+
+
+def score_batches(slices: pd.DataFrame, target_images: int) -> list[pd.DataFrame]:
+    """Split the slices to score into tasks of about `target_images`, each reading from
+    as few part files as possible (slices of one part stay together where they fit)."""
+    batches: list[pd.DataFrame] = []
+    for _, group in slices.groupby("part", sort=True):
+        for start in range(0, len(group), target_images):
+            batches.append(group.iloc[start : start + target_images])
+    return batches
+
+
+_MODELS: dict[tuple[str, str], Any] = {}
+
+
+def cached_model(model_dir: str, model_version: str) -> Any:
+    """The Keras model, loaded once per process (workers score many batches)."""
+    from tasks.evaluate import load_model
+
+    key = (model_dir, model_version)
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = load_model(model_dir)
+    return _MODELS[key]
+
+
+@dataclass
+class ScoredBatch:
+    sop_instance_uid: list[str]
+    probability: np.ndarray
+    seconds: float
+    worker: str
+
+
+def score_slices(
+    store_uri: str,
+    parts: dict[str, list[str]],
+    model_dir: str,
+    model_version: str,
+    batch_size: int = 64,
+    worker: str = "",
+) -> ScoredBatch:
+    """P(malignant) of the given slices (SOPInstanceUIDs per part file of the store)."""
+    started = time.perf_counter()
+    model = cached_model(model_dir, model_version)
+    fs, _ = open_store(store_uri)
+    uids: list[str] = []
+    chunks: list[np.ndarray] = []
+    for part, wanted in parts.items():
+        table = pds.dataset(part, format="parquet", filesystem=fs).to_table(
+            columns=["sop_instance_uid", "height", "width", "pixels"],
+            filter=pc.field("sop_instance_uid").isin(wanted),
+        )
+        if table.num_rows != len(set(wanted)):
+            raise StoreError(
+                f"{posixpath.basename(part)} holds {table.num_rows} of the {len(set(wanted))} "
+                "slices asked for; was the store changed during scoring?"
+            )
+        height = table.column("height")[0].as_py()
+        width = table.column("width")[0].as_py()
+        images = pixels_to_array(table.column("pixels"), height, width)
+        out = np.empty(len(images), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size][..., None]
+            out[start : start + len(batch)] = np.asarray(model.predict_on_batch(batch)).reshape(-1)
+        uids.extend(table.column("sop_instance_uid").to_pylist())
+        chunks.append(out)
+    probability = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    return ScoredBatch(uids, probability, time.perf_counter() - started, worker)
+
+
+def _year_month(study_date: Any) -> str | None:
+    text = str(study_date or "")
+    return f"{text[:4]}-{text[4:6]}" if len(text) >= 6 and text[:6].isdigit() else None
+
+
+def _joined(values: pd.Series) -> str:
+    return ",".join(sorted({str(v) for v in values if v is not None and str(v)}))
+
+
+def result_rows(
+    slices: pd.DataFrame,
+    probabilities: dict[str, float],
+    key: bytes,
+    info: ModelInfo,
+    config: ScoreConfig,
+    archive_uri: str,
+    run_id: str,
+    scored_at: datetime | None = None,
+) -> tuple[pa.Table, pa.Table]:
+    """(slice_scores rows, patient_votes rows), pseudonymised: no identifier leaves here."""
+    scored_at = scored_at or now_utc()
+    frame = slices.copy()
+    missing = set(frame["sop_instance_uid"]) - set(probabilities)
+    if missing:
+        raise StoreError(f"{len(missing)} slices were planned but never scored")
+    frame["probability"] = frame["sop_instance_uid"].map(probabilities).astype(np.float32)
+    frame["malignant"] = frame["probability"] >= config.image_threshold
+    kid = key_id(key)
+    patient_key = {p: pseudonym(key, p) for p in frame["patient_id"].unique()}
+    study_key = {s: pseudonym(key, s) for s in frame["study_instance_uid"].unique()}
+    series_key = {s: pseudonym(key, s) for s in frame["series_instance_uid"].unique()}
+    n = len(frame)
+    slice_rows = pa.table(
+        {
+            "image_key": [pseudonym(key, s) for s in frame["sop_instance_uid"]],
+            "series_key": frame["series_instance_uid"].map(series_key).tolist(),
+            "study_key": frame["study_instance_uid"].map(study_key).tolist(),
+            "patient_key": frame["patient_id"].map(patient_key).tolist(),
+            "key_id": [kid] * n,
+            "cohort": frame["cohort"].tolist(),
+            "phase": frame["phase"].tolist(),
+            "instance_number": pa.array(frame["instance_number"].tolist(), pa.int32()),
+            "z": pa.array(frame["z"].tolist(), pa.float64()),
+            "probability": pa.array(frame["probability"].to_numpy(), pa.float32()),
+            "malignant": pa.array(frame["malignant"].to_numpy()),
+            "image_threshold": [config.image_threshold] * n,
+            "model_version": [info.model_version] * n,
+            "preprocess_version": [info.preprocess.version] * n,
+            "scored_at": pa.array([scored_at] * n, pa.timestamp("us", tz="UTC")),
+            "flow_run_id": [run_id] * n,
+            "heatmap_uri": pa.array([None] * n, pa.string()),
+        }
+    )
+    votes = []
+    for study_uid, group in frame.groupby("study_instance_uid", sort=True):
+        n_images = len(group)
+        n_malignant = int(group["malignant"].sum())
+        phases = {str(p) for p in group["phase"]}
+        too_few = n_images < config.min_images
+        noncontrast_only = phases == {Phase.NONCONTRAST.value}
+        flags = []
+        if too_few:
+            flags.append("too_few_images")
+        if noncontrast_only:
+            flags.append("noncontrast_only")
+        if Phase.UNKNOWN.value in phases:
+            flags.append("unknown_phase")
+        if group["manufacturer"].nunique() > 1:
+            flags.append("mixed_scanners")
+        labels = {str(v) for v in group["label"] if v is not None and str(v) not in ("", "nan")}
+        votes.append(
+            {
+                "patient_key": patient_key[group["patient_id"].iloc[0]],
+                "study_key": study_key[study_uid],
+                "key_id": kid,
+                "study_year_month": _year_month(group["study_date"].iloc[0]),
+                "cohort": str(group["cohort"].iloc[0]),
+                "manufacturer": _joined(group["manufacturer"]),
+                "phases": _joined(group["phase"]),
+                "n_series": int(group["series_instance_uid"].nunique()),
+                "n_images": n_images,
+                "n_malignant": n_malignant,
+                "fraction_malignant": n_malignant / n_images,
+                "vote": (
+                    "malignant"
+                    if majority_vote(n_malignant, n_images, config.vote_threshold)
+                    else "benign"
+                ),
+                "vote_threshold": config.vote_threshold,
+                "image_threshold": config.image_threshold,
+                "mean_probability": float(group["probability"].mean()),
+                "reference_label": labels.pop() if len(labels) == 1 else None,
+                "qc_too_few_images": too_few,
+                "qc_noncontrast_only": noncontrast_only,
+                "qc_flags": ",".join(flags),
+                "model_version": info.model_version,
+                "model_profile": info.profile,
+                "preprocess_version": info.preprocess.version,
+                "scored_at": scored_at,
+                "flow_run_id": run_id,
+                "archive_uri": archive_uri,
+            }
+        )
+    from tasks.results import PATIENT_VOTES_SCHEMA
+
+    vote_rows = pa.Table.from_pylist(votes, schema=PATIENT_VOTES_SCHEMA)
+    return slice_rows, vote_rows
+
+
+def check_scoring_inputs(archive_uri: str, key: bytes | None) -> bytes:
+    """Refuse early: a key must be configured before anything is read or written."""
+    from tasks.pseudonym import NO_KEY_HELP
+
+    if key is None:
+        raise InputError(NO_KEY_HELP)
+    return key
