@@ -280,6 +280,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hist.add_argument("--results", required=True)
 
+    serve = sub.add_parser(
+        "serve",
+        help="register and serve Prefect deployments: nightly scoring, ingest and train",
+        description=(
+            "Register three deployments with the Prefect server at PREFECT_API_URL and run "
+            "them from this process: renalflow-score/nightly (scores new studies of ARCHIVE "
+            "every night, 02:00 local time by default), renalflow-ingest/on-demand and "
+            "renalflow-train/on-demand. Trigger runs from the Prefect UI or with "
+            "`prefect deployment run renalflow-score/nightly`. Stop with Ctrl-C."
+        ),
+    )
+    serve.add_argument("--archive", required=True, help="archive the nightly run screens")
+    serve.add_argument("--model-dir", required=True, help="trained model used for scoring")
+    serve.add_argument("--results", required=True, help="results table R")
+    serve.add_argument("--store", help="slice store (default: RESULTS.slices)")
+    serve.add_argument(
+        "--cron", default="0 2 * * *", help="nightly schedule, cron syntax (default 0 2 * * *)"
+    )
+    serve.add_argument("--timezone", help="IANA time zone of the schedule (default: local)")
+    serve.add_argument("--key-secret", help="Prefect Secret block with the pseudonymisation key")
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, help="local Dask workers per run")
+    where.add_argument("--dask-address", help="existing Dask scheduler for the runs")
+
     demo = sub.add_parser(
         "demo",
         help="run the pipeline end to end on a synthetic archive (what `make demo` runs)",
@@ -541,6 +565,40 @@ def _cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from flows.deployments import build_deployments
+    from tasks.ingest import check_archive
+    from tasks.pseudonym import NO_KEY_HELP, key_from_env
+    from tasks.score import read_model_info
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise InputError(
+            "serving needs a Prefect server that outlives this command: start one with "
+            "`prefect server start` (SQLite by default) in another terminal, then "
+            "`export PREFECT_API_URL=http://127.0.0.1:4200/api` and run this again"
+        )
+    if key_from_env() is None and not args.key_secret:
+        raise InputError(NO_KEY_HELP)
+    read_model_info(args.model_dir)
+    archive = _as_uri(args.archive)
+    check_archive(archive)
+    deployments = build_deployments(
+        archive=archive,
+        model_dir=os.path.abspath(args.model_dir),
+        results=_as_uri(args.results),
+        store=_as_uri(args.store) if args.store else None,
+        cron=args.cron,
+        timezone=args.timezone,
+        workers=args.workers,
+        dask_address=args.dask_address,
+        key_secret=args.key_secret,
+    )
+    from prefect import serve
+
+    serve(*deployments)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -605,6 +663,7 @@ COMMANDS = {
     "score": _cmd_score,
     "query": _cmd_query,
     "history": _cmd_history,
+    "serve": _cmd_serve,
     "demo": _cmd_demo,
 }
 
