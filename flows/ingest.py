@@ -152,7 +152,7 @@ def run_ingest(
     config = preprocess or PreprocessConfig()
     summary = IngestSummary(archive, store, run_id, config.version)
     check_manifest(store, config.to_dict(), config.version)
-    stale = clear_staging(store)  # batches a crashed run converted but never committed
+    stale = clear_staging(store)  # batches crashed runs converted but never committed
     if stale:
         logger.info("removed %d uncommitted batches left by an interrupted run", stale)
     label_map = read_labels(labels) if labels else {}
@@ -204,7 +204,7 @@ def run_ingest(
             summary.n_rejects,
             summary.slices / max(elapsed, 1e-9),
         )
-    clear_staging(store)
+    clear_staging(store, run_id=run_id)
 
     if label_map:
         stored_patients = _patients_in_store(store)

@@ -109,8 +109,13 @@ def load_slices(
     widths = pc.unique(table.column("width")).to_pylist()
     if len(heights) != 1 or len(widths) != 1:
         raise StoreError(f"store {store_uri} mixes image sizes {heights}x{widths}")
-    images = pixels_to_array(table.column("pixels"), heights[0], widths[0])
     meta = table.select(META_COLUMNS).to_pandas()
+    # Concurrent ingests of the same files can both store a slice: keep one copy.
+    unique = ~meta["sop_instance_uid"].duplicated().to_numpy()
+    if not unique.all():
+        table = table.filter(pa.array(unique))
+        meta = meta[unique].reset_index(drop=True)
+    images = pixels_to_array(table.column("pixels"), heights[0], widths[0])
     labels = np.where(
         meta["label"] == "malignant", 1, np.where(meta["label"] == "benign", 0, -1)
     ).astype(np.int8)

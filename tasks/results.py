@@ -153,6 +153,13 @@ def open_table(results: str, name: str, version: int | datetime | None = None) -
             f"ARCHIVE --model-dir M --results {results}`"
         )
     table = DeltaTable(uri, storage_options=storage_options(uri))
+    if isinstance(version, datetime):
+        created = datetime.fromtimestamp(table.history()[-1]["timestamp"] / 1000).astimezone()
+        if version < created:
+            raise InputError(
+                f"{name} did not exist yet at {version.isoformat()}; it was created at "
+                f"{created.isoformat(timespec='seconds')}"
+            )
     if version is not None:
         try:
             table.load_as_version(version)

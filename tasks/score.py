@@ -24,10 +24,20 @@ import pyarrow.dataset as pds
 
 from tasks.config import Phase, PreprocessConfig
 from tasks.dataset import pixels_to_array
+from tasks.dicom import RejectReason
 from tasks.errors import InputError, ModelError, StoreError
 from tasks.metrics import majority_vote
 from tasks.pseudonym import key_id, pseudonym
-from tasks.store import SLICE_SCHEMA, SLICES, list_parts, now_utc, open_store, read_manifest
+from tasks.store import (
+    REJECTS,
+    SLICE_SCHEMA,
+    SLICES,
+    list_parts,
+    now_utc,
+    open_store,
+    read_manifest,
+    read_table,
+)
 
 # What the planner reads from the store: everything but the pixels.
 INVENTORY_COLUMNS = [
@@ -124,7 +134,18 @@ def inventory(store_uri: str, archive_uri: str, preprocess_version: str) -> pa.T
     """Metadata (no pixels) of the store's slices that came from `archive_uri`, each with
     the part file holding it (`part`)."""
     prefix = archive_prefix(archive_uri)
+    under = prefix.rstrip("/") + "/"
     fs, _ = open_store(store_uri)
+    # Files of this archive whose slice the store already had from another path (a copy,
+    # a moved archive, a study in two archives) are duplicates in `rejects`: they count.
+    rejects = read_table(store_uri, REJECTS, ["source_uri", "reason_code", "sop_instance_uid"])
+    rejects = rejects.filter(
+        pc.and_(
+            pc.equal(rejects.column("reason_code"), RejectReason.DUPLICATE.value),
+            pc.starts_with(rejects.column("source_uri"), under),
+        )
+    )
+    copies = pa.array(rejects.column("sop_instance_uid").to_pylist(), pa.string())
     tables = []
     for part in list_parts(store_uri, SLICES):
         table = pds.dataset(part, format="parquet", filesystem=fs).to_table(
@@ -132,7 +153,9 @@ def inventory(store_uri: str, archive_uri: str, preprocess_version: str) -> pa.T
             filter=(pc.field("preprocess_version") == preprocess_version),
         )
         uris = table.column("source_uri")
-        keep = pc.or_(pc.equal(uris, prefix), pc.starts_with(uris, prefix.rstrip("/") + "/"))
+        keep = pc.or_(pc.equal(uris, prefix), pc.starts_with(uris, under))
+        if len(copies):
+            keep = pc.or_(keep, pc.is_in(table.column("sop_instance_uid"), value_set=copies))
         table = table.filter(keep)
         if table.num_rows:
             tables.append(table.append_column("part", pa.array([part] * table.num_rows)))
@@ -158,7 +181,8 @@ class ScoringPlan:
 
 def plan_scoring(inventory_table: pa.Table, scored: dict[str, int], key: bytes) -> ScoringPlan:
     """Studies with no vote from this model yet, or whose image count changed since."""
-    frame = inventory_table.to_pandas()
+    # Two ingests of the same files at the same time can both store a slice: count it once.
+    frame = inventory_table.to_pandas().drop_duplicates("sop_instance_uid")
     if frame.empty:
         return ScoringPlan(0, 0, 0, frame)
     counts = frame.groupby("study_instance_uid").size()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -154,16 +155,40 @@ def remove_part(path: str) -> None:
     fs.rm(path)
 
 
-def clear_staging(store_uri: str) -> int:
-    """Remove batches staged by runs that never committed them; returns how many."""
+def clear_staging(store_uri: str, run_id: str | None = None, older_than_s: float = 3600) -> int:
+    """Remove staged batches that will never be committed; returns how many files.
+
+    With `run_id`, that run's own staging folder (at the end of a run). Without, the
+    folders of other runs that have staged nothing for `older_than_s` seconds: runs that
+    crashed. A run still working stages a batch every few seconds, so concurrent runs
+    never remove each other's batches.
+    """
     fs, root = open_store(store_uri)
     folder = posixpath.join(root, STAGING)
     fs.invalidate_cache(folder)
     if not fs.exists(folder):
         return 0
-    stale = [p for p in fs.find(folder) if p.endswith(".parquet") or p.endswith(".tmp")]
-    fs.rm(folder, recursive=True)
-    return len(stale)
+    removed = 0
+    now = time.time()
+    for run_folder in fs.ls(folder, detail=False):
+        name = posixpath.basename(run_folder.rstrip("/"))
+        files = [p for p in fs.find(run_folder) if p.endswith(".parquet") or p.endswith(".tmp")]
+        if run_id is not None:
+            if name != run_id:
+                continue
+        elif files and now - max(_mtime(fs, p) for p in files) < older_than_s:
+            continue
+        fs.rm(run_folder, recursive=True)
+        removed += len(files)
+    return removed
+
+
+def _mtime(fs: fsspec.AbstractFileSystem, path: str) -> float:
+    info = fs.info(path)
+    value = info.get("mtime", info.get("LastModified", info.get("created")))
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return float(value) if value is not None else 0.0
 
 
 def list_parts(store_uri: str, table_name: str) -> list[str]:

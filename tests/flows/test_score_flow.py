@@ -1,0 +1,291 @@
+"""Scoring archives into the results table through Prefect on a real Dask cluster."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from flows.ingest import ingest_flow
+from flows.score import score_flow
+from tasks.config import PreprocessConfig
+from tasks.model import profile_config
+from tasks.pseudonym import KEY_ENV
+from tasks.query import run_query
+from tasks.results import PATIENT_VOTES, history
+from tasks.split import SplitConfig
+from tasks.synth import SynthConfig, synthesize_archive
+from tasks.train import train_model
+
+KEY = "renalflow-test-key-0123456789abcdef"
+SIZE = 64  # tiny images keep the model and its inference fast
+
+
+def runner(cluster):
+    from prefect_dask import DaskTaskRunner
+
+    return DaskTaskRunner(address=cluster.scheduler_address)
+
+
+@pytest.fixture(scope="module")
+def trained(dask_cluster, tmp_path_factory):
+    """An archive, its slice store and a tiny model trained on it."""
+    root = tmp_path_factory.mktemp("score")
+    synthesize_archive(
+        root / "synth",
+        SynthConfig(patients=6, seed=31, benign_fraction=0.5, max_slices_per_series=4),
+        jobs=2,
+    )
+    archive, store = str(root / "synth" / "archive"), str(root / "store")
+    ingest_flow.with_options(task_runner=runner(dask_cluster))(
+        archive=archive,
+        store=store,
+        labels=str(root / "synth" / "labels.csv"),
+        preprocess=PreprocessConfig(output_size=SIZE),
+    )
+    model = root / "model"
+    config = profile_config("cpu-demo", input_size=SIZE, epochs=1)
+    train_model(store, model, config, SplitConfig(seed=1))
+    return {"root": root, "archive": archive, "store": store, "model": str(model)}
+
+
+@pytest.fixture
+def key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    return KEY
+
+
+def score(cluster, trained, results: str, archive: str | None = None, model: str | None = None):
+    return score_flow.with_options(task_runner=runner(cluster))(
+        archive=archive or trained["archive"],
+        model_dir=model or trained["model"],
+        results=results,
+        store=trained["store"],
+    )
+
+
+def identifiers(archive: str) -> set[str]:
+    """Every direct identifier in the archive's DICOM headers."""
+    found: set[str] = set()
+    for path in Path(archive).rglob("*"):
+        if path.is_file():
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            for keyword in (
+                "PatientID",
+                "PatientName",
+                "PatientBirthDate",
+                "AccessionNumber",
+                "StudyInstanceUID",
+                "SeriesInstanceUID",
+                "SOPInstanceUID",
+            ):
+                value = str(ds.get(keyword, "") or "")
+                if value:
+                    found.add(value)
+    return found
+
+
+def all_values(results: str) -> set[str]:
+    values: set[str] = set()
+    for table in ("patient_votes", "slice_scores"):
+        for column in run_query(results, f"select * from {table}").columns:
+            values |= {str(v) for v in column.to_pylist() if v is not None}
+    return values
+
+
+def test_scoring_twice_writes_one_row_per_study_and_no_identifiers(
+    dask_cluster, trained, key, tmp_path
+):
+    results = str(tmp_path / "R")
+    first = score(dask_cluster, trained, results)
+    assert first.studies_scored == first.studies_in_archive == 6
+    assert first.vote_rows_inserted == 6 and first.images_scored == first.slice_rows_inserted
+    version = history(results)[0]["version"]
+    again = score(dask_cluster, trained, results)
+    assert again.already_scored == 6 and again.studies_scored == 0 and again.files_new == 0
+    assert history(results)[0]["version"] == version, "a rerun must not even commit"
+    rows = run_query(results, "select count(*), count(distinct study_key) from patient_votes")
+    assert rows.to_pylist() == [{"count_star()": 6, "count(DISTINCT study_key)": 6}]
+    # Votes agree with their image scores.
+    check = run_query(
+        results,
+        """select study_key, v.n_images, count(*) as n, sum(s.malignant::int) as m,
+                  v.n_malignant
+           from patient_votes v join slice_scores s using (study_key, model_version)
+           group by all""",
+    ).to_pylist()
+    assert all(r["n"] == r["n_images"] and r["m"] == r["n_malignant"] for r in check)
+    # No direct identifier anywhere in R, as a value or as part of one.
+    leaked = identifiers(trained["archive"])
+    values = all_values(results)
+    assert not leaked & values
+    assert not [v for v in values for i in leaked if len(i) > 6 and i in v]
+
+
+def test_new_studies_are_the_only_work_of_the_next_night(dask_cluster, trained, key, tmp_path):
+    archive = tmp_path / "archive"
+    shutil.copytree(trained["archive"], archive)
+    results = str(tmp_path / "R")
+    score(dask_cluster, trained, results, archive=str(archive))
+    synthesize_archive(
+        tmp_path / "new",
+        SynthConfig(patients=2, seed=77, patient_prefix="NEW", max_slices_per_series=3),
+        jobs=1,
+    )
+    shutil.copytree(tmp_path / "new" / "archive", archive / "arrived-tonight")
+    night = score(dask_cluster, trained, results, archive=str(archive))
+    assert night.already_scored == 6 and night.studies_scored == 2 and night.vote_rows_inserted == 2
+    assert night.images_scored == night.files_new
+    total = run_query(results, "select count(*) from patient_votes").column(0)[0].as_py()
+    assert total == 8
+
+
+def test_a_new_model_version_adds_its_own_rows(dask_cluster, trained, key, tmp_path):
+    results = str(tmp_path / "R")
+    score(dask_cluster, trained, results)
+    other = tmp_path / "model-2"
+    config = profile_config("cpu-demo", input_size=SIZE, epochs=1, seed=7)
+    train_model(trained["store"], other, config, SplitConfig(seed=1))
+    second = score(dask_cluster, trained, results, model=str(other))
+    assert second.studies_scored == 6 and second.already_scored == 0
+    per_model = run_query(
+        results, "select model_version, count(*) n from patient_votes group by 1 order by 1"
+    ).to_pylist()
+    assert [r["n"] for r in per_model] == [6, 6]
+
+
+def cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        **kwargs,
+    )
+
+
+def test_without_a_key_nothing_is_scored(trained, tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    env = {k: v for k, v in os.environ.items() if k != KEY_ENV}
+    proc = cli(
+        "score", trained["archive"], "--model-dir", trained["model"], "--results",
+        str(tmp_path / "R"), env=env,
+    )  # fmt: skip
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "RENALFLOW_PSEUDONYM_KEY" in out and "secrets.token_hex" in out
+    assert not (tmp_path / "R").exists() and not (tmp_path / "R.slices").exists()
+
+
+def test_killed_run_leaves_the_table_as_it_was_and_a_rerun_completes(
+    dask_cluster, trained, key, tmp_path
+):
+    archive = tmp_path / "archive"
+    shutil.copytree(trained["archive"], archive)
+    results = str(tmp_path / "R")
+    score(dask_cluster, trained, results, archive=str(archive))
+    before = history(results)[0]["version"]
+    synthesize_archive(
+        tmp_path / "new",
+        SynthConfig(patients=3, seed=78, patient_prefix="LATE", max_slices_per_series=3),
+        jobs=1,
+    )
+    shutil.copytree(tmp_path / "new" / "archive", archive / "late")
+    env = {**os.environ, KEY_ENV: KEY}
+    args = ["score", str(archive), "--model-dir", trained["model"], "--results", results]
+    args += ["--store", trained["store"], "--workers", "1"]
+    proc = cli(*args, env=env, start_new_session=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:  # kill it once it has planned and started scoring
+        if "to score" in line or time.monotonic() > deadline:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    after = history(results)[0]["version"]
+    # Each commit is atomic: either nothing of the killed run is visible, or all of it.
+    n = run_query(results, "select count(*) from patient_votes").column(0)[0].as_py()
+    assert (after == before and n == 6) or n == 9
+    rerun = score(dask_cluster, trained, results, archive=str(archive))
+    assert rerun.already_scored + rerun.studies_scored == 9
+    rows = run_query(
+        results, "select count(*) n, count(distinct study_key) k from patient_votes"
+    ).to_pylist()
+    assert rows == [{"n": 9, "k": 9}]
+    images = run_query(
+        results, "select count(*) n, count(distinct image_key) k from slice_scores"
+    ).to_pylist()[0]
+    assert images["n"] == images["k"]
+
+
+def test_two_runs_at_the_same_time_neither_corrupt_nor_duplicate(trained, tmp_path, prefect_api):
+    archive = tmp_path / "archive"
+    shutil.copytree(trained["archive"], archive)
+    results, store = str(tmp_path / "R"), str(tmp_path / "S")
+    env = {**os.environ, KEY_ENV: KEY}
+    args = ["score", str(archive), "--model-dir", trained["model"], "--results", results]
+    args += ["--store", store, "--workers", "1"]
+    procs = [cli(*args, env=env) for _ in range(2)]
+    outputs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    votes = run_query(
+        results, "select count(*) n, count(distinct study_key) k from patient_votes"
+    ).to_pylist()
+    assert votes == [{"n": 6, "k": 6}]
+    images = run_query(
+        results, "select count(*) n, count(distinct image_key) k from slice_scores"
+    ).to_pylist()[0]
+    assert images["n"] == images["k"] > 0
+    assert PATIENT_VOTES in os.listdir(results)
+
+
+def test_serve_registers_a_nightly_deployment_that_runs(trained, tmp_path, prefect_api):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    results = str(tmp_path / "R")
+    env = {**os.environ, KEY_ENV: KEY, "PREFECT_API_URL": prefect_api}
+    args = ["serve", "--archive", trained["archive"], "--model-dir", trained["model"]]
+    args += ["--results", results, "--store", trained["store"], "--workers", "1"]
+    args += ["--timezone", "Europe/Copenhagen"]
+    proc = cli(*args, env=env, start_new_session=True)
+    try:
+        deployment = None
+        deadline = time.monotonic() + 120
+        with get_client(sync_client=True) as client:
+            while deployment is None and time.monotonic() < deadline:
+                try:
+                    deployment = client.read_deployment_by_name("renalflow-score/nightly")
+                except Exception:
+                    assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                    time.sleep(1)
+            assert deployment is not None, "the nightly deployment never appeared"
+            schedule = deployment.schedules[0].schedule
+            assert schedule.cron == "0 2 * * *" and schedule.timezone == "Europe/Copenhagen"
+            assert deployment.parameters["archive"] == trained["archive"]
+            assert deployment.parameters["results"] == results
+            assert deployment.parameters["workers"] == 1
+            assert "min_images" in deployment.parameter_openapi_schema["properties"]
+            names = {
+                f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()
+            }
+            assert {"renalflow-ingest/on-demand", "renalflow-train/on-demand"} <= names
+        # Trigger the nightly job now, as an operator would from the UI, and wait for it.
+        run = run_deployment("renalflow-score/nightly", timeout=300)
+        assert run.state is not None and run.state.is_completed(), run.state
+        n = run_query(results, "select count(*) from patient_votes").column(0)[0].as_py()
+        assert n == 6
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
