@@ -26,7 +26,7 @@ from tasks.split import oversample_indices
 from tasks.store import SLICES, now_utc, write_part
 
 
-def build_store(root: Path, n: int, seed: int = 0) -> str:
+def build_store(root: Path, n: int, seed: int = 0, size: int = 224) -> str:
     if root.exists():
         shutil.rmtree(root)
     rng = np.random.default_rng(seed)
@@ -42,9 +42,9 @@ def build_store(root: Path, n: int, seed: int = 0) -> str:
                     "series_instance_uid": patient,
                     "sop_instance_uid": f"1.2.{i}",
                     "phase": "venous",
-                    "height": 224,
-                    "width": 224,
-                    "pixels": rng.integers(0, 256, 224 * 224, dtype=np.uint8).tobytes(),
+                    "height": size,
+                    "width": size,
+                    "pixels": rng.integers(0, 256, size * size, dtype=np.uint8).tobytes(),
                     "cohort": "development",
                     "label": "benign" if (i // 40) % 100 < 19 else "malignant",
                     "preprocess_version": "bench",

@@ -308,15 +308,33 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the pipeline end to end on a synthetic archive (what `make demo` runs)",
         description=(
-            "Synthesise a small archive, ingest it into a slice store on a local Dask "
-            "cluster, and print what is in the store. Everything goes under OUT."
+            "The whole pipeline on this machine: synthesise a development archive, ingest it "
+            "into a slice store on a local Dask cluster, train the cpu-demo model, evaluate it "
+            "on the held-out test patients, score a second (screening) archive into the Delta "
+            "results table, and query it with DuckDB. Everything goes under OUT; steps whose "
+            "output exists are reused. About 10 minutes on 2 CPU cores."
         ),
     )
     demo.add_argument(
         "--out", default="renalflow-demo", help="working folder (default ./renalflow-demo)"
     )
     demo.add_argument(
-        "--patients", type=_positive_int, default=24, help="synthetic patients (default 24)"
+        "--patients",
+        type=_positive_int,
+        default=100,
+        help="synthetic development patients (default 100)",
+    )
+    demo.add_argument(
+        "--benign-fraction",
+        type=float,
+        default=0.5,
+        help="benign share of the development patients (default 0.5; see README)",
+    )
+    demo.add_argument(
+        "--screening",
+        type=_positive_int,
+        default=12,
+        help="patients in the screening archive that gets scored (default 12)",
     )
     demo.add_argument("--seed", type=int, default=2020, help="random seed (default 2020)")
     demo.add_argument(
@@ -599,30 +617,103 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
+DEMO_QUERY = """\
+select study_year_month[1:4] as year, manufacturer,
+       count(*) as studies,
+       round(avg((vote = 'benign')::int), 2) as benign_share
+from patient_votes group by all order by year, manufacturer"""
 
+
+def demo_key(out: Path) -> str:
+    """The demo's pseudonymisation key: RENALFLOW_PSEUDONYM_KEY if set, else one generated
+    once and kept in OUT/pseudonym.key (readable by the owner only)."""
+    import secrets
+
+    if os.environ.get("RENALFLOW_PSEUDONYM_KEY"):
+        return "RENALFLOW_PSEUDONYM_KEY from the environment"
+    path = out / "pseudonym.key"
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+        how = f"generated a new key in {path}"
+    else:
+        how = f"reusing the key in {path}"
+    os.environ["RENALFLOW_PSEUDONYM_KEY"] = path.read_text().strip()
+    return how
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from flows.runtime import prefect_api
+
+    started = time.perf_counter()
     out = Path(args.out)
-    data, store = out / "synthetic", out / "store"
-    print(f"== 1/3 synth: {args.patients} synthetic patients -> {data}")
+    data, store, model = out / "synthetic", out / "store", out / "model"
+    screening, results, report = out / "screening", out / "results", out / "report"
+    workers = ["--workers", str(args.workers)] if args.workers else []
+
+    def run(*argv: str) -> None:
+        COMMANDS[argv[0]](build_parser().parse_args(argv))
+
+    def step(text: str) -> None:
+        print(f"\n== {text}  [{time.perf_counter() - started:.0f} s]", flush=True)
+
+    step(f"1/7 synth: {args.patients} synthetic patients for development -> {data}")
     if (data / "labels.csv").exists():
         print("   (already there; reusing it)")
     else:
-        _cmd_synth(
-            build_parser().parse_args(
-                ["synth", str(data), "--patients", str(args.patients), "--seed", str(args.seed)]
-            )
+        run(
+            *("synth", str(data), "--patients", str(args.patients), "--seed", str(args.seed)),
+            *("--benign-fraction", str(args.benign_fraction), "--max-slices-per-series", "10"),
         )
-    print(f"\n== 2/3 ingest: {data / 'archive'} -> {store} (Prefect flow on a local Dask cluster)")
-    ingest_argv = ["ingest", str(data / "archive"), "--store", str(store)]
-    ingest_argv += ["--labels", str(data / "labels.csv")]
-    if args.workers:
-        ingest_argv += ["--workers", str(args.workers)]
-    _cmd_ingest(build_parser().parse_args(ingest_argv))
-    print(f"\n== 3/3 what the store holds ({store / 'slices'})")
-    print(describe_store(str(store.resolve())))
-    print(f"\nartifacts:\n  archive  {data / 'archive'}\n  labels   {data / 'labels.csv'}")
-    print(f"  slices   {store / 'slices'}\n  rejects  {store / 'rejects'}")
+    # One Prefect server for every step (a temporary one unless PREFECT_API_URL is set).
+    with prefect_api():
+        step(f"2/7 ingest: {data / 'archive'} -> {store} (Prefect flow on a local Dask cluster)")
+        run(
+            *("ingest", str(data / "archive"), "--store", str(store)),
+            *("--labels", str(data / "labels.csv"), *workers),
+        )
+        print(describe_store(str(store.resolve())))
+
+        step(f"3/7 train: profile cpu-demo on the development patients -> {model}")
+        if (model / "model.keras").exists():
+            print("   (a model is already there; reusing it)")
+        else:
+            run("train", "--store", str(store), "--model-dir", str(model), "--profile", "cpu-demo")
+
+        step(f"4/7 evaluate: the held-out test patients -> {report}")
+        run(
+            *("evaluate", "--store", str(store), "--model-dir", str(model)),
+            *("--report", str(report), "--bootstrap", "200"),
+        )
+
+        step(f"5/7 synth: a screening archive of {args.screening} new patients -> {screening}")
+        if not (screening / "archive").exists():
+            run(
+                *("synth", str(screening), "--patients", str(args.screening)),
+                *("--seed", str(args.seed + 1), "--max-slices-per-series", "10"),
+            )
+        step(f"6/7 score: {screening / 'archive'} -> {results} (Delta tables)")
+        print(f"   pseudonymisation key: {demo_key(out)}")
+        run(
+            *("score", str(screening / "archive"), "--model-dir", str(model)),
+            *("--results", str(results), *workers),
+        )
+
+    step("7/7 query: benign vote share by study year and scanner vendor")
+    print(f'$ renalflow query "{" ".join(DEMO_QUERY.split())}" --results {results}\n')
+    run("query", DEMO_QUERY, "--results", str(results))
+    print(
+        f"\ndemo finished in {time.perf_counter() - started:.0f} s. Artifacts:\n"
+        f"  development archive  {data / 'archive'} (labels {data / 'labels.csv'})\n"
+        f"  slice store          {store}\n"
+        f"  model                {model / 'model.keras'} (curves {model / 'curves.png'})\n"
+        f"  evaluation report    {report / 'report.md'} (ROC {report / 'roc.png'})\n"
+        f"  screening archive    {screening / 'archive'}\n"
+        f"  results table        {results} (patient_votes, slice_scores)\n"
+        f"  pseudonym key        {out / 'pseudonym.key'}\n"
+        f'try: renalflow query "select * from patient_votes limit 5" --results {results}'
+    )
     return 0
 
 

@@ -39,7 +39,8 @@ def load_model(model_dir: str | Path) -> Any:
             f"no model.keras in {model_dir}; train one with `renalflow train --store S "
             f"--model-dir {model_dir}`"
         )
-    return keras.saving.load_model(path)
+    # Inference only: the optimizer state is not needed (and not restored).
+    return keras.saving.load_model(path, compile=False)
 
 
 def predict_probabilities(model: Any, images: np.ndarray, batch_size: int = 128) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import posixpath
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -244,9 +245,8 @@ def score_slices(
     started = time.perf_counter()
     model = cached_model(model_dir, model_version)
     fs, _ = open_store(store_uri)
-    uids: list[str] = []
-    chunks: list[np.ndarray] = []
-    for part, wanted in parts.items():
+
+    def read(part: str, wanted: list[str]) -> tuple[list[str], np.ndarray]:
         table = pds.dataset(part, format="parquet", filesystem=fs).to_table(
             columns=["sop_instance_uid", "height", "width", "pixels"],
             filter=pc.field("sop_instance_uid").isin(wanted),
@@ -258,13 +258,25 @@ def score_slices(
             )
         height = table.column("height")[0].as_py()
         width = table.column("width")[0].as_py()
-        images = pixels_to_array(table.column("pixels"), height, width)
-        out = np.empty(len(images), dtype=np.float32)
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size][..., None]
-            out[start : start + len(batch)] = np.asarray(model.predict_on_batch(batch)).reshape(-1)
-        uids.extend(table.column("sop_instance_uid").to_pylist())
-        chunks.append(out)
+        uids = table.column("sop_instance_uid").to_pylist()
+        return uids, pixels_to_array(table.column("pixels"), height, width)
+
+    uids: list[str] = []
+    chunks: list[np.ndarray] = []
+    # The next part is read (I/O and decompression release the GIL) while the model
+    # scores the current one.
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = [reader.submit(read, part, wanted) for part, wanted in parts.items()]
+        for future in pending:
+            part_uids, images = future.result()
+            out = np.empty(len(images), dtype=np.float32)
+            for start in range(0, len(images), batch_size):
+                batch = images[start : start + batch_size][..., None]
+                out[start : start + len(batch)] = np.asarray(model.predict_on_batch(batch)).reshape(
+                    -1
+                )
+            uids.extend(part_uids)
+            chunks.append(out)
     probability = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return ScoredBatch(uids, probability, time.perf_counter() - started, worker)
 

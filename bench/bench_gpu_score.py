@@ -1,0 +1,106 @@
+"""GPU scoring benchmark for the GPU machine: Keras on JAX, no TensorFlow, no Prefect.
+
+Runs the paper's ResNet50V2 (random weights) in inference and prints images/s for
+  1. synthetic uint8 batches already in memory (the ceiling), and
+  2. the scoring path of `renalflow score`: `tasks.score.score_slices` reading the
+     slices of every part of a Parquet slice store, as a score task does on a GPU
+     Dask worker.
+Target: (2) at least 8,000 images/s on an H200 in bf16.
+
+On the GPU machine (Keras travels as wheels, see ../shared/GPU.md):
+  pip install --no-index --no-deps --target /tmp/site WHEELS
+  KERAS_BACKEND=jax PYTHONPATH=/tmp/site:. python bench/bench_gpu_score.py --precision bf16
+
+It writes its own Parquet store (random pixels) unless --store is given; besides
+Keras, carry the pure-Python fsspec wheel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16")
+    parser.add_argument("--images", type=int, default=16384, help="slices in the generated store")
+    parser.add_argument("--store", help="an existing slice store instead of a generated one")
+    parser.add_argument("--size", type=int, default=224, help="image side (224 as the paper)")
+    args = parser.parse_args()
+
+    import keras
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_input import build_store
+
+    from tasks.model import TrainConfig, build_model
+    from tasks.score import score_slices
+    from tasks.store import SLICES, list_parts
+    from tasks.train import file_digest
+
+    print(
+        f"keras {keras.__version__}, backend {keras.backend.backend()}, "
+        f"python {platform.python_version()}, {platform.machine()}"
+    )
+    if keras.backend.backend() == "jax":
+        import jax
+
+        print(f"devices: {jax.devices()}")
+    precision = None if args.precision == "fp32" else args.precision
+    config = TrainConfig(weights="none", mixed_precision=precision, input_size=args.size)
+    model = build_model(config)
+    work = Path(tempfile.gettempdir()) / "renalflow-gpu-score"
+    model_dir = work / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    model.save(model_dir / "model.keras")
+    version = file_digest(model_dir / "model.keras")
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(args.batch_size, args.size, args.size, 1), dtype=np.uint8)
+    for _ in range(3):
+        model.predict_on_batch(x)  # compile
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        out = model.predict_on_batch(x)
+    np.asarray(out)
+    ceiling = args.steps * args.batch_size / (time.perf_counter() - started)
+    print(f"synthetic in-memory batches: {ceiling:,.0f} images/s (batch {args.batch_size})")
+
+    store = args.store or build_store(work / "store", args.images, size=args.size)
+    parts = list_parts(store, SLICES)
+    import pyarrow.parquet as pq
+
+    wanted = {
+        p: pq.read_table(p, columns=["sop_instance_uid"]).column(0).to_pylist() for p in parts
+    }
+    n = sum(len(v) for v in wanted.values())
+    # Warm-up: the scorer's own model cache loads model.keras once, as on a worker.
+    first = next(iter(wanted))
+    score_slices(store, {first: wanted[first][:64]}, str(model_dir), version, args.batch_size)
+    started = time.perf_counter()
+    scored = score_slices(store, wanted, str(model_dir), version, args.batch_size)
+    seconds = time.perf_counter() - started
+    assert len(scored.probability) == n
+    rate = n / seconds
+    print(
+        f"score_slices from the store: {n:,} images in {seconds:.1f} s = {rate:,.0f} images/s "
+        f"({100 * rate / ceiling:.0f}% of the synthetic ceiling)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    sys.exit(main())
