@@ -258,26 +258,29 @@ def test_serve_registers_a_nightly_deployment_that_runs(trained, tmp_path, prefe
     args += ["--timezone", "Europe/Copenhagen"]
     proc = cli(*args, env=env, start_new_session=True)
     try:
-        deployment = None
+        wanted = {
+            "renalflow-score/nightly",
+            "renalflow-ingest/on-demand",
+            "renalflow-train/on-demand",
+        }
+        names: set[str] = set()
         deadline = time.monotonic() + 120
         with get_client(sync_client=True) as client:
-            while deployment is None and time.monotonic() < deadline:
-                try:
-                    deployment = client.read_deployment_by_name("renalflow-score/nightly")
-                except Exception:
-                    assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-                    time.sleep(1)
-            assert deployment is not None, "the nightly deployment never appeared"
+            while not wanted <= names and time.monotonic() < deadline:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                time.sleep(1)
+                names = {
+                    f"{client.read_flow(d.flow_id).name}/{d.name}"
+                    for d in client.read_deployments()
+                }
+            assert wanted <= names, f"deployments seen: {names}"
+            deployment = client.read_deployment_by_name("renalflow-score/nightly")
             schedule = deployment.schedules[0].schedule
             assert schedule.cron == "0 2 * * *" and schedule.timezone == "Europe/Copenhagen"
             assert deployment.parameters["archive"] == trained["archive"]
             assert deployment.parameters["results"] == results
             assert deployment.parameters["workers"] == 1
             assert "min_images" in deployment.parameter_openapi_schema["properties"]
-            names = {
-                f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()
-            }
-            assert {"renalflow-ingest/on-demand", "renalflow-train/on-demand"} <= names
         # Trigger the nightly job now, as an operator would from the UI, and wait for it.
         run = run_deployment("renalflow-score/nightly", timeout=300)
         assert run.state is not None and run.state.is_completed(), run.state
@@ -289,3 +292,18 @@ def test_serve_registers_a_nightly_deployment_that_runs(trained, tmp_path, prefe
             proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_key_from_a_prefect_secret_block(prefect_api, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    from flows.score import resolve_key
+    from tasks.errors import InputError
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    Secret(value=KEY).save("renalflow-test-key", overwrite=True)
+    assert resolve_key("renalflow-test-key") == KEY.encode()
+    with pytest.raises(InputError, match="no Prefect Secret block"):
+        resolve_key("no-such-block")
+    with pytest.raises(InputError, match="RENALFLOW_PSEUDONYM_KEY"):
+        resolve_key(None)
