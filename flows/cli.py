@@ -327,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--benign-fraction",
         type=float,
-        default=0.5,
-        help="benign share of the development patients (default 0.5; see README)",
+        default=0.19,
+        help="benign share of the development patients (default 0.19, the paper's cohort)",
     )
     demo.add_argument(
         "--screening",

@@ -15,8 +15,10 @@ from typing import Any
 import dask
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect_dask import DaskTaskRunner
 
 from flows.ingest import Opaque, _balanced, _cluster_threads, retry_on_transient_io, run_ingest
 from tasks.errors import InputError
@@ -74,6 +76,7 @@ def score_task(
     model_dir: str,
     model_version: str,
     batch_size: int,
+    cpu_threads: int | None = None,
 ) -> ScoredBatch:
     worker = ""
     try:
@@ -82,7 +85,9 @@ def score_task(
         worker = get_worker().address
     except (ImportError, ValueError):
         worker = f"pid {os.getpid()}"
-    return score_slices(store, parts.value, model_dir, model_version, batch_size, worker)
+    return score_slices(
+        store, parts.value, model_dir, model_version, batch_size, worker, cpu_threads
+    )
 
 
 @dataclass
@@ -169,6 +174,7 @@ def score_flow(
 
     threads = _cluster_threads()
     summary.workers = threads
+    cpu_threads = _cores_per_worker_thread()
     target = _balanced(len(plan.slices), threads * 2, 64, 2048)
     batches = score_batches(plan.slices, target)
     inference_started = time.perf_counter()
@@ -186,6 +192,7 @@ def score_flow(
                 info.model_dir,
                 info.model_version,
                 config.batch_size,
+                cpu_threads,
             )
             for batch in batches
         ]
@@ -235,6 +242,22 @@ def score_flow(
         summary.seconds,
     )
     return summary
+
+
+def _cores_per_worker_thread() -> int | None:
+    """When the workers run on this machine, its cores shared out among their threads
+    (TensorFlow would otherwise give every worker process every core); for workers on
+    other machines, no limit."""
+    context = FlowRunContext.get()
+    runner = context.task_runner if context else None
+    if not isinstance(runner, DaskTaskRunner):
+        return None
+    workers = runner.client.scheduler_info(n_workers=-1).get("workers", {})
+    local = [w for w in workers.values() if str(w.get("host", "")).startswith("127.")]
+    if not local or len(local) != len(workers):
+        return None
+    threads = sum(int(w.get("nthreads", 1)) for w in local)
+    return max(1, (os.cpu_count() or 1) // max(1, threads))
 
 
 def default_store(results: str) -> str:

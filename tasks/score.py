@@ -214,9 +214,29 @@ def score_batches(slices: pd.DataFrame, target_images: int) -> list[pd.DataFrame
 _MODELS: dict[tuple[str, str], Any] = {}
 
 
-def cached_model(model_dir: str, model_version: str) -> Any:
+def limit_cpu_threads(threads: int) -> None:
+    """Let TensorFlow use `threads` cores in this process, so worker processes sharing a
+    machine do not each spread over every core. No effect once TensorFlow has started,
+    or on other backends."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        pass  # TensorFlow already initialised in this process
+
+
+def cached_model(model_dir: str, model_version: str, cpu_threads: int | None = None) -> Any:
     """The Keras model, loaded once per process (workers score many batches)."""
     from tasks.evaluate import load_model
+
+    if cpu_threads:
+        limit_cpu_threads(cpu_threads)
 
     key = (model_dir, model_version)
     if key not in _MODELS:
@@ -240,10 +260,11 @@ def score_slices(
     model_version: str,
     batch_size: int = 64,
     worker: str = "",
+    cpu_threads: int | None = None,
 ) -> ScoredBatch:
     """P(malignant) of the given slices (SOPInstanceUIDs per part file of the store)."""
     started = time.perf_counter()
-    model = cached_model(model_dir, model_version)
+    model = cached_model(model_dir, model_version, cpu_threads)
     fs, _ = open_store(store_uri)
 
     def read(part: str, wanted: list[str]) -> tuple[list[str], np.ndarray]:

@@ -424,11 +424,14 @@ def _lesion_slice(
         region += texture * _smooth_noise(rng, inside.shape, 6)
     necrosis = float(props["necrosis"])  # type: ignore[arg-type]
     if necrosis > 0:
-        # Necrosis: low-attenuation, non-enhancing core with a ragged edge (a little
-        # darker than viable tumour even without contrast).
-        ragged = _smooth_noise(np.random.default_rng(lesion.necrosis_seed), inside.shape, 5)
-        core = dist <= boundary * (necrosis * 0.75 + 0.12 * ragged)
-        region[core] = 18.0 + 6.0 * ragged[core]
+        # Necrosis: patchy low-attenuation, non-enhancing foci of 5-10 mm scattered
+        # through the mass (a little darker than viable tumour even without contrast),
+        # the heterogeneity that sets clear-cell RCC apart on CT.
+        cells = max(4, round(2 * half * spacing / 7.0))
+        field = _smooth_noise(np.random.default_rng(lesion.necrosis_seed), inside.shape, cells)
+        cut = float(np.quantile(field[inside], necrosis * 0.5))
+        foci = inside & (field <= cut)
+        region[foci] = 15.0 + 5.0 * field[foci]
     if lesion.scar and phase is not Phase.NONCONTRAST:
         # Central stellate scar: thin low-enhancing spokes meeting in the centre.
         spokes = np.abs(np.sin(2.5 * (theta + lesion.irregular_phases[0]))) < 0.22
@@ -557,8 +560,10 @@ def write_patient(
     for s_no, phase in enumerate(phases, start=1):
         syntax = _syntax_for_series(rng, config.syntaxes)
         thickness = float(rng.choice([1.5, 2.0, 2.5, 3.0, 5.0]))
-        extent = 2 * radius_mm * lesion.z_scale
-        n = int(np.clip(round(extent / thickness) + 2, 4, config.max_slices_per_series))
+        # Like the study, keep only images that show the mass: slices where its
+        # cross-section is at least a third of its largest diameter.
+        extent = 2 * radius_mm * lesion.z_scale * math.sqrt(1 - (1 / 3) ** 2)
+        n = int(np.clip(round(extent / thickness), 2, config.max_slices_per_series))
         z0 = table_z - (n - 1) * thickness / 2
         series_uid = _uid(config.seed, plan.patient_id, "series", s_no)
         description = str(rng.choice(vendor.descriptions[phase])).format(t=f"{thickness:.1f}")
