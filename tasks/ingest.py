@@ -8,11 +8,11 @@ tables: `slices` or `rejects`.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import socket
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -242,7 +242,10 @@ def convert_files(
         label = labels.get(converted.header.patient_id)
         rows.append(_slice_row(uri, converted, cohort, label, run_id, config.version))
     rows.sort(key=lambda r: (r["series_instance_uid"], r["z"] if r["z"] is not None else 0.0))
-    part = f"part-{run_id[:8]}-{uuid.uuid4().hex[:12]}"
+    # Named after its files: a batch run again (a retry, or a worker lost after writing)
+    # overwrites its own parts instead of adding a second copy.
+    batch_id = hashlib.sha256("\n".join(source_uris).encode()).hexdigest()[:12]
+    part = f"part-{run_id[:8]}-{batch_id}"
     staged = write_part(staging_folder(store_uri, run_id), SLICES, rows, part)
     write_rejects(store_uri, rejects, cohort, run_id, config.version, part)
     report = BatchReport(

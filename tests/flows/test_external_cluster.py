@@ -1,0 +1,123 @@
+"""Ingest on a separately started `dask scheduler` and `dask worker`s, as on a site's
+cluster, and losing a worker to SIGKILL half-way through."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flows.ingest import ingest_flow
+from tasks.ingest import discover_files
+from tasks.store import REJECTS, SLICES, read_table
+from tasks.synth import SynthConfig, synthesize_archive
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def cluster(prefect_api, tmp_path) -> Iterator[str]:
+    """`dask scheduler` plus `dask worker --nworkers 2` (with nannies) on loopback."""
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    scheduler = subprocess.Popen(
+        [
+            *(BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0"),
+            *("--dashboard-address", ":0", "--scheduler-file", str(scheduler_file)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    workers = None
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text())["address"]
+        workers = subprocess.Popen(
+            [
+                *(BIN / "dask", "worker", address, "--nworkers", "2", "--nthreads", "1"),
+                *("--host", "127.0.0.1", "--preload", "flows.ingest", "--no-dashboard"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        from distributed import Client
+
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        if workers is not None:
+            os.killpg(workers.pid, signal.SIGTERM)
+            workers.wait(60)
+        scheduler.terminate()
+        scheduler.wait(60)
+
+
+def archive(root: Path) -> str:
+    synthesize_archive(root, SynthConfig(patients=8, seed=12, max_slices_per_series=6), jobs=2)
+    return str(root / "archive")
+
+
+def accounted(store: str) -> Counter[str]:
+    slices = read_table(store, SLICES, ["source_uri"]).column("source_uri").to_pylist()
+    rejects = read_table(store, REJECTS, ["source_uri"]).column("source_uri").to_pylist()
+    return Counter(slices + rejects)
+
+
+def run_ingest(address: str, source: str, store: str, batch_size: int):
+    from prefect_dask import DaskTaskRunner
+
+    flow = ingest_flow.with_options(task_runner=DaskTaskRunner(address=address))
+    return flow(archive=source, store=store, batch_size=batch_size)
+
+
+def test_ingest_on_an_external_scheduler_and_workers(cluster, tmp_path):
+    source, store = archive(tmp_path / "synth"), str(tmp_path / "store")
+    summary = run_ingest(cluster, source, store, 512)
+    files = discover_files(source)
+    assert summary.files_new == len(files) and summary.slices == len(files)
+    assert accounted(store) == Counter(files)
+    assert len(summary.worker_slices) == 2, "both external workers should have converted"
+
+
+def test_a_worker_killed_mid_ingest_loses_and_duplicates_nothing(cluster, tmp_path):
+    from distributed import Client
+
+    source, store = archive(tmp_path / "synth"), str(tmp_path / "store")
+    files = discover_files(source)
+    with Client(cluster) as client:
+        pids = client.run(os.getpid)
+    victim = next(iter(pids.values()))
+    staged = Path(store) / "_staging"
+
+    def kill_when_work_started() -> None:
+        deadline = time.monotonic() + 120
+        # Small batches, so the victim is busy converting when it dies.
+        while time.monotonic() < deadline:
+            if staged.exists() and any(staged.rglob("*.parquet")):
+                break
+            time.sleep(0.05)
+        os.kill(victim, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_work_started)
+    killer.start()
+    summary = run_ingest(cluster, source, store, 32)
+    killer.join()
+    with Client(cluster) as client:
+        assert victim not in client.run(os.getpid).values(), "the worker was not killed"
+    assert accounted(store) == Counter(files), "every file exactly once"
+    assert summary.slices == len(files)
