@@ -137,9 +137,21 @@ def storage_options(uri: str) -> dict[str, str] | None:
 
 
 def _is_table(uri: str) -> bool:
-    from deltalake import DeltaTable
+    """Whether a Delta table exists at `uri` (it has a transaction log).
 
-    return bool(DeltaTable.is_deltatable(uri, storage_options=storage_options(uri)))
+    Asked through fsspec rather than deltalake: some S3-compatible servers answer
+    deltalake's listing of a prefix that does not exist so that its client waits
+    until it times out.
+    """
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    log = f"{path.rstrip('/')}/_delta_log"
+    fs.invalidate_cache(log)
+    try:
+        return any(name.endswith(".json") for name in fs.ls(log, detail=False))
+    except FileNotFoundError:
+        return False
 
 
 def open_table(results: str, name: str, version: int | datetime | None = None) -> Any:
