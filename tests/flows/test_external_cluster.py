@@ -121,3 +121,45 @@ def test_a_worker_killed_mid_ingest_loses_and_duplicates_nothing(cluster, tmp_pa
         assert victim not in client.run(os.getpid).values(), "the worker was not killed"
     assert accounted(store) == Counter(files), "every file exactly once"
     assert summary.slices == len(files)
+
+
+def test_memory_per_worker_stays_bounded_on_a_large_archive(prefect_api, tmp_path):
+    """An archive of over 1 GB through workers limited to 700 MiB each: no worker is
+    restarted for memory and none comes near its limit."""
+    import resource
+
+    from distributed import Client, LocalCluster
+    from prefect_dask import DaskTaskRunner
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    config = SynthConfig(
+        patients=70,
+        seed=21,
+        max_slices_per_series=30,
+        syntaxes={str(ExplicitVRLittleEndian): 1.0},
+    )
+    synthesize_archive(tmp_path / "synth", config, jobs=2)
+    source = tmp_path / "synth" / "archive"
+    size = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
+    assert size > 1_000_000_000, f"archive is only {size / 1e9:.2f} GB"
+    limit = 700 * 2**20
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            memory_limit=limit,
+            preload=["flows.ingest"],
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        before = client.run(os.getpid)
+        store = str(tmp_path / "store")
+        summary = ingest_flow.with_options(
+            task_runner=DaskTaskRunner(address=cluster.scheduler_address)
+        )(archive=str(source), store=store)
+        assert client.run(os.getpid) == before, "a worker was restarted"
+        peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    assert summary.slices == summary.files_new == len(discover_files(str(source)))
+    assert max(peaks.values()) < 0.8 * limit, f"peak worker memory {peaks}"
