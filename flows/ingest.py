@@ -18,6 +18,7 @@ from prefect.tasks import Task
 from prefect_dask import DaskTaskRunner
 
 from tasks.config import PreprocessConfig
+from tasks.dicom import RejectReason
 from tasks.errors import is_transient_io
 from tasks.ingest import (
     BatchReport,
@@ -26,6 +27,7 @@ from tasks.ingest import (
     convert_files,
     discover_files,
     group_files,
+    quarantine,
     read_labels,
 )
 from tasks.store import SLICES, check_manifest, clear_staging, read_ledger, read_table
@@ -177,33 +179,62 @@ def run_ingest(
     # Each Prefect task run costs ~0.1 s of client set-up on its worker, so batches are
     # large: about three tasks per worker thread, at most `batch_size` files each.
     batches = group_files(pending, _balanced(len(pending), threads * 3, 32, batch_size))
-    futures = [
-        convert_batch.submit(store, Opaque(batch), config, cohort, Opaque(label_map), run_id)
-        for batch in batches
-    ]
-    summary.convert_tasks = len(futures)
+
+    def submit(files: list[str]) -> Any:
+        return convert_batch.submit(store, Opaque(files), config, cohort, Opaque(label_map), run_id)
+
+    work = [(submit(batch), batch) for batch in batches]
+    summary.convert_tasks = len(work)
     # Workers convert in parallel; this process commits each batch as it arrives,
     # the only place that sees every batch and so can tell duplicates apart.
     stored = dict(ledger.sop_sources)
     files_done = 0
-    for done, future in enumerate(as_completed(futures), start=1):
-        staged = future.result()
-        summary.add_batch(staged.report)
-        files_done += staged.report.n_files
-        duplicates = commit_batch(store, staged, stored, cohort, run_id, config.version)
-        summary.slices -= len(duplicates)
-        summary.rejects.update(r.code.value for r in duplicates)
-        elapsed = time.perf_counter() - started
-        logger.info(
-            "[%d/%d batches] %d/%d files, %d slices, %d rejects, %.0f slices/s",
-            done,
-            len(futures),
-            files_done,
-            len(pending),
-            summary.slices,
-            summary.n_rejects,
-            summary.slices / max(elapsed, 1e-9),
-        )
+    done = 0
+    while work:
+        files_of = {id(future): files for future, files in work}
+        futures = [future for future, _ in work]
+        work = []
+        for future in as_completed(futures):
+            try:
+                staged = future.result()
+            except Exception as err:
+                if not _worker_died(err):
+                    raise
+                files = files_of[id(future)]
+                if len(files) > 1:
+                    # A file in this batch kills the process converting it: convert the
+                    # batch's files one by one to find it, and keep the others.
+                    logger.warning(
+                        "the worker converting a batch of %d files died %d times; converting "
+                        "them one by one to find the file that kills it",
+                        len(files),
+                        _attempts(),
+                    )
+                    work += [(submit([uri]), [uri]) for uri in files]
+                    summary.convert_tasks += len(files)
+                else:
+                    logger.error("quarantined %s: it kills the worker converting it", files[0])
+                    quarantine(store, files[0], _attempts(), cohort, run_id, config.version)
+                    summary.rejects[RejectReason.CRASHED_WORKER.value] += 1
+                    files_done += 1
+                continue
+            done += 1
+            summary.add_batch(staged.report)
+            files_done += staged.report.n_files
+            duplicates = commit_batch(store, staged, stored, cohort, run_id, config.version)
+            summary.slices -= len(duplicates)
+            summary.rejects.update(r.code.value for r in duplicates)
+            elapsed = time.perf_counter() - started
+            logger.info(
+                "[%d/%d batches] %d/%d files, %d slices, %d rejects, %.0f slices/s",
+                done,
+                summary.convert_tasks,
+                files_done,
+                len(pending),
+                summary.slices,
+                summary.n_rejects,
+                summary.slices / max(elapsed, 1e-9),
+            )
     clear_staging(store, run_id=run_id)
 
     if label_map:
@@ -218,6 +249,22 @@ def run_ingest(
         summary.seconds,
     )
     return summary
+
+
+def _worker_died(err: BaseException) -> bool:
+    """Whether a task failed because the worker processes running it kept dying."""
+    try:
+        from distributed.scheduler import KilledWorker
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return False
+    return isinstance(err, KilledWorker)
+
+
+def _attempts() -> int:
+    """How many worker deaths Dask allows a task before giving up on it."""
+    import dask
+
+    return int(dask.config.get("distributed.scheduler.allowed-failures", 3)) + 1
 
 
 def _cluster_threads() -> int:

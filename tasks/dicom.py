@@ -52,6 +52,7 @@ class RejectReason(StrEnum):
     DUPLICATE = "duplicate"
     DECODE_ERROR = "decode_error"
     UNREADABLE = "unreadable"
+    CRASHED_WORKER = "crashed_worker"
 
 
 class RejectedFile(InputError):

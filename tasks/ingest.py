@@ -125,6 +125,19 @@ def write_rejects(
     write_part(store_uri, REJECTS, rows, part)
 
 
+def quarantine(
+    store_uri: str, source_uri: str, attempts: int, cohort: str, run_id: str, version: str
+) -> None:
+    """Reject a file whose conversion killed the worker process on every attempt."""
+    reason = (
+        f"the worker process converting this file died {attempts} times (out of memory, "
+        "or a crash inside a decoder); quarantined so the rest of the archive is ingested"
+    )
+    digest = hashlib.sha256(source_uri.encode()).hexdigest()[:12]
+    reject = Reject(source_uri, RejectReason.CRASHED_WORKER, reason)
+    write_rejects(store_uri, [reject], cohort, run_id, version, f"crash-{run_id[:8]}-{digest}")
+
+
 def _as_reject(source_uri: str, err: Exception) -> Reject:
     if isinstance(err, RejectedFile):
         return Reject(source_uri, err.code, err.reason)

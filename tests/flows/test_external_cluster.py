@@ -163,3 +163,59 @@ def test_memory_per_worker_stays_bounded_on_a_large_archive(prefect_api, tmp_pat
         peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     assert summary.slices == summary.files_new == len(discover_files(str(source)))
     assert max(peaks.values()) < 0.8 * limit, f"peak worker memory {peaks}"
+
+
+def poison_rle(path: Path, side: int = 24576) -> Path:
+    """A small RLE Lossless CT file whose header promises a side x side 16-bit image:
+    decoding it needs over 1 GB, which kills a worker with a smaller memory limit."""
+    import struct
+
+    import numpy as np
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless
+
+    from tests.factory import make_ct
+
+    ds = make_ct(np.zeros((16, 16), np.uint16))
+    ds.Rows = ds.Columns = side
+    # PackBits: a run header of -127 repeats the next byte 128 times.
+    segment = b"\x81\x00" * (side * side // 128)
+    header = struct.pack("<16I", 2, 64, 64 + len(segment), *([0] * 13))
+    ds.PixelData = encapsulate([header + segment + segment])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_file_that_kills_its_worker_is_quarantined(prefect_api, tmp_path):
+    import dask
+    from distributed import LocalCluster
+    from prefect_dask import DaskTaskRunner
+
+    source = Path(archive(tmp_path / "synth"))
+    poison = poison_rle(source / "zz" / "poison.dcm")
+    # Dask gives up on a task after its first worker death here (3 in production).
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            memory_limit="700MiB",
+            preload=["flows.ingest"],
+        ) as cluster,
+    ):
+        store = str(tmp_path / "store")
+        summary = ingest_flow.with_options(
+            task_runner=DaskTaskRunner(address=cluster.scheduler_address)
+        )(archive=str(source), store=store)
+    files = discover_files(str(source))
+    assert accounted(store) == Counter(files), "every file exactly once, the poison included"
+    rejects = read_table(store, REJECTS, ["source_uri", "reason_code", "reason"]).to_pylist()
+    crashed = [r for r in rejects if r["reason_code"] == "crashed_worker"]
+    assert [r["source_uri"] for r in crashed] == [f"file://{poison}"]
+    assert "died" in crashed[0]["reason"]
+    assert summary.slices == len(files) - 1
