@@ -41,3 +41,60 @@ def dask_cluster(prefect_api: str) -> Iterator[object]:
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture(scope="session")
+def s3(prefect_api: str) -> Iterator[object]:
+    """moto's S3 server on 127.0.0.1, in a process of its own, and an s3fs client.
+
+    Its own process, not a thread of this one: deltalake holds the GIL while it waits
+    for some replies, which would stall a server thread in the same interpreter.
+    The endpoint and credentials are exported, so s3fs, deltalake, Dask workers and
+    CLI subprocesses all find it.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    settings = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "renalflow-test",
+        "AWS_SECRET_ACCESS_KEY": "renalflow-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    previous = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            fs.ls("")
+            break
+        except Exception:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise
+            time.sleep(0.2)
+    try:
+        yield fs
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.terminate()
+        server.wait(30)

@@ -2,48 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from flows.ingest import ingest_flow
 from tasks.store import REJECTS, SLICES, read_table
 from tasks.synth import SynthConfig, synthesize_archive
-
-
-@pytest.fixture(scope="module")
-def s3(prefect_api) -> Iterator[object]:
-    """moto's standalone server on 127.0.0.1; s3fs (and Dask workers) find it via env."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    settings = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "renalflow-test",
-        "AWS_SECRET_ACCESS_KEY": "renalflow-test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    previous = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = s3fs.S3FileSystem()
-    try:
-        yield fs
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        s3fs.S3FileSystem.clear_instance_cache()
-        server.stop()
 
 
 def test_ingest_from_s3_archive_into_s3_store(s3, tmp_path: Path):
