@@ -397,7 +397,6 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from flows.ingest import format_summary, ingest_flow
     from flows.runtime import dask_task_runner, prefect_api
-    from tasks.ingest import check_archive, read_labels
 
     config = PreprocessConfig(
         window_center=args.window_center,
@@ -410,11 +409,11 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     )
     # Fail fast, before a server and a cluster are started, on inputs that cannot work.
     archive, store = _as_uri(args.archive), _as_uri(args.store)
-    check_archive(archive)
-    if args.labels:
-        read_labels(args.labels)
+    _check_inputs_early(archive, args.labels)
     runner = dask_task_runner(args.workers, args.dask_address, args.memory_limit)
     with prefect_api():
+        load_s3_credentials()
+        _check_inputs(archive, args.labels)
         summary = ingest_flow.with_options(task_runner=runner)(  # type: ignore[arg-type]
             archive=archive,
             store=store,
@@ -464,6 +463,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         else:
             print("no Dask worker with a GPU resource: training locally")
     with prefect_api():
+        load_s3_credentials()
         result = flow(store=_as_uri(args.store), model_dir=args.model_dir, config=config, gpu=gpu)
     print(
         f"model {Path(result.model_dir) / 'model.keras'} (version {result.model_version}, "
@@ -485,6 +485,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "n_bootstrap": args.bootstrap,
     }
     with prefect_api():
+        load_s3_credentials()
         metrics = evaluate_flow(
             store=_as_uri(args.store), model_dir=args.model_dir, report=args.report, options=options
         )
@@ -504,7 +505,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from flows.runtime import dask_task_runner, prefect_api
     from flows.score import format_summary, score_flow
-    from tasks.ingest import check_archive
     from tasks.pseudonym import NO_KEY_HELP, key_from_env
     from tasks.score import ScoreConfig, read_model_info
 
@@ -518,7 +518,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         raise InputError(NO_KEY_HELP)
     read_model_info(args.model_dir)
     archive = _as_uri(args.archive)
-    check_archive(archive)
+    _check_inputs_early(archive, None)
     gpu = False
     if args.dask_address:
         from flows.train import gpu_workers
@@ -529,6 +529,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
             print(f"scoring on GPU worker(s) {', '.join(found)}")
     runner = dask_task_runner(args.workers, args.dask_address)
     with prefect_api():
+        load_s3_credentials()
+        _check_inputs(archive, None)
         summary = score_flow.with_options(task_runner=runner)(  # type: ignore[arg-type]
             archive=archive,
             model_dir=os.path.abspath(args.model_dir),
@@ -556,6 +558,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
     if args.format == "parquet" and not args.output:
         raise InputError("--format parquet writes binary data: give --output FILE.parquet")
     as_of = parse_as_of(args.as_of) if args.as_of else None
+    _s3_credentials_for_reading()
     table = run_query(_as_uri(args.results), args.sql, as_of)
     out = format_result(table, args.format)
     if args.output:
@@ -572,6 +575,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 def _cmd_history(args: argparse.Namespace) -> int:
     from tasks.results import history
 
+    _s3_credentials_for_reading()
     print(f"{'version':>7}  {'time':<25}  {'operation':<12}  {'rows added':>10}  flow run")
     for entry in history(_as_uri(args.results)):
         added = entry["rows_inserted"]
@@ -668,6 +672,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         )
     # One Prefect server for every step (a temporary one unless PREFECT_API_URL is set).
     with prefect_api():
+        load_s3_credentials()
         step(f"2/7 ingest: {data / 'archive'} -> {store} (Prefect flow on a local Dask cluster)")
         run(
             *("ingest", str(data / "archive"), "--store", str(store)),
@@ -737,6 +742,45 @@ def describe_store(store: str) -> str:
     for label, phase, patients, series, slices in rows:
         lines.append(f"  {label:<13} {phase:<12} {patients:>8} {series:>7} {slices:>7}")
     return "\n".join(lines)
+
+
+def _check_inputs(archive: str, labels: str | None) -> None:
+    """Refuse a missing archive or a bad labels file with a clear message."""
+    from tasks.ingest import check_archive, read_labels
+
+    check_archive(archive)
+    if labels:
+        read_labels(labels)
+
+
+def _check_inputs_early(archive: str, labels: str | None) -> None:
+    """Check local inputs before a server and a cluster are started; remote ones are
+    checked once the object-storage credentials are loaded."""
+    local = [u for u in (archive, labels) if u and "://" not in u]
+    if archive in local:
+        _check_inputs(archive, labels if labels in local else None)
+    elif labels in local:
+        from tasks.ingest import read_labels
+
+        read_labels(labels)
+
+
+def load_s3_credentials() -> None:
+    """Object-storage credentials from the Prefect Secret block named by
+    RENALFLOW_S3_CREDENTIALS_BLOCK, if any (see flows.runtime)."""
+    from flows.runtime import load_s3_credentials as load
+
+    load()
+
+
+def _s3_credentials_for_reading() -> None:
+    """For commands that start no flow (query, history): load the credentials block
+    through the Prefect API only when one is named."""
+    from flows.runtime import S3_CREDENTIALS_BLOCK_ENV, prefect_api
+
+    if os.environ.get(S3_CREDENTIALS_BLOCK_ENV):
+        with prefect_api():
+            load_s3_credentials()
 
 
 def _as_uri(location: str) -> str:

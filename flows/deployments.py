@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.runtime import dask_task_runner
+from flows.runtime import dask_task_runner, load_s3_credentials
 
 NIGHTLY_CRON = "0 2 * * *"
 
@@ -31,6 +31,7 @@ def ingest_job(
     """Convert new DICOM files of an archive into the slice store (paper preprocessing)."""
     from flows.ingest import format_summary, ingest_flow, summary_dict
 
+    load_s3_credentials()
     runner = dask_task_runner(workers, dask_address)
     summary = ingest_flow.with_options(task_runner=runner)(  # type: ignore[arg-type]
         archive=archive, store=store, labels=labels, cohort=cohort
@@ -56,6 +57,7 @@ def train_job(
     from flows.train import gpu_workers, train_flow
     from tasks.model import profile_config
 
+    load_s3_credentials()
     config = profile_config(
         profile,
         epochs=epochs,
@@ -95,6 +97,7 @@ def score_job(
     from flows.train import gpu_workers
     from tasks.score import ScoreConfig
 
+    load_s3_credentials()
     config = ScoreConfig(
         image_threshold=image_threshold, vote_threshold=vote_threshold, min_images=min_images
     )

@@ -35,6 +35,14 @@ from tasks.store import SLICES, check_manifest, clear_staging, read_ledger, read
 T = TypeVar("T")
 
 
+def dask_setup(worker: object) -> None:
+    """Dask preload hook (`--preload flows.ingest`): a worker on another machine loads
+    the object-storage credentials block too, when its environment names one."""
+    from flows.runtime import load_s3_credentials
+
+    load_s3_credentials()
+
+
 def retry_on_transient_io(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect retry condition: only transient I/O errors, never a file's own defects."""
     try:

@@ -38,6 +38,60 @@ def prefect_api() -> Iterator[str | None]:
         os.environ.pop("PREFECT_API_URL", None)
 
 
+S3_CREDENTIALS_BLOCK_ENV = "RENALFLOW_S3_CREDENTIALS_BLOCK"
+
+# Keys of the Secret block's JSON value, and the variables s3fs and deltalake read.
+_S3_KEYS = {
+    "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+    "aws_session_token": "AWS_SESSION_TOKEN",
+    "endpoint_url": "AWS_ENDPOINT_URL",
+    "region": "AWS_DEFAULT_REGION",
+}
+
+
+def load_s3_credentials() -> list[str]:
+    """Object-storage credentials from a Prefect Secret block, into this process.
+
+    When RENALFLOW_S3_CREDENTIALS_BLOCK names a Secret block whose value is a JSON
+    object (aws_access_key_id, aws_secret_access_key, optional aws_session_token,
+    endpoint_url, region), its values are set as the AWS_* variables s3fs and
+    deltalake read. Returns the names of the variables set (never their values).
+    Called before a flow starts its cluster, so local workers inherit them; workers
+    elsewhere load the block themselves when they preload `flows.ingest`.
+    """
+    name = os.environ.get(S3_CREDENTIALS_BLOCK_ENV)
+    if not name:
+        return []
+    from prefect.blocks.system import Secret
+
+    from tasks.errors import InputError
+
+    try:
+        block: Any = Secret.load(name)
+    except ValueError as err:
+        raise InputError(
+            f"{S3_CREDENTIALS_BLOCK_ENV} names the Secret block {name!r}, which does not "
+            "exist on the Prefect server; create it with Secret(value={'aws_access_key_id': "
+            f"..., 'aws_secret_access_key': ...}}).save({name!r})"
+        ) from err
+    value = block.get()
+    if not isinstance(value, dict):
+        raise InputError(
+            f"the Secret block {name!r} must hold a JSON object with aws_access_key_id and "
+            "aws_secret_access_key (and optionally aws_session_token, endpoint_url, region)"
+        )
+    set_names = []
+    for key, variable in _S3_KEYS.items():
+        if value.get(key):
+            os.environ[variable] = str(value[key])
+            set_names.append(variable)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    return set_names
+
+
 def dask_task_runner(
     workers: int | None = None,
     address: str | None = None,

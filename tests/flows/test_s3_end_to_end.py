@@ -65,3 +65,48 @@ def test_ingest_train_score_and_query_on_s3(s3, tmp_path: Path, monkeypatch):
         results, "select count(*) from patient_votes where reference_label is not null"
     ).column(0)[0]
     assert labelled.as_py() == 6
+
+
+def test_credentials_from_a_prefect_secret_block_are_used_and_never_printed(
+    s3, prefect_api, tmp_path: Path, monkeypatch
+):
+    import os
+    import subprocess
+    import sys
+
+    from prefect.blocks.system import Secret
+
+    from flows.runtime import S3_CREDENTIALS_BLOCK_ENV
+
+    secret = "renalflow-secret-value-never-printed"
+    Secret(
+        value={
+            "aws_access_key_id": "renalflow-block-key",
+            "aws_secret_access_key": secret,
+            "endpoint_url": os.environ["AWS_ENDPOINT_URL"],
+            "region": "us-east-1",
+        }
+    ).save("renalflow-s3-test", overwrite=True)
+    synthesize_archive(tmp_path, SynthConfig(patients=1, seed=43, max_slices_per_series=2), jobs=1)
+    s3.mkdir("block-test")
+    s3.put(str(tmp_path / "archive") + "/", "block-test/ct/", recursive=True)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
+    }
+    env[S3_CREDENTIALS_BLOCK_ENV] = "renalflow-s3-test"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "flows.cli", "ingest", "s3://block-test/ct"),
+            *("--store", "s3://block-test/store", "--workers", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "slices written" in out and secret not in out
+    assert s3.ls("block-test/store/slices")
