@@ -23,8 +23,21 @@ def main() -> None:
 
     if args.system == "pbs":
         cluster = PBSCluster(config_name="pbs")
+    elif args.system == "slurm-gpu":
+        # One worker per GPU job, advertised as a Dask resource for train and score.
+        cluster = SLURMCluster(
+            config_name="slurm",
+            job_name="renalflow-gpu",
+            cores=1,  # one task at a time on the GPU ...
+            job_cpu=8,  # ... with the job's 8 cores for TensorFlow and input
+            processes=1,
+            memory="64GiB",
+            walltime="08:00:00",
+            job_extra_directives=["--gres=gpu:1"],
+            worker_extra_args=["--resources", "GPU=1", "--preload", "flows.ingest"],
+        )
     else:
-        cluster = SLURMCluster(config_name=args.system)
+        cluster = SLURMCluster(config_name="slurm")
     cluster.scale(jobs=args.jobs)
     print(f"scheduler: {cluster.scheduler_address}")
     print(cluster.job_script())
