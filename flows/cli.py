@@ -17,9 +17,14 @@ renalflow screens CT archives for benign renal masses (oncocytoma vs renal cell
 carcinoma) following Pedersen et al., Eur J Radiol 2020: 2D axial slices, a
 ResNet50V2 classifier and a 51% majority vote per patient.
 
-Typical first run:
-  renalflow synth demo --patients 20
+Typical first run (or simply `renalflow demo`):
+  renalflow synth demo --patients 100
   renalflow ingest demo/archive --store store --labels demo/labels.csv
+  renalflow train --store store --model-dir model --profile cpu-demo
+  renalflow evaluate --store store --model-dir model --report report
+  export RENALFLOW_PSEUDONYM_KEY=...   # a long random secret; keep it
+  renalflow score demo/archive --model-dir model --results results --store store
+  renalflow query "select vote, count(*) from patient_votes group by vote" --results results
 """
 
 
