@@ -1,0 +1,169 @@
+"""Heat maps of what drove a slice's score: Grad-CAM, or occlusion where no gradients.
+
+Grad-CAM (Selvaraju et al. 2017) weights the last convolutional feature maps by the
+mean gradient of the class score over each map, keeps the positive part and scales
+it to the slice. Gradients depend on the Keras backend: TensorFlow and JAX are
+supported; on any other backend `heatmaps` falls back to occlusion sensitivity (how
+much the score drops when a patch of the slice is greyed out), which needs only
+forward passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class _Split:
+    features: Any  # uint8 slices -> last convolutional feature maps
+    head: Any  # feature maps -> P(malignant)
+
+
+# Feature maps smaller than this say little about where: Grad-CAM uses the last block
+# whose maps are at least this wide (7x7 for both profiles at 224 px, as in the paper's
+# ResNet50V2).
+MIN_SIDE = 7
+
+
+def _last_4d(layers: list[Any], min_side: int = MIN_SIDE) -> int:
+    """Index of the last layer with feature maps at least `min_side` wide (else the
+    last layer with any feature maps)."""
+    found = []
+    for index, layer in enumerate(layers):
+        shape = getattr(getattr(layer, "output", None), "shape", None)
+        if shape is not None and len(shape) == 4:
+            found.append((index, min(int(shape[1] or 0), int(shape[2] or 0))))
+    if not found:
+        raise ValueError("the model has no convolutional feature maps")
+    wide = [index for index, side in found if side >= min_side]
+    return wide[-1] if wide else found[-1][0]
+
+
+def split_model(model: Any) -> _Split:
+    """Cut a renalflow classifier after its last convolutional block.
+
+    Works for both profiles: the cpu-demo network is a flat chain of layers, the paper
+    network nests ResNet50V2 (whose last block is `post_relu`) as one layer.
+    """
+    import keras
+
+    outer = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    nested = [i for i, layer in enumerate(outer) if isinstance(layer, keras.Model)]
+    inputs = keras.Input(model.input.shape[1:], dtype=model.input.dtype)
+    x = inputs
+    if nested:
+        position = nested[-1]
+        backbone = outer[position]
+        for layer in outer[:position]:
+            x = _apply(layer, x)
+        inner = [
+            layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)
+        ]
+        # ResNet is not a chain of layers (residual additions): cut after its last
+        # block, `post_relu` (7x7 at 224 px).
+        cut = _last_4d(inner, min_side=0)
+        trunk = keras.Model(backbone.input, inner[cut].output)
+        features = keras.Model(inputs, trunk(x))
+        after = inner[cut + 1 :] + outer[position + 1 :]
+    else:
+        cut = _last_4d(outer)
+        for layer in outer[: cut + 1]:
+            x = _apply(layer, x)
+        features = keras.Model(inputs, x)
+        after = outer[cut + 1 :]
+    head_in = keras.Input(features.output.shape[1:])
+    y = head_in
+    for layer in after:
+        y = layer(y)
+    return _Split(features, keras.Model(head_in, y))
+
+
+def _apply(layer: Any, x: Any) -> Any:
+    import keras
+
+    if isinstance(layer, keras.layers.Concatenate):
+        # The grey-to-RGB layer takes the same tensor three times.
+        return layer([x] * len(layer.input))
+    return layer(x)
+
+
+def _gradients(split: _Split, features: np.ndarray, sign: float) -> np.ndarray:
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        maps = tf.convert_to_tensor(features)
+        with tf.GradientTape() as tape:
+            tape.watch(maps)
+            score = sign * tf.reduce_sum(split.head(maps, training=False))
+        return np.asarray(tape.gradient(score, maps))
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def score(maps: Any) -> Any:
+            return sign * jnp.sum(split.head(maps, training=False))
+
+        return np.asarray(jax.grad(score)(jnp.asarray(features)))
+    raise NotImplementedError(backend)
+
+
+def grad_cam(model: Any, images: np.ndarray, target: str = "malignant") -> np.ndarray:
+    """Grad-CAM heat maps in [0, 1], one per uint8 slice (N, H, W), at slice size.
+
+    `target` is the class explained: `malignant` (the score) or `benign` (its
+    opposite), so the deciding slices on either side of a vote can be shown.
+    """
+    split = split_model(model)
+    batch = images[..., None] if images.ndim == 3 else images
+    features = np.asarray(split.features(batch, training=False), dtype=np.float32)
+    grads = _gradients(split, features, 1.0 if target == "malignant" else -1.0)
+    weights = grads.mean(axis=(1, 2), keepdims=True)
+    cams = np.maximum((weights * features).sum(axis=-1), 0.0)
+    return _to_slices(cams, images.shape[1:3])
+
+
+def occlusion(
+    model: Any, images: np.ndarray, target: str = "malignant", patch: int | None = None
+) -> np.ndarray:
+    """Occlusion sensitivity in [0, 1]: the drop in the target score when each patch
+    of the slice is set to mid-grey. Forward passes only, so it works on any backend."""
+    batch = images[..., None] if images.ndim == 3 else images
+    n, height, width = batch.shape[:3]
+    patch = patch or max(4, height // 8)
+    sign = 1.0 if target == "malignant" else -1.0
+    base = sign * np.asarray(model.predict_on_batch(batch)).reshape(n)
+    rows, cols = -(-height // patch), -(-width // patch)
+    drops = np.zeros((n, rows, cols), np.float32)
+    for r in range(rows):
+        for c in range(cols):
+            occluded = batch.copy()
+            occluded[:, r * patch : (r + 1) * patch, c * patch : (c + 1) * patch] = 128
+            score = sign * np.asarray(model.predict_on_batch(occluded)).reshape(n)
+            drops[:, r, c] = np.maximum(base - score, 0.0)
+    return _to_slices(drops, (height, width))
+
+
+def heatmaps(model: Any, images: np.ndarray, target: str = "malignant") -> tuple[np.ndarray, str]:
+    """Grad-CAM where the backend gives gradients, occlusion otherwise; (maps, method)."""
+    try:
+        return grad_cam(model, images, target), "grad-cam"
+    except NotImplementedError:
+        return occlusion(model, images, target), "occlusion"
+
+
+def _to_slices(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    out = np.zeros((len(maps), *size), np.float32)
+    for i, m in enumerate(maps):
+        top = float(m.max())
+        scaled = m / top if top > 0 else m
+        image = Image.fromarray(scaled.astype(np.float32), mode="F")
+        out[i] = np.asarray(image.resize((size[1], size[0]), Image.Resampling.BILINEAR))
+    return np.clip(out, 0.0, 1.0)
