@@ -147,8 +147,44 @@ def evaluate(
     (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
     patients.to_csv(report / "patients.csv", index=False)
     _plot_roc(y, probabilities, auc, report / "roc.png", name)
+    metrics["heatmaps"] = _explain_misclassified(model, slices, probabilities, patients, report)
+    (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _write_markdown(metrics, patients, model_dir, report)
     return metrics
+
+
+def _explain_misclassified(
+    model: Any,
+    slices: SliceSet,
+    probabilities: np.ndarray,
+    patients: pd.DataFrame,
+    report: Path,
+    per_side: int = 3,
+    most: int = 10,
+) -> dict[str, Any]:
+    """Heat maps of the deciding slices of each misclassified patient (at most `most`),
+    as PNG overlays in REPORT/heatmaps/."""
+    from tasks.explain import deciding_slices, heatmaps, write_overlay
+
+    wrong = patients[patients["vote"] != patients["label"]].head(most)
+    folder = report / "heatmaps"
+    written: dict[str, list[str]] = {}
+    method = None
+    ids = slices.meta["patient_id"].to_numpy()
+    for row in wrong.itertuples():
+        index = np.flatnonzero(ids == row.patient_id)
+        chosen = index[deciding_slices(probabilities[index], str(row.vote), per_side)]
+        target = str(row.vote)
+        maps, method = heatmaps(model, slices.images[chosen], target)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for k, (i, heat) in enumerate(zip(chosen, maps, strict=True)):
+            name = f"{row.patient_id}-{k + 1}.png"
+            caption = f"{row.patient_id}  P(malignant) {probabilities[i]:.2f}  ({target} map)"
+            write_overlay(slices.images[i], heat, caption, str(folder / name))
+            paths.append(f"heatmaps/{name}")
+        written[str(row.patient_id)] = paths
+    return {"method": method, "per_side": per_side, "patients": written}
 
 
 def _plot_roc(y: np.ndarray, scores: np.ndarray, auc: float, path: Path, name: str) -> None:
@@ -236,6 +272,18 @@ def _write_markdown(
             f"| {row.patient_id} | {row.label} | {row.n_images} | {row.n_malignant} | "
             f"{row.fraction_malignant:.2f} | {row.vote}{mark} |"
         )
+    heat = metrics.get("heatmaps") or {}
+    if heat.get("patients"):
+        lines += [
+            "",
+            "## Misclassified patients: what the network looked at",
+            "",
+            f"Heat maps ({heat['method']}) of the slices that decided each wrong vote: the "
+            f"{heat['per_side']} most confident slices on the winning side, then the "
+            f"{heat['per_side']} most confident on the losing side.",
+        ]
+        for patient_id, paths in heat["patients"].items():
+            lines += ["", f"### {patient_id}", "", " ".join(f"![]({p})" for p in paths)]
     curves = model_dir / "curves.png"
     if curves.exists():
         target = report / "curves.png"

@@ -167,3 +167,36 @@ def _to_slices(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         image = Image.fromarray(scaled.astype(np.float32), mode="F")
         out[i] = np.asarray(image.resize((size[1], size[0]), Image.Resampling.BILINEAR))
     return np.clip(out, 0.0, 1.0)
+
+
+def deciding_slices(probabilities: np.ndarray, vote: str, per_side: int = 3) -> list[int]:
+    """Indices of the slices that decided a vote: the `per_side` most confident on the
+    winning side, then the `per_side` most confident on the losing side."""
+    order = np.argsort(-probabilities)  # most malignant first
+    malignant_side = [int(i) for i in order if probabilities[i] >= 0.5]
+    benign_side = [int(i) for i in order[::-1] if probabilities[i] < 0.5]
+    if vote == "malignant":
+        return malignant_side[:per_side] + benign_side[:per_side]
+    return benign_side[:per_side] + malignant_side[:per_side]
+
+
+def write_overlay(image: np.ndarray, heat: np.ndarray, caption: str, path: str) -> str:
+    """A PNG of the slice in grey with the heat map in colour over it and a caption
+    (patient key, probability) in the corner."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    grey = np.repeat(image[..., None].astype(np.float32), 3, axis=2)
+    colour = colormaps["jet"](heat)[..., :3] * 255.0
+    alpha = (0.55 * heat)[..., None]
+    blended = (grey * (1 - alpha) + colour * alpha).clip(0, 255).astype(np.uint8)
+    scale = max(1, 448 // max(image.shape))
+    picture = Image.fromarray(blended).resize(
+        (image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.NEAREST
+    )
+    draw = ImageDraw.Draw(picture)
+    box = draw.textbbox((4, 4), caption)
+    draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0))
+    draw.text((4, 4), caption, fill=(255, 255, 255))
+    picture.save(path)
+    return path

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.explain import grad_cam, heatmaps, occlusion, split_model
+from tasks.explain import (
+    deciding_slices,
+    grad_cam,
+    heatmaps,
+    occlusion,
+    split_model,
+    write_overlay,
+)
 from tasks.model import build_model, profile_config
 
 SIZE = 64
@@ -74,3 +81,23 @@ def test_the_paper_network_splits_at_its_last_block():
     via = np.asarray(split.head(split.features(images[..., None]))).ravel()
     np.testing.assert_allclose(direct, via, rtol=1e-4, atol=1e-5)
     assert grad_cam(model, images).shape == (2, 32, 32)
+
+
+def test_deciding_slices_take_the_winning_side_first():
+    p = np.array([0.9, 0.2, 0.6, 0.05, 0.99, 0.4])
+    assert deciding_slices(p, "malignant", per_side=2) == [4, 0, 3, 1]
+    assert deciding_slices(p, "benign", per_side=2) == [3, 1, 4, 0]
+    assert deciding_slices(np.array([0.7, 0.8]), "malignant") == [1, 0]
+
+
+def test_overlay_is_a_png_with_the_slice_and_the_map(tmp_path):
+    from PIL import Image
+
+    image = np.full((64, 64), 100, np.uint8)
+    heat = np.zeros((64, 64), np.float32)
+    heat[:32, :32] = 1.0
+    path = write_overlay(image, heat, "patient 1a2b  P 0.93", str(tmp_path / "o.png"))
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    assert picture.shape == (448, 448, 3)
+    hot, cold = picture[150, 150], picture[400, 400]  # inside and outside the hot quadrant
+    assert hot[0] > cold[0] and (cold == cold[0]).all()

@@ -79,6 +79,19 @@ def test_evaluate_writes_metrics_and_report(store, trained, tmp_path):
     assert "DataTest_1 (paper) | 0.973" in report and "![ROC curve](roc.png)" in report
 
 
+def test_evaluate_shows_heat_maps_of_misclassified_patients(store, trained, tmp_path):
+    _, model_dir = trained
+    # An image threshold no probability reaches: every malignant patient is voted benign.
+    metrics = evaluate(store, model_dir, tmp_path / "report", n_bootstrap=20, image_threshold=1.0)
+    shown = metrics["heatmaps"]["patients"]
+    assert shown and metrics["heatmaps"]["method"] == "grad-cam"
+    for paths in shown.values():
+        assert 1 <= len(paths) <= 6
+        assert all((tmp_path / "report" / p).exists() for p in paths)
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "what the network looked at" in report and f"![]({paths[0]})" in report
+
+
 def test_patient_table_applies_the_51_percent_vote():
     import numpy as np
     import pandas as pd
