@@ -147,7 +147,9 @@ def evaluate(
     (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
     patients.to_csv(report / "patients.csv", index=False)
     _plot_roc(y, probabilities, auc, report / "roc.png", name)
-    metrics["heatmaps"] = _explain_misclassified(model, slices, probabilities, patients, report)
+    metrics["heatmaps"] = _explain_misclassified(
+        model, slices, probabilities, patients, report, image_threshold
+    )
     (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _write_markdown(metrics, patients, model_dir, report)
     return metrics
@@ -159,6 +161,7 @@ def _explain_misclassified(
     probabilities: np.ndarray,
     patients: pd.DataFrame,
     report: Path,
+    image_threshold: float,
     per_side: int = 3,
     most: int = 10,
 ) -> dict[str, Any]:
@@ -173,7 +176,8 @@ def _explain_misclassified(
     ids = slices.meta["patient_id"].to_numpy()
     for row in wrong.itertuples():
         index = np.flatnonzero(ids == row.patient_id)
-        chosen = index[deciding_slices(probabilities[index], str(row.vote), per_side)]
+        picks = deciding_slices(probabilities[index], str(row.vote), per_side, image_threshold)
+        chosen = index[picks]
         target = str(row.vote)
         maps, method = heatmaps(model, slices.images[chosen], target)
         folder.mkdir(parents=True, exist_ok=True)
