@@ -239,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="studies with fewer images are flagged too_few_images (default 10)",
     )
     score.add_argument("--key-secret", help="Prefect Secret block holding the pseudonymisation key")
+    score.add_argument(
+        "--explain",
+        action="store_true",
+        help="also write heat maps (Grad-CAM) of the 3+3 slices that decided each vote, "
+        "linked from slice_scores.heatmap_uri",
+    )
+    score.add_argument(
+        "--explain-dir",
+        help="where the heat maps go (default: RESULTS.heatmaps beside R; they show the "
+        "patient's images, so keep them inside the department)",
+    )
     where = score.add_mutually_exclusive_group()
     where.add_argument(
         "--workers", type=_positive_int, help="local Dask workers (default: one per core)"
@@ -517,6 +528,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         image_threshold=args.image_threshold,
         vote_threshold=args.vote_threshold,
         min_images=args.min_images,
+        explain=args.explain,
     )
     # Fail fast, before a server and a cluster start: no key, no model, no archive.
     if key_from_env() is None and not args.key_secret:
@@ -545,6 +557,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
             config=config,
             key_secret=args.key_secret,
             gpu=gpu,
+            explain_dir=_as_uri(args.explain_dir) if args.explain_dir else None,
         )
     print(format_summary(summary))
     if args.summary_json:

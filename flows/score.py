@@ -33,7 +33,9 @@ from tasks.results import (
 from tasks.score import (
     ScoreConfig,
     ScoredBatch,
+    explain_slices,
     inventory,
+    plan_explanations,
     plan_scoring,
     read_model_info,
     result_rows,
@@ -90,6 +92,21 @@ def score_task(
     )
 
 
+@task(name="explain-slices", cache_policy=NO_CACHE)
+def explain_task(
+    store: str,
+    parts: Opaque[dict[str, list[str]]],
+    model_dir: str,
+    model_version: str,
+    targets: Opaque[dict[str, str]],
+    outputs: Opaque[dict[str, tuple[str, str]]],
+    cpu_threads: int | None = None,
+) -> dict[str, str]:
+    return explain_slices(
+        store, parts.value, model_dir, model_version, targets.value, outputs.value, cpu_threads
+    )
+
+
 @dataclass
 class ScoreSummary:
     """What a scoring run did."""
@@ -116,6 +133,8 @@ class ScoreSummary:
     workers: int = 0
     score_tasks: int = 0
     key_id: str = ""
+    heatmaps: int = 0
+    heatmap_dir: str = ""
 
 
 @flow(name="score", log_prints=True)
@@ -129,6 +148,7 @@ def score_flow(
     key_secret: str | None = None,
     gpu: bool = False,
     ingest_batch_size: int = 512,
+    explain_dir: str | None = None,
 ) -> ScoreSummary:
     """Score every study of `archive` that this model version has not scored yet.
 
@@ -214,8 +234,39 @@ def score_flow(
     summary.inference_seconds = time.perf_counter() - inference_started
     summary.images_scored = len(probabilities)
 
+    heatmap_uris: dict[str, str] = {}
+    if config.explain:
+        out_dir = explain_dir or results.rstrip("/") + ".heatmaps"
+        parts, targets, outputs = plan_explanations(
+            plan.slices, probabilities, key, config, out_dir
+        )
+        with dask.annotate(**annotations):
+            explained = [
+                explain_task.submit(
+                    store,
+                    Opaque({part: uids}),
+                    info.model_dir,
+                    info.model_version,
+                    Opaque({u: targets[u] for u in uids}),
+                    Opaque({u: outputs[u] for u in uids}),
+                    cpu_threads,
+                )
+                for part, uids in parts.items()
+            ]
+        for explained_future in as_completed(explained):
+            heatmap_uris.update(explained_future.result())
+        summary.heatmaps = len(heatmap_uris)
+        summary.heatmap_dir = out_dir
+        logger.info("%d heat maps of deciding slices in %s", len(heatmap_uris), out_dir)
     slice_rows, vote_rows = result_rows(
-        plan.slices, probabilities, key, info, config, archive, run_id
+        plan.slices,
+        probabilities,
+        key,
+        info,
+        config,
+        archive,
+        run_id,
+        heatmap_uris=heatmap_uris,
     )
     # Image scores first, then votes: a vote in R always has its image scores.
     written = merge_rows(results, SLICE_SCORES, slice_rows, run_id=run_id)
@@ -293,6 +344,8 @@ def format_summary(summary: ScoreSummary) -> str:
         f"{summary.vote_rows_inserted:,} patient_votes"
         + (f" ({summary.vote_rows_updated} updated)" if summary.vote_rows_updated else "")
     )
+    if summary.heatmaps:
+        lines.append(f"  heat maps          {summary.heatmaps:>8,}  in {summary.heatmap_dir}")
     lines.append(f"  wall time          {summary.seconds:>8.1f} s")
     if summary.inference_seconds and summary.workers:
         rate = summary.images_scored / summary.inference_seconds

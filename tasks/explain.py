@@ -183,9 +183,9 @@ def deciding_slices(
     return benign_side[:per_side] + malignant_side[:per_side]
 
 
-def write_overlay(image: np.ndarray, heat: np.ndarray, caption: str, path: str) -> str:
+def write_overlay(image: np.ndarray, heat: np.ndarray, caption: str, path: Any) -> Any:
     """A PNG of the slice in grey with the heat map in colour over it and a caption
-    (patient key, probability) in the corner."""
+    (patient key, probability) in the corner; `path` is a file name or a binary file."""
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
 
@@ -201,5 +201,5 @@ def write_overlay(image: np.ndarray, heat: np.ndarray, caption: str, path: str) 
     box = draw.textbbox((4, 4), caption)
     draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0))
     draw.text((4, 4), caption, fill=(255, 255, 255))
-    picture.save(path)
+    picture.save(path, format="PNG")
     return path

@@ -69,12 +69,16 @@ class ScoreConfig:
         min_images: studies with fewer images get the `too_few_images` QC flag (the
             paper had 20-100 images per patient; a vote on a handful is fragile).
         batch_size: images per inference batch.
+        explain: also write heat maps of the slices that decided each vote.
+        explain_per_side: that many most confident slices on each side of the vote.
     """
 
     image_threshold: float = 0.5
     vote_threshold: float = 0.51
     min_images: int = 10
     batch_size: int = 64
+    explain: bool = False
+    explain_per_side: int = 3
 
     def __post_init__(self) -> None:
         for name in ("image_threshold", "vote_threshold"):
@@ -253,6 +257,58 @@ class ScoredBatch:
     worker: str
 
 
+def read_part_slices(fs: Any, part: str, wanted: list[str]) -> tuple[list[str], np.ndarray]:
+    """The SOPInstanceUIDs and uint8 images of the `wanted` slices of one store part."""
+    table = pds.dataset(part, format="parquet", filesystem=fs).to_table(
+        columns=["sop_instance_uid", "height", "width", "pixels"],
+        filter=pc.field("sop_instance_uid").isin(wanted),
+    )
+    if table.num_rows != len(set(wanted)):
+        raise StoreError(
+            f"{posixpath.basename(part)} holds {table.num_rows} of the {len(set(wanted))} "
+            "slices asked for; was the store changed during scoring?"
+        )
+    height = table.column("height")[0].as_py()
+    width = table.column("width")[0].as_py()
+    uids = table.column("sop_instance_uid").to_pylist()
+    return uids, pixels_to_array(table.column("pixels"), height, width)
+
+
+def explain_slices(
+    store_uri: str,
+    parts: dict[str, list[str]],
+    model_dir: str,
+    model_version: str,
+    targets: dict[str, str],
+    outputs: dict[str, tuple[str, str]],
+    cpu_threads: int | None = None,
+) -> dict[str, str]:
+    """Heat-map overlays of the given slices: `targets` maps a SOPInstanceUID to the
+    class explained, `outputs` to (PNG URI, caption). Returns SOPInstanceUID -> URI."""
+    import io
+
+    from tasks.explain import heatmaps, write_overlay
+
+    model = cached_model(model_dir, model_version, cpu_threads)
+    fs, _ = open_store(store_uri)
+    written: dict[str, str] = {}
+    for part, wanted in parts.items():
+        uids, images = read_part_slices(fs, part, wanted)
+        for target in sorted({targets[u] for u in uids}):
+            index = [i for i, u in enumerate(uids) if targets[u] == target]
+            maps, _ = heatmaps(model, images[index], target)
+            for i, heat in zip(index, maps, strict=True):
+                uri, caption = outputs[uids[i]]
+                buffer = io.BytesIO()
+                write_overlay(images[i], heat, caption, buffer)
+                out_fs, path = fsspec.core.url_to_fs(uri)
+                out_fs.makedirs(posixpath.dirname(path), exist_ok=True)
+                with out_fs.open(path, "wb") as handle:
+                    handle.write(buffer.getvalue())
+                written[uids[i]] = uri
+    return written
+
+
 def score_slices(
     store_uri: str,
     parts: dict[str, list[str]],
@@ -268,19 +324,7 @@ def score_slices(
     fs, _ = open_store(store_uri)
 
     def read(part: str, wanted: list[str]) -> tuple[list[str], np.ndarray]:
-        table = pds.dataset(part, format="parquet", filesystem=fs).to_table(
-            columns=["sop_instance_uid", "height", "width", "pixels"],
-            filter=pc.field("sop_instance_uid").isin(wanted),
-        )
-        if table.num_rows != len(set(wanted)):
-            raise StoreError(
-                f"{posixpath.basename(part)} holds {table.num_rows} of the {len(set(wanted))} "
-                "slices asked for; was the store changed during scoring?"
-            )
-        height = table.column("height")[0].as_py()
-        width = table.column("width")[0].as_py()
-        uids = table.column("sop_instance_uid").to_pylist()
-        return uids, pixels_to_array(table.column("pixels"), height, width)
+        return read_part_slices(fs, part, wanted)
 
     uids: list[str] = []
     chunks: list[np.ndarray] = []
@@ -320,6 +364,7 @@ def result_rows(
     archive_uri: str,
     run_id: str,
     scored_at: datetime | None = None,
+    heatmap_uris: dict[str, str] | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """(slice_scores rows, patient_votes rows), pseudonymised: no identifier leaves here."""
     scored_at = scored_at or now_utc()
@@ -352,7 +397,9 @@ def result_rows(
             "preprocess_version": [info.preprocess.version] * n,
             "scored_at": pa.array([scored_at] * n, pa.timestamp("us", tz="UTC")),
             "flow_run_id": [run_id] * n,
-            "heatmap_uri": pa.array([None] * n, pa.string()),
+            "heatmap_uri": pa.array(
+                [(heatmap_uris or {}).get(u) for u in frame["sop_instance_uid"]], pa.string()
+            ),
         }
     )
     votes = []
@@ -409,6 +456,41 @@ def result_rows(
 
     vote_rows = pa.Table.from_pylist(votes, schema=PATIENT_VOTES_SCHEMA)
     return slice_rows, vote_rows
+
+
+def plan_explanations(
+    slices: pd.DataFrame,
+    probabilities: dict[str, float],
+    key: bytes,
+    config: ScoreConfig,
+    out_dir: str,
+) -> tuple[dict[str, list[str]], dict[str, str], dict[str, tuple[str, str]]]:
+    """Which slices to explain, per store part: the deciding slices of each study's
+    vote, the class each map explains, and where each overlay goes with its caption."""
+    from tasks.explain import deciding_slices
+
+    parts: dict[str, list[str]] = {}
+    targets: dict[str, str] = {}
+    outputs: dict[str, tuple[str, str]] = {}
+    for study_uid, group in slices.groupby("study_instance_uid", sort=True):
+        p = np.array([probabilities[u] for u in group["sop_instance_uid"]])
+        n_malignant = int((p >= config.image_threshold).sum())
+        vote = (
+            "malignant" if majority_vote(n_malignant, len(p), config.vote_threshold) else "benign"
+        )
+        picks = deciding_slices(p, vote, config.explain_per_side, config.image_threshold)
+        study_key = pseudonym(key, str(study_uid))
+        patient_key = pseudonym(key, str(group["patient_id"].iloc[0]))
+        for i in picks:
+            row = group.iloc[i]
+            uid = str(row["sop_instance_uid"])
+            parts.setdefault(str(row["part"]), []).append(uid)
+            targets[uid] = vote
+            outputs[uid] = (
+                f"{out_dir.rstrip('/')}/{study_key}/{pseudonym(key, uid)}.png",
+                f"patient {patient_key[:12]}  P(malignant) {probabilities[uid]:.2f}  vote {vote}",
+            )
+    return parts, targets, outputs
 
 
 def check_scoring_inputs(archive_uri: str, key: bytes | None) -> bytes:

@@ -307,3 +307,31 @@ def test_key_from_a_prefect_secret_block(prefect_api, monkeypatch):
         resolve_key("no-such-block")
     with pytest.raises(InputError, match="RENALFLOW_PSEUDONYM_KEY"):
         resolve_key(None)
+
+
+def test_explain_writes_heat_maps_of_the_deciding_slices(dask_cluster, trained, key, tmp_path):
+    from PIL import Image
+
+    from tasks.score import ScoreConfig
+
+    results = str(tmp_path / "R")
+    summary = score_flow.with_options(task_runner=runner(dask_cluster))(
+        archive=trained["archive"],
+        model_dir=trained["model"],
+        results=results,
+        store=trained["store"],
+        config=ScoreConfig(explain=True, explain_per_side=2),
+    )
+    assert 6 <= summary.heatmaps <= 6 * 4 and summary.heatmap_dir == results + ".heatmaps"
+    linked = run_query(
+        results,
+        "select study_key, image_key, heatmap_uri from slice_scores where heatmap_uri is not null",
+    ).to_pylist()
+    assert len(linked) == summary.heatmaps
+    per_study: dict[str, int] = {}
+    for row in linked:
+        assert row["heatmap_uri"].endswith(f"{row['study_key']}/{row['image_key']}.png")
+        with Image.open(row["heatmap_uri"]) as picture:
+            assert picture.format == "PNG" and picture.size[0] >= SIZE
+        per_study[row["study_key"]] = per_study.get(row["study_key"], 0) + 1
+    assert len(per_study) == 6 and max(per_study.values()) <= 4
