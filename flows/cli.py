@@ -513,7 +513,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         f"specificity {image['specificity']:.3f}\n"
         f"patients: {patient['n']}, vote accuracy {patient['accuracy']:.3f}, "
         f"false negatives {patient['false_negatives']}\n"
-        f"report: {Path(args.report) / 'report.md'}"
+        f"report: {Path(args.report) / 'report.html'} (and report.md)"
     )
     return 0
 
@@ -731,7 +731,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"  development archive  {data / 'archive'} (labels {data / 'labels.csv'})\n"
         f"  slice store          {store}\n"
         f"  model                {model / 'model.keras'} (curves {model / 'curves.png'})\n"
-        f"  evaluation report    {report / 'report.md'} (ROC {report / 'roc.png'})\n"
+        f"  evaluation report    {report / 'report.html'} (also report.md, heat maps)\n"
         f"  screening archive    {screening / 'archive'}\n"
         f"  results table        {results} (patient_votes, slice_scores)\n"
         f"  pseudonym key        {out / 'pseudonym.key'}\n"

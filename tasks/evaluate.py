@@ -152,6 +152,20 @@ def evaluate(
     )
     (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _write_markdown(metrics, patients, model_dir, report)
+    from tasks.report import write_html
+
+    config_path = model_dir / "config.json"
+    note = json.loads(config_path.read_text()).get("note") if config_path.exists() else None
+    write_html(
+        metrics,
+        patients,
+        y,
+        probabilities,
+        report,
+        PAPER_RESULTS,
+        model_dir / "curves.png",
+        note if note and note != "paper profile" else None,
+    )
     return metrics
 
 

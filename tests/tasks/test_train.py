@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from tasks.evaluate import evaluate, patient_table
@@ -90,6 +91,9 @@ def test_evaluate_shows_heat_maps_of_misclassified_patients(store, trained, tmp_
         assert all((tmp_path / "report" / p).exists() for p in paths)
     report = (tmp_path / "report" / "report.md").read_text()
     assert "what the network looked at" in report and f"![]({paths[0]})" in report
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert f'src="{paths[0]}"' in page and page.count("data:image/png;base64,") >= 5
+    assert "DataTest_1 (paper)" in page and "class='wrong'" in page
 
 
 def test_patient_table_applies_the_51_percent_vote():
@@ -102,3 +106,19 @@ def test_patient_table_applies_the_51_percent_vote():
     table = patient_table(meta, np.array([0.9, 0.2, 0.7, 0.6, 0.1]))
     assert table.set_index("patient_id")["vote"].to_dict() == {"a": "benign", "b": "malignant"}
     assert table.set_index("patient_id")["n_malignant"].to_dict() == {"a": 1, "b": 2}
+
+
+def test_vote_tradeoff_and_calibration_by_hand():
+    import pandas as pd
+
+    from tasks.report import calibration, vote_tradeoff
+
+    patients = pd.DataFrame(
+        {"label": ["malignant", "malignant", "benign", "benign"],
+         "fraction_malignant": [0.9, 0.4, 0.6, 0.1]}
+    )  # fmt: skip
+    table = vote_tradeoff(patients, np.array([0.0, 0.5, 0.95]))
+    assert table["sensitivity"].tolist() == [1.0, 0.5, 0.0]
+    assert table["specificity"].tolist() == [0.0, 0.5, 1.0]
+    cal = calibration(np.array([0, 0, 1, 1]), np.array([0.05, 0.15, 0.85, 0.95]), bins=2)
+    assert cal["observed"].tolist() == [0.0, 1.0] and cal["n"].tolist() == [2, 2]
