@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 # Installs compile bytecode up front: Prefect and TensorFlow import several times faster.
 UV_INSTALL := $(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --quiet
 
-.PHONY: demo test lint format bench bench-ingest clean help
+.PHONY: demo test lint format bench bench-ingest clean help browser
 
 help:
 	@echo "make demo   - set up .venv and run the pipeline on a synthetic archive"
@@ -30,8 +30,16 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
 demo: $(VENV)/.runtime
 	$(BIN)/renalflow demo
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest
+
+# The web page is tested in a real headless browser: Debian's chromium and its driver
+# (from the package registry, nothing downloaded at test time).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check tasks flows tests bench
@@ -48,4 +56,4 @@ bench-ingest: $(VENV)/.runtime
 	$(BIN)/python bench/bench_ingest.py
 
 clean:
-	rm -rf $(VENV) renalflow-demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) renalflow-demo renalflow-web test-artifacts .pytest_cache .mypy_cache .ruff_cache

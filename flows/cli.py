@@ -320,6 +320,29 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--workers", type=_positive_int, help="local Dask workers per run")
     where.add_argument("--dask-address", help="existing Dask scheduler for the runs")
 
+    web = sub.add_parser(
+        "web",
+        help="a page for urologists: upload one patient's CT series, see the vote",
+        description=(
+            "Serve a small web page (on loopback by default) where one patient's CT series "
+            "(DICOM files or a zip) is uploaded and classified with the model: the vote, the "
+            "share of malignant slices against the 51%% line, the probability of every slice "
+            "along z and heat maps of the slices that decided the vote. Unusable files are "
+            "listed with the ingest's reasons. Uploads are removed after scoring unless "
+            "--keep-uploads."
+        ),
+    )
+    web.add_argument("--model-dir", required=True, help="trained model (renalflow train)")
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    web.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    web.add_argument(
+        "--workdir", default="renalflow-web", help="folder for uploads (default ./renalflow-web)"
+    )
+    web.add_argument(
+        "--max-upload-mb", type=_positive_int, default=500, help="largest upload (500 MB)"
+    )
+    web.add_argument("--keep-uploads", action="store_true", help="keep uploads after scoring")
+
     demo = sub.add_parser(
         "demo",
         help="run the pipeline end to end on a synthetic archive (what `make demo` runs)",
@@ -665,6 +688,23 @@ def demo_key(out: Path) -> str:
     return how
 
 
+def _cmd_web(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from flows.web import WebConfig, create_app
+
+    config = WebConfig(
+        model_dir=os.path.abspath(args.model_dir),
+        workdir=os.path.abspath(args.workdir),
+        max_upload_mb=args.max_upload_mb,
+        keep_uploads=args.keep_uploads,
+    )
+    app = create_app(config)
+    print(f"renalflow web: http://{args.host}:{args.port}/  (uploads in {config.workdir})")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from flows.runtime import prefect_api
 
@@ -817,6 +857,7 @@ COMMANDS = {
     "query": _cmd_query,
     "history": _cmd_history,
     "serve": _cmd_serve,
+    "web": _cmd_web,
     "demo": _cmd_demo,
 }
 

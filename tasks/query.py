@@ -23,7 +23,11 @@ def run_query(results: str, sql: str, as_of: int | datetime | None = None) -> pa
     con = duckdb.connect()
     try:
         for name, dataset in datasets.items():
-            con.register(name, dataset)
+            # Materialised, not scanned lazily: DuckDB pushes string filters into a pyarrow
+            # dataset as string_view, which pyarrow cannot compare with its strings, and a
+            # view may be read twice in one query (self-joins across model versions).
+            table = dataset if isinstance(dataset, pa.Table) else dataset.to_table()
+            con.register(name, table)
         try:
             result = con.sql(sql)
         except duckdb.Error as err:

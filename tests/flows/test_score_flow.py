@@ -335,3 +335,112 @@ def test_explain_writes_heat_maps_of_the_deciding_slices(dask_cluster, trained, 
             assert picture.format == "PNG" and picture.size[0] >= SIZE
         per_study[row["study_key"]] = per_study.get(row["study_key"], 0) + 1
     assert len(per_study) == 6 and max(per_study.values()) <= 4
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def web(trained, tmp_path):
+    """`renalflow web` on loopback, as a urologist's browser would reach it."""
+    import urllib.request
+
+    port = free_port()
+    args = ["web", "--model-dir", trained["model"], "--port", str(port)]
+    args += ["--workdir", str(tmp_path / "web")]
+    proc = cli(*args, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                assert reply.status == 200
+                break
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "renalflow web did not start"
+            time.sleep(0.5)
+    try:
+        yield url, tmp_path / "web"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium from the system (Debian's chromium and chromium-driver)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    assert chromium and driver_path, (
+        "the browser test needs chromium and chromedriver: `make test` installs them "
+        "(apt-get install chromium chromium-driver)"
+    )
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.add_argument("--window-size=1200,2000")
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_the_web_page_shows_the_vote_the_batch_scorer_gives(
+    dask_cluster, trained, key, tmp_path, web, browser
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tasks.pseudonym import pseudonym
+
+    url, workdir = web
+    results = str(tmp_path / "R")
+    score(dask_cluster, trained, results)
+    files: dict[str, list[str]] = {}
+    for path in sorted(Path(trained["archive"]).rglob("*")):
+        if path.is_file():
+            patient = str(pydicom.dcmread(path, stop_before_pixels=True).PatientID)
+            files.setdefault(patient, []).append(str(path))
+    patient, paths = sorted(files.items())[0]
+    batch = run_query(
+        results,
+        f"select vote, n_images, n_malignant from patient_votes "
+        f"where patient_key = '{pseudonym(KEY.encode(), patient)}'",
+    ).to_pylist()
+    assert len(batch) == 1
+
+    browser.get(url)
+    browser.find_element(By.ID, "files").send_keys("\n".join(paths))
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 180).until(ready.visibility_of_element_located((By.ID, "result")))
+    shown = browser.find_element(By.ID, "vote").text
+    share = browser.find_element(By.ID, "share").text
+    artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    browser.save_screenshot(str(artifacts / "web-vote.png"))
+    assert shown == batch[0]["vote"]
+    assert share.startswith(f"{batch[0]['n_malignant']} of {batch[0]['n_images']} slices")
+    assert browser.find_elements(By.CSS_SELECTOR, "#heat img"), "no heat maps shown"
+    assert not any(workdir.iterdir()), "uploads must be removed after scoring"
+
+    # A file that is not CT gets the ingest's reason, in the page.
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not an image")
+    browser.get(url)
+    browser.find_element(By.ID, "files").send_keys(str(junk))
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "error").text.strip() != "")
+    error = browser.find_element(By.ID, "error").text
+    assert "none of the uploaded files is a usable axial CT slice" in error and "not_dicom" in error

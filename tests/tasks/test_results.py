@@ -166,6 +166,15 @@ def test_query_formats(results, tmp_path):
     path = tmp_path / "out.parquet"
     path.write_bytes(format_result(table, "parquet"))  # type: ignore[arg-type]
     assert pq.read_table(path).num_rows == 1
+    # Filters on strings and self-joins, as in the README's examples.
+    one = run_query(results, "select count(*) from patient_votes where study_key = 'a'")
+    assert one.column(0)[0].as_py() == 1
+    pairs = run_query(
+        results,
+        "select count(*) from patient_votes a join patient_votes b using (study_key) "
+        "where a.model_version = 'm1' and b.model_version = 'm1'",
+    )
+    assert pairs.column(0)[0].as_py() == 2
     with pytest.raises(InputError, match="query failed"):
         run_query(results, "select nonsense from patient_votes")
 
