@@ -320,6 +320,19 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--workers", type=_positive_int, help="local Dask workers per run")
     where.add_argument("--dask-address", help="existing Dask scheduler for the runs")
 
+    cohort = sub.add_parser(
+        "cohort-report",
+        help="an HTML summary of the results table: votes by year, vendor and phase mix",
+        description=(
+            "Write OUT/cohort.html from the results table R: studies per model version, "
+            "benign and malignant votes by study year, scanner vendor and phase mix (plots "
+            "and tables), and QC flags. --as-of pins the state of R, as in `renalflow query`."
+        ),
+    )
+    cohort.add_argument("--results", required=True, help="results table folder or URI")
+    cohort.add_argument("--out", required=True, help="folder for cohort.html")
+    cohort.add_argument("--as-of", help="a patient_votes version or a time")
+
     web = sub.add_parser(
         "web",
         help="a page for urologists: upload one patient's CT series, see the vote",
@@ -688,6 +701,17 @@ def demo_key(out: Path) -> str:
     return how
 
 
+def _cmd_cohort_report(args: argparse.Namespace) -> int:
+    from tasks.report import cohort_report
+    from tasks.results import parse_as_of
+
+    as_of = parse_as_of(args.as_of) if args.as_of else None
+    _s3_credentials_for_reading()
+    path = cohort_report(_as_uri(args.results), Path(args.out), as_of)
+    print(f"cohort summary: {path}")
+    return 0
+
+
 def _cmd_web(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -766,6 +790,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     step("7/7 query: benign vote share by study year and scanner vendor")
     print(f'$ renalflow query "{" ".join(DEMO_QUERY.split())}" --results {results}\n')
     run("query", DEMO_QUERY, "--results", str(results))
+    run("cohort-report", "--results", str(results), "--out", str(out / "cohort"))
     print(
         f"\ndemo finished in {time.perf_counter() - started:.0f} s. Artifacts:\n"
         f"  development archive  {data / 'archive'} (labels {data / 'labels.csv'})\n"
@@ -774,6 +799,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"  evaluation report    {report / 'report.html'} (also report.md, heat maps)\n"
         f"  screening archive    {screening / 'archive'}\n"
         f"  results table        {results} (patient_votes, slice_scores)\n"
+        f"  cohort summary       {out / 'cohort' / 'cohort.html'}\n"
         f"  pseudonym key        {out / 'pseudonym.key'}\n"
         f'try: renalflow query "select * from patient_votes limit 5" --results {results}'
     )
@@ -858,6 +884,7 @@ COMMANDS = {
     "history": _cmd_history,
     "serve": _cmd_serve,
     "web": _cmd_web,
+    "cohort-report": _cmd_cohort_report,
     "demo": _cmd_demo,
 }
 

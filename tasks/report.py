@@ -215,3 +215,84 @@ images are malignant at P &ge; {metrics["image_threshold"]}; a patient is malign
     path = report / "report.html"
     path.write_text(page)
     return path
+
+
+def cohort_report(results: str, out_dir: Path, as_of: Any = None) -> Path:
+    """OUT/cohort.html: votes by study year, scanner vendor and phase mix, and QC flags,
+    per model version, from the results table (for epidemiologists)."""
+    from tasks.query import run_query
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plt = _figure()
+    sections = []
+    questions = {
+        "Votes by study year": "study_year_month[1:4]",
+        "Votes by scanner vendor": "manufacturer",
+        "Votes by phase mix": "phases",
+    }
+    versions = run_query(
+        results,
+        "select model_version, any_value(model_profile) as profile, count(*) as studies "
+        "from patient_votes group by 1 order by 1",
+        as_of,
+    ).to_pylist()
+    for title, column in questions.items():
+        table = run_query(
+            results,
+            f"select {column} as grp, model_version, "
+            "count(*) filter (where vote = 'benign') as benign, "
+            "count(*) filter (where vote = 'malignant') as malignant "
+            "from patient_votes group by all order by grp, model_version",
+            as_of,
+        ).to_pandas()
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        labels = [f"{g} ({m[:6]})" if len(versions) > 1 else str(g)
+                  for g, m in zip(table["grp"], table["model_version"], strict=True)]  # fmt: skip
+        ax.bar(labels, table["malignant"], color="#d55", label="malignant")
+        ax.bar(labels, table["benign"], bottom=table["malignant"], color="#5a5", label="benign")
+        ax.set_ylabel("studies")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
+        rows = "".join(
+            f"<tr><td>{html.escape(str(r.grp))}</td><td>{r.model_version}</td>"
+            f"<td>{r.benign}</td><td>{r.malignant}</td>"
+            f"<td>{r.benign / max(1, r.benign + r.malignant):.2f}</td></tr>"
+            for r in table.itertuples()
+        )
+        sections.append(
+            f'<h2>{title}</h2><img src="{_embed(fig)}" alt="{title}"><table><tr><th>group</th>'
+            "<th>model</th><th>benign</th><th>malignant</th><th>benign share</th></tr>"
+            f"{rows}</table>"
+        )
+    flags = run_query(
+        results,
+        "select qc_flags, count(*) as studies from patient_votes where qc_flags <> '' "
+        "group by 1 order by 2 desc",
+        as_of,
+    ).to_pylist()
+    flag_rows = "".join(
+        f"<tr><td>{html.escape(f['qc_flags'])}</td><td>{f['studies']}</td></tr>" for f in flags
+    )
+    version_rows = "".join(
+        f"<tr><td>{v['model_version']}</td><td>{v['profile']}</td><td>{v['studies']}</td></tr>"
+        for v in versions
+    )
+    pinned = f" as of {html.escape(str(as_of))}" if as_of is not None else ""
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>renalflow cohort summary</title>
+<style>body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1000px; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 8px; }}</style></head><body>
+<h1>renalflow cohort summary</h1>
+<p>Results table {html.escape(results)}{pinned}.
+Pseudonymised: no identifiers are in the table.</p>
+<h2>Model versions</h2><table><tr><th>model</th><th>profile</th><th>studies</th></tr>
+{version_rows}</table>
+{"".join(sections)}
+<h2>Quality flags</h2><table><tr><th>flags</th><th>studies</th></tr>{flag_rows}</table>
+</body></html>
+"""
+    path = out_dir / "cohort.html"
+    path.write_text(page)
+    return path

@@ -182,3 +182,19 @@ def test_query_formats(results, tmp_path):
 def test_reading_a_missing_table_says_how_to_make_one(tmp_path):
     with pytest.raises(StoreError, match="renalflow score"):
         open_table(str(tmp_path / "nothing"), SLICE_SCORES)
+
+
+def test_cohort_report_summarises_votes_by_year_vendor_and_phase(results, tmp_path):
+    from tasks.report import cohort_report
+
+    merge_rows(results, PATIENT_VOTES, vote_rows(["a", "b"]))
+    merge_rows(results, PATIENT_VOTES, vote_rows(["a"], model="m2"))
+    path = cohort_report(results, tmp_path / "cohort")
+    page = path.read_text()
+    for title in ("Votes by study year", "Votes by scanner vendor", "Votes by phase mix"):
+        assert title in page
+    assert page.count("data:image/png;base64,") == 3
+    assert "<td>2017</td><td>m1</td><td>0</td><td>2</td>" in page
+    assert "arterial,venous" in page and "SIEMENS" in page
+    pinned = cohort_report(results, tmp_path / "pinned", 1).read_text()
+    assert "m2" not in pinned.split("Model versions")[1].split("</table>")[0]
