@@ -20,7 +20,7 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
-from flows.ingest import Opaque, _balanced, _cluster_threads, retry_on_transient_io, run_ingest
+from flows.ingest import _TASK_OPTIONS, Opaque, _balanced, _cluster_threads, run_ingest
 from tasks.errors import InputError
 from tasks.pseudonym import NO_KEY_HELP, check_key, key_from_env, key_id
 from tasks.results import (
@@ -65,13 +65,7 @@ def resolve_key(key_secret: str | None = None) -> bytes:
     raise InputError(NO_KEY_HELP)
 
 
-@task(
-    name="score-slices",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_on_transient_io,
-)
+@task(name="score-slices", **_TASK_OPTIONS)
 def score_task(
     store: str,
     parts: Opaque[dict[str, list[str]]],
@@ -80,16 +74,7 @@ def score_task(
     batch_size: int,
     cpu_threads: int | None = None,
 ) -> ScoredBatch:
-    worker = ""
-    try:
-        from distributed import get_worker
-
-        worker = get_worker().address
-    except (ImportError, ValueError):
-        worker = f"pid {os.getpid()}"
-    return score_slices(
-        store, parts.value, model_dir, model_version, batch_size, worker, cpu_threads
-    )
+    return score_slices(store, parts.value, model_dir, model_version, batch_size, cpu_threads)
 
 
 @task(name="explain-slices", cache_policy=NO_CACHE)

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from tasks.errors import InputError
+from tasks.evaluate import predict_probabilities
 from tasks.explain import deciding_slices, heatmaps, write_overlay
-from tasks.metrics import majority_vote
-from tasks.score import ScoreConfig, cached_model, read_model_info
+from tasks.score import ScoreConfig, cached_model, read_model_info, study_vote
 
 
 @dataclass(frozen=True)
@@ -113,17 +113,9 @@ def score_upload(paths: list[Path], config: WebConfig) -> dict[str, Any]:
     slices = sorted(unique.values(), key=lambda c: (c.header.z is None, c.header.z or 0.0))
     images = np.stack([c.pixels for c in slices])
     model = cached_model(info.model_dir, info.model_version)
-    probabilities = np.concatenate(
-        [
-            np.asarray(model.predict_on_batch(images[i : i + 64][..., None])).reshape(-1)
-            for i in range(0, len(images), 64)
-        ]
-    )
     score = config.score
-    n_malignant = int((probabilities >= score.image_threshold).sum())
-    vote = (
-        "malignant" if majority_vote(n_malignant, len(images), score.vote_threshold) else "benign"
-    )
+    probabilities = predict_probabilities(model, images, score.batch_size)
+    n_malignant, vote = study_vote(probabilities, score)
     picks = deciding_slices(probabilities, vote, score.explain_per_side, score.image_threshold)
     maps, method = heatmaps(model, images[picks], vote)
     pictures = []

@@ -24,9 +24,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 
 from tasks.config import Phase, PreprocessConfig
-from tasks.dataset import pixels_to_array
+from tasks.dataset import META_COLUMNS, pixels_to_array
 from tasks.dicom import RejectReason
-from tasks.errors import InputError, ModelError, StoreError
+from tasks.errors import ModelError, StoreError
+from tasks.ingest import worker_name
 from tasks.metrics import majority_vote
 from tasks.pseudonym import key_id, pseudonym
 from tasks.store import (
@@ -41,21 +42,7 @@ from tasks.store import (
 )
 
 # What the planner reads from the store: everything but the pixels.
-INVENTORY_COLUMNS = [
-    "source_uri",
-    "patient_id",
-    "study_instance_uid",
-    "series_instance_uid",
-    "sop_instance_uid",
-    "instance_number",
-    "z",
-    "phase",
-    "manufacturer",
-    "study_date",
-    "cohort",
-    "label",
-    "preprocess_version",
-]
+INVENTORY_COLUMNS = ["source_uri", "instance_number", *META_COLUMNS]
 
 
 @dataclass(frozen=True)
@@ -87,6 +74,13 @@ class ScoreConfig:
                 raise ValueError(f"{name} must be in (0, 1], got {value}")
         if self.min_images < 1 or self.batch_size < 1:
             raise ValueError("min_images and batch_size must be at least 1")
+
+
+def study_vote(probabilities: np.ndarray, config: ScoreConfig) -> tuple[int, str]:
+    """(malignant images, vote) of one study: the paper's majority vote."""
+    n_malignant = int((np.asarray(probabilities) >= config.image_threshold).sum())
+    malignant = majority_vote(n_malignant, len(probabilities), config.vote_threshold)
+    return n_malignant, "malignant" if malignant else "benign"
 
 
 @dataclass(frozen=True)
@@ -315,7 +309,6 @@ def score_slices(
     model_dir: str,
     model_version: str,
     batch_size: int = 64,
-    worker: str = "",
     cpu_threads: int | None = None,
 ) -> ScoredBatch:
     """P(malignant) of the given slices (SOPInstanceUIDs per part file of the store)."""
@@ -343,7 +336,7 @@ def score_slices(
             uids.extend(part_uids)
             chunks.append(out)
     probability = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    return ScoredBatch(uids, probability, time.perf_counter() - started, worker)
+    return ScoredBatch(uids, probability, time.perf_counter() - started, worker_name())
 
 
 def _year_month(study_date: Any) -> str | None:
@@ -405,7 +398,7 @@ def result_rows(
     votes = []
     for study_uid, group in frame.groupby("study_instance_uid", sort=True):
         n_images = len(group)
-        n_malignant = int(group["malignant"].sum())
+        n_malignant, vote = study_vote(group["probability"].to_numpy(), config)
         phases = {str(p) for p in group["phase"]}
         too_few = n_images < config.min_images
         noncontrast_only = phases == {Phase.NONCONTRAST.value}
@@ -432,11 +425,7 @@ def result_rows(
                 "n_images": n_images,
                 "n_malignant": n_malignant,
                 "fraction_malignant": n_malignant / n_images,
-                "vote": (
-                    "malignant"
-                    if majority_vote(n_malignant, n_images, config.vote_threshold)
-                    else "benign"
-                ),
+                "vote": vote,
                 "vote_threshold": config.vote_threshold,
                 "image_threshold": config.image_threshold,
                 "mean_probability": float(group["probability"].mean()),
@@ -474,10 +463,7 @@ def plan_explanations(
     outputs: dict[str, tuple[str, str]] = {}
     for study_uid, group in slices.groupby("study_instance_uid", sort=True):
         p = np.array([probabilities[u] for u in group["sop_instance_uid"]])
-        n_malignant = int((p >= config.image_threshold).sum())
-        vote = (
-            "malignant" if majority_vote(n_malignant, len(p), config.vote_threshold) else "benign"
-        )
+        _, vote = study_vote(p, config)
         picks = deciding_slices(p, vote, config.explain_per_side, config.image_threshold)
         study_key = pseudonym(key, str(study_uid))
         patient_key = pseudonym(key, str(group["patient_id"].iloc[0]))
@@ -491,12 +477,3 @@ def plan_explanations(
                 f"patient {patient_key[:12]}  P(malignant) {probabilities[uid]:.2f}  vote {vote}",
             )
     return parts, targets, outputs
-
-
-def check_scoring_inputs(archive_uri: str, key: bytes | None) -> bytes:
-    """Refuse early: a key must be configured before anything is read or written."""
-    from tasks.pseudonym import NO_KEY_HELP
-
-    if key is None:
-        raise InputError(NO_KEY_HELP)
-    return key
