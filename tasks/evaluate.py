@@ -19,6 +19,7 @@ from tasks.metrics import (
     roc_auc,
     roc_curve,
 )
+from tasks.report import percent, write_html
 from tasks.split import load_split
 from tasks.train import DEVELOPMENT
 
@@ -144,29 +145,27 @@ def evaluate(
         "patient": {**patient_metrics.to_dict(), "false_negatives": patient_metrics.fn},
         "seconds": time.perf_counter() - started,
     }
-    (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
     patients.to_csv(report / "patients.csv", index=False)
     _plot_roc(y, probabilities, auc, report / "roc.png", name)
     metrics["heatmaps"] = _explain_misclassified(
         model, slices, probabilities, patients, report, image_threshold
     )
     (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _write_markdown(metrics, patients, model_dir, report)
-    from tasks.report import write_html
-
-    config_path = model_dir / "config.json"
-    note = json.loads(config_path.read_text()).get("note") if config_path.exists() else None
+    note = _profile_note(model_dir)
+    _write_markdown(metrics, patients, model_dir, report, note)
     write_html(
-        metrics,
-        patients,
-        y,
-        probabilities,
-        report,
-        PAPER_RESULTS,
-        model_dir / "curves.png",
-        note if note and note != "paper profile" else None,
+        metrics, patients, y, probabilities, report, PAPER_RESULTS, model_dir / "curves.png", note
     )
     return metrics
+
+
+def _profile_note(model_dir: Path) -> str | None:
+    """The model's warning for readers (the cpu-demo profile is not the paper's model)."""
+    config_path = model_dir / "config.json"
+    if not config_path.exists():
+        return None
+    note = json.loads(config_path.read_text()).get("note")
+    return str(note) if note and note != "paper profile" else None
 
 
 def _explain_misclassified(
@@ -225,12 +224,12 @@ def _plot_roc(y: np.ndarray, scores: np.ndarray, auc: float, path: Path, name: s
     plt.close(fig)
 
 
-def _pct(value: float) -> str:
-    return "n/a" if value != value else f"{100 * value:.1f}%"
-
-
 def _write_markdown(
-    metrics: dict[str, Any], patients: pd.DataFrame, model_dir: Path, report: Path
+    metrics: dict[str, Any],
+    patients: pd.DataFrame,
+    model_dir: Path,
+    report: Path,
+    note: str | None,
 ) -> None:
     image, patient = metrics["image"], metrics["patient"]
     lines = [
@@ -239,11 +238,8 @@ def _write_markdown(
         f"Model `{metrics['model_dir']}` (version {metrics['model_version']}), store "
         f"`{metrics['store']}`.",
     ]
-    config_path = model_dir / "config.json"
-    if config_path.exists():
-        note = json.loads(config_path.read_text()).get("note", "")
-        if note and note != "paper profile":
-            lines += ["", f"> **{note}**"]
+    if note:
+        lines += ["", f"> **{note}**"]
     lines += [
         "",
         "## This run beside the paper",
@@ -252,20 +248,20 @@ def _write_markdown(
         "|---|---|---|---|---|",
         f"| **{metrics['evaluated']}** (this run) | {image['auc']:.3f} "
         f"(95% CI {image['auc_ci95'][0]:.3f}-{image['auc_ci95'][1]:.3f}) | "
-        f"{_pct(image['accuracy'])} | {_pct(image['specificity'])} | "
-        f"{_pct(patient['accuracy'])}, {patient['false_negatives']} false negatives |",
+        f"{percent(image['accuracy'])} | {percent(image['specificity'])} | "
+        f"{percent(patient['accuracy'])}, {patient['false_negatives']} false negatives |",
     ]
     for name, paper in PAPER_RESULTS.items():
         lines.append(
-            f"| {name} (paper) | {paper['auc']:.3f} | {_pct(paper['accuracy'])} | "
-            f"{_pct(paper['specificity'])} | {_pct(paper['patient_accuracy'])} |"
+            f"| {name} (paper) | {paper['auc']:.3f} | {percent(paper['accuracy'])} | "
+            f"{percent(paper['specificity'])} | {percent(paper['patient_accuracy'])} |"
         )
     lines += [
         "",
         f"## Per image (threshold {metrics['image_threshold']})",
         "",
-        f"{image['n']} images: sensitivity {_pct(image['sensitivity'])}, specificity "
-        f"{_pct(image['specificity'])}, accuracy {_pct(image['accuracy'])}.",
+        f"{image['n']} images: sensitivity {percent(image['sensitivity'])}, specificity "
+        f"{percent(image['specificity'])}, accuracy {percent(image['accuracy'])}.",
         "",
         "| | predicted malignant | predicted benign |",
         "|---|---|---|",
@@ -277,8 +273,8 @@ def _write_markdown(
         f"## Per patient (malignant when at least {100 * metrics['vote_threshold']:.0f}% of the "
         "images are)",
         "",
-        f"{patient['n']} patients: accuracy {_pct(patient['accuracy'])}, sensitivity "
-        f"{_pct(patient['sensitivity'])}, specificity {_pct(patient['specificity'])}, "
+        f"{patient['n']} patients: accuracy {percent(patient['accuracy'])}, sensitivity "
+        f"{percent(patient['sensitivity'])}, specificity {percent(patient['specificity'])}, "
         f"{patient['false_negatives']} false negatives (malignant voted benign).",
         "",
         "| patient | label | images | malignant images | fraction | vote |",

@@ -11,8 +11,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.metrics import roc_auc, roc_curve
-
 
 def _figure() -> Any:
     import matplotlib
@@ -63,18 +61,8 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _roc_plot(y: np.ndarray, p: np.ndarray, name: str) -> str:
-    plt = _figure()
-    fpr, tpr = roc_curve(y, p)
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
-    ax.plot(fpr, tpr, lw=2, label=f"{name}: AUC {roc_auc(y, p):.3f}")
-    ax.plot([0, 1], [0, 1], "k--", lw=1, alpha=0.5)
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title("ROC per image")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
-    return _embed(fig)
+def _embed_file(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def _confusion_plot(image: dict[str, Any]) -> str:
@@ -122,7 +110,7 @@ def _calibration_plot(table: pd.DataFrame) -> str:
     return _embed(fig)
 
 
-def _pct(value: float) -> str:
+def percent(value: float) -> str:
     return "n/a" if value != value else f"{100 * value:.1f}%"
 
 
@@ -136,7 +124,8 @@ def write_html(
     curves: Path | None,
     note: str | None = None,
 ) -> Path:
-    """REPORT/report.html: the paper's table beside this run's, ROC, confusion matrix,
+    """REPORT/report.html (beside the REPORT/roc.png `evaluate` drew): the paper's table
+    beside this run's, ROC, confusion matrix,
     vote-threshold trade-off, calibration, training curves and the heat-map gallery."""
     image, patient = metrics["image"], metrics["patient"]
     name = html.escape(str(metrics["evaluated"]))
@@ -144,23 +133,23 @@ def write_html(
     rows = [
         f"<tr><td><b>{name} (this run)</b></td><td>{image['auc']:.3f} "
         f"({image['auc_ci95'][0]:.3f}-{image['auc_ci95'][1]:.3f})</td>"
-        f"<td>{_pct(image['accuracy'])}</td><td>{_pct(image['specificity'])}</td>"
-        f"<td>{_pct(patient['accuracy'])}</td></tr>"
+        f"<td>{percent(image['accuracy'])}</td><td>{percent(image['specificity'])}</td>"
+        f"<td>{percent(patient['accuracy'])}</td></tr>"
     ]
     for set_name, paper in paper_results.items():
         rows.append(
             f"<tr><td>{html.escape(set_name)} (paper)</td><td>{paper['auc']:.3f}</td>"
-            f"<td>{_pct(paper['accuracy'])}</td><td>{_pct(paper['specificity'])}</td>"
-            f"<td>{_pct(paper['patient_accuracy'])}</td></tr>"
+            f"<td>{percent(paper['accuracy'])}</td><td>{percent(paper['specificity'])}</td>"
+            f"<td>{percent(paper['patient_accuracy'])}</td></tr>"
         )
     plots = [
-        _roc_plot(y, probabilities, str(metrics["evaluated"])),
+        _embed_file(report / "roc.png"),  # drawn by `evaluate` for report.md too
         _confusion_plot(image),
         _tradeoff_plot(tradeoff, float(metrics["vote_threshold"])),
         _calibration_plot(calibration(y, probabilities)),
     ]
     if curves is not None and curves.exists():
-        plots.append("data:image/png;base64," + base64.b64encode(curves.read_bytes()).decode())
+        plots.append(_embed_file(curves))
     figures = "".join(f'<img src="{src}" alt="plot">' for src in plots)
     patient_rows = "".join(
         f"<tr class='{'wrong' if str(r.vote) != str(r.label) else ''}'>"
@@ -201,9 +190,9 @@ images are malignant at P &ge; {metrics["image_threshold"]}; a patient is malign
 <h2>Beside the paper</h2>
 <table><tr><th>set</th><th>AUC per image (95% CI)</th><th>accuracy</th><th>specificity</th>
 <th>patient vote accuracy</th></tr>{"".join(rows)}</table>
-<p>{image["n"]} images: sensitivity {_pct(image["sensitivity"])}, specificity
-{_pct(image["specificity"])}. {patient["n"]} patients: vote sensitivity
-{_pct(patient["sensitivity"])}, specificity {_pct(patient["specificity"])},
+<p>{image["n"]} images: sensitivity {percent(image["sensitivity"])}, specificity
+{percent(image["specificity"])}. {patient["n"]} patients: vote sensitivity
+{percent(patient["sensitivity"])}, specificity {percent(patient["specificity"])},
 {patient["false_negatives"]} false negatives.</p>
 <h2>Plots</h2><div>{figures}</div>
 {gallery}
