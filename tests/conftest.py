@@ -52,15 +52,14 @@ def s3(prefect_api: str) -> Iterator[object]:
     The endpoint and credentials are exported, so s3fs, deltalake, Dask workers and
     CLI subprocesses all find it.
     """
-    import socket
     import subprocess
     import sys
     import time
     from pathlib import Path
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from tests.factory import free_port
+
+    port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

@@ -117,3 +117,12 @@ def build_store(root: Path, *, patients: int, seed: int, size: int = 64) -> str:
     staged = convert_files(store, uris, config, "development", labels, "run")
     commit_batch(store, staged, {}, "development", "run", config.version)
     return store
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -23,6 +23,7 @@ from tasks.results import PATIENT_VOTES, history
 from tasks.split import SplitConfig
 from tasks.synth import SynthConfig, synthesize_archive
 from tasks.train import train_model
+from tests.factory import free_port
 
 KEY = "renalflow-test-key-0123456789abcdef"
 SIZE = 64  # tiny images keep the model and its inference fast
@@ -335,14 +336,6 @@ def test_explain_writes_heat_maps_of_the_deciding_slices(dask_cluster, trained, 
             assert picture.format == "PNG" and picture.size[0] >= SIZE
         per_study[row["study_key"]] = per_study.get(row["study_key"], 0) + 1
     assert len(per_study) == 6 and max(per_study.values()) <= 4
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
