@@ -1,19 +1,23 @@
 """GPU training benchmark for the GPU machine: Keras on JAX, no TensorFlow, no Prefect.
 
-Runs the paper's ResNet50V2 (224x224, binary head, RMSprop) by calling the functions
-in `tasks/` directly, and prints training images/s for
-  1. synthetic uint8 batches already in memory (the ceiling), and
-  2. batches from a Parquet slice store through the renalflow input pipeline
-     (`tasks.dataset.load_slices` + oversampling + `iterate_batches`).
+Trains the paper's ResNet50V2 (224x224, binary head, RMSprop, random initial weights)
+with `model.fit`, as `renalflow train` does, and prints training images/s for
+  1. a synthetic uint8 batch already in memory, fed as the same batch every step
+     (the ceiling: no input work at all), and
+  2. the real input path: the Parquet slice store read by `tasks.dataset.load_slices`
+     and fed through `tasks.train.make_sequence` (reshuffled, benign oversampled to
+     50:50, uint8 batches gathered per step).
+Each figure is the fastest whole epoch after the first (the first one compiles).
+With --full it then runs `tasks.train.train_model` itself for two epochs on the same
+store (validation, checkpoints and every artifact included) and prints its rate.
 Target: (2) within 10% of (1), and at least 6,500 images/s on an H200 in bf16.
 
-On the GPU machine (Keras travels as wheels, see ../shared/GPU.md):
+On the GPU machine (Keras and pydicom travel as wheels, see ../shared/GPU.md):
   pip install --no-index --no-deps --target /tmp/site WHEELS
   KERAS_BACKEND=jax PYTHONPATH=/tmp/site:. python bench/bench_gpu_train.py --precision bf16
 
-It writes its own small Parquet store (random pixels, 19% benign) unless --store is
-given, so it needs neither pydicom nor Prefect; besides Keras, carry the pure-Python
-fsspec wheel (tasks/store.py opens stores through it).
+It writes its own Parquet store (random pixels, 19% benign patients) unless --store is
+given, so it needs neither a DICOM archive nor Prefect.
 """
 
 from __future__ import annotations
@@ -25,35 +29,34 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from tasks.dataset import iterate_batches, load_slices
-from tasks.model import TrainConfig, build_model
-from tasks.split import oversample_indices
+
+def epoch_timer() -> tuple[Any, list[float]]:
+    """A Keras callback that records each epoch's wall time (metrics synced at its end)."""
+    import keras
+
+    seconds: list[float] = []
+
+    class EpochTimer(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            seconds.append(time.perf_counter() - self.started)
+
+    return EpochTimer(), seconds
 
 
-def make_store(path: Path, n: int) -> str:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_input import build_store
-
-    return build_store(path, n)
-
-
-def time_steps(model, batches, steps: int, warmup: int) -> float:
-    """Images/s over `steps` train steps after `warmup` steps (compilation excluded)."""
-    it = iter(batches)
-    for _ in range(warmup):
-        x, y = next(it)
-        model.train_on_batch(x, y)
-    started = time.perf_counter()
-    seen = 0
-    for _ in range(steps):
-        x, y = next(it)
-        logs = model.train_on_batch(x, y, return_dict=True)
-        seen += len(y)
-    float(logs["loss"])  # wait for the device
-    return seen / (time.perf_counter() - started)
+def fit_rate(model: Any, batches: Any, epochs: int, images_per_epoch: int) -> float:
+    """Images/s of the fastest epoch after the first."""
+    timer, seconds = epoch_timer()
+    model.fit(batches, epochs=epochs, verbose=0, callbacks=[timer])
+    per_epoch = ", ".join(f"{s:.2f}" for s in seconds)
+    print(f"  epoch seconds: {per_epoch} ({images_per_epoch:,} images per epoch)")
+    return images_per_epoch / min(seconds[1:])
 
 
 def main() -> int:
@@ -61,59 +64,94 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=3, help="timed fits per path (min 2)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16")
-    parser.add_argument("--images", type=int, default=8192, help="slices in the generated store")
+    parser.add_argument("--images", type=int, default=16384, help="slices in the generated store")
     parser.add_argument("--store", help="an existing slice store instead of a generated one")
+    parser.add_argument("--full", action="store_true", help="also run train_model for 2 epochs")
+    parser.add_argument("--size", type=int, default=224, help="image side (224 as the paper)")
     args = parser.parse_args()
 
     import keras
 
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_input import build_store
+
+    from tasks.dataset import load_slices
+    from tasks.model import TrainConfig, build_model
+    from tasks.train import make_sequence, train_model
+
     print(
         f"keras {keras.__version__}, backend {keras.backend.backend()}, "
-        f"python {platform.python_version()}, {platform.machine()}"
+        f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cpus"
     )
     if keras.backend.backend() == "jax":
         import jax
 
-        print(f"devices: {jax.devices()}")
+        print(f"jax {jax.__version__}, devices: {jax.devices()}")
     precision = None if args.precision == "fp32" else args.precision
-    model = build_model(
-        TrainConfig(weights="none", mixed_precision=precision, batch_size=args.batch_size)
+    config = TrainConfig(
+        weights="none",
+        mixed_precision=precision,
+        batch_size=args.batch_size,
+        input_size=args.size,
+        seed=0,
     )
+
+    work = Path(tempfile.gettempdir()) / "renalflow-gpu-train"
+    started = time.perf_counter()
+    store = args.store or build_store(work / "store", args.images, size=args.size)
+    slices = load_slices(store, labelled_only=True)
+    print(
+        f"store {store}: {len(slices):,} slices, read into memory in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+
+    sequence = make_sequence(
+        slices.images, slices.labels, args.batch_size, config.seed, oversample=True, shuffle=True
+    )
+    steps = len(sequence)
+    images_per_epoch = steps * args.batch_size
 
     rng = np.random.default_rng(0)
-    synthetic_x = rng.integers(0, 256, size=(args.batch_size, 224, 224, 1), dtype=np.uint8)
-    synthetic_y = rng.integers(0, 2, size=args.batch_size).astype(np.float32)
+    x = rng.integers(0, 256, size=(args.batch_size, args.size, args.size, 1), dtype=np.uint8)
+    y = rng.integers(0, 2, size=args.batch_size).astype(np.float32)
 
-    def synthetic():
-        while True:
-            yield synthetic_x, synthetic_y
+    class SameBatch(keras.utils.PyDataset):  # type: ignore[misc]
+        def __len__(self) -> int:
+            return steps
 
-    ceiling = time_steps(model, synthetic(), args.steps, args.warmup)
-    print(
-        f"synthetic in-memory batches: {ceiling:,.0f} images/s "
-        f"(batch {args.batch_size}, {args.precision})"
-    )
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+            return x, y
 
-    store = args.store or make_store(
-        Path(tempfile.gettempdir()) / "renalflow-gpu-store", args.images
-    )
-    started = time.perf_counter()
-    slices = load_slices(store, labelled_only=True)
-    print(f"loaded {len(slices)} slices from {store} in {time.perf_counter() - started:.1f} s")
+    model = build_model(config)
+    print(f"1. synthetic in-memory batch, model.fit, batch {args.batch_size}, {args.precision}")
+    ceiling = fit_rate(model, SameBatch(), args.epochs, images_per_epoch)
+    print(f"   {ceiling:,.0f} images/s")
+    print("2. slice store -> make_sequence (shuffled, oversampled 50:50) -> model.fit")
+    piped = fit_rate(model, sequence, args.epochs, images_per_epoch)
+    print(f"   {piped:,.0f} images/s ({100 * piped / ceiling:.0f}% of the synthetic ceiling)")
 
-    def from_store():
-        while True:
-            order = oversample_indices(slices.labels, rng)
-            yield from iterate_batches(slices.images, slices.labels, order, args.batch_size)
-
-    piped = time_steps(model, from_store(), args.steps, args.warmup)
-    print(
-        f"batches from the slice store: {piped:,.0f} images/s "
-        f"({100 * piped / ceiling:.0f}% of the synthetic ceiling)"
-    )
+    if args.full:
+        print("3. tasks.train.train_model, 2 epochs (validation, checkpoints, artifacts)")
+        result = train_model(
+            store,
+            work / "model",
+            TrainConfig(
+                weights="none",
+                mixed_precision=precision,
+                batch_size=args.batch_size,
+                epochs=2,
+                input_size=args.size,
+                seed=0,
+            ),
+        )
+        print(
+            f"   {result.images_per_second:,.0f} images/s over the whole run "
+            f"({result.seconds:.0f} s, compilation and checkpoints included)"
+        )
+        env = (Path(result.model_dir) / "environment.json").read_text()
+        print(f"   environment.json: {env}")
     return 0
 
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from tasks.errors import InputError
-from tasks.evaluate import predict_probabilities
 from tasks.explain import deciding_slices, heatmaps, write_overlay
+from tasks.model import predict_probabilities
 from tasks.score import ScoreConfig, cached_model, read_model_info, study_vote
 
 

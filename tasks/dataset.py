@@ -128,4 +128,5 @@ def iterate_batches(
     """Batches of (uint8 images with a channel axis, float32 labels) in `order`."""
     for start in range(0, len(order), batch_size):
         index = np.sort(order[start : start + batch_size])  # sorted gathers read memory in order
-        yield images[index][..., None], labels[index].astype(np.float32)
+        chosen = images[index]
+        yield chosen.reshape(*chosen.shape, 1), labels[index].astype(np.float32)

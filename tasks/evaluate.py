@@ -19,6 +19,7 @@ from tasks.metrics import (
     roc_auc,
     roc_curve,
 )
+from tasks.model import predict_probabilities
 from tasks.report import percent, write_html
 from tasks.split import load_split
 from tasks.train import DEVELOPMENT
@@ -42,15 +43,6 @@ def load_model(model_dir: str | Path) -> Any:
         )
     # Inference only: the optimizer state is not needed (and not restored).
     return keras.saving.load_model(path, compile=False)
-
-
-def predict_probabilities(model: Any, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """P(malignant) per image; uint8 batches go to the model as they are."""
-    out = np.empty(len(images), dtype=np.float32)
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size][..., None]
-        out[start : start + len(batch)] = np.asarray(model.predict_on_batch(batch)).reshape(-1)
-    return out
 
 
 def patient_table(

@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
+import pyarrow.parquet as pq
 
 from tasks.config import Phase, PreprocessConfig
 from tasks.dataset import META_COLUMNS, pixels_to_array
@@ -29,6 +30,7 @@ from tasks.dicom import RejectReason
 from tasks.errors import ModelError, StoreError
 from tasks.ingest import worker_name
 from tasks.metrics import majority_vote
+from tasks.model import predict_probabilities
 from tasks.pseudonym import key_id, pseudonym
 from tasks.store import (
     REJECTS,
@@ -253,10 +255,17 @@ class ScoredBatch:
 
 def read_part_slices(fs: Any, part: str, wanted: list[str]) -> tuple[list[str], np.ndarray]:
     """The SOPInstanceUIDs and uint8 images of the `wanted` slices of one store part."""
-    table = pds.dataset(part, format="parquet", filesystem=fs).to_table(
-        columns=["sop_instance_uid", "height", "width", "pixels"],
-        filter=pc.field("sop_instance_uid").isin(wanted),
+    # One whole-object read (a single GET on object storage), parsed in memory; a
+    # part is at most a few tens of MB. Usually every slice of a part is wanted, and
+    # then nothing is filtered (no copy of the pixels).
+    with fs.open(part, "rb") as handle:
+        data = handle.read()
+    table = pq.read_table(
+        pa.BufferReader(data), columns=["sop_instance_uid", "height", "width", "pixels"]
     )
+    keep = pc.is_in(table.column("sop_instance_uid"), value_set=pa.array(wanted, pa.string()))
+    if not pc.all(keep).as_py():
+        table = table.filter(keep)
     if table.num_rows != len(set(wanted)):
         raise StoreError(
             f"{posixpath.basename(part)} holds {table.num_rows} of the {len(set(wanted))} "
@@ -321,20 +330,14 @@ def score_slices(
 
     uids: list[str] = []
     chunks: list[np.ndarray] = []
-    # The next part is read (I/O and decompression release the GIL) while the model
-    # scores the current one.
-    with ThreadPoolExecutor(max_workers=1) as reader:
+    # The next parts are read (I/O and decompression release the GIL) while the model
+    # scores the current one; two readers keep up with a GPU.
+    with ThreadPoolExecutor(max_workers=2) as reader:
         pending = [reader.submit(read, part, wanted) for part, wanted in parts.items()]
         for future in pending:
             part_uids, images = future.result()
-            out = np.empty(len(images), dtype=np.float32)
-            for start in range(0, len(images), batch_size):
-                batch = images[start : start + batch_size][..., None]
-                out[start : start + len(batch)] = np.asarray(model.predict_on_batch(batch)).reshape(
-                    -1
-                )
             uids.extend(part_uids)
-            chunks.append(out)
+            chunks.append(predict_probabilities(model, images, batch_size))
     probability = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return ScoredBatch(uids, probability, time.perf_counter() - started, worker_name())
 

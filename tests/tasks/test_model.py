@@ -5,8 +5,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tasks.dataset import iterate_batches
 from tasks.errors import ModelError
-from tasks.model import Profile, TrainConfig, backbone_of, build_model, profile_config
+from tasks.model import (
+    Profile,
+    TrainConfig,
+    backbone_of,
+    build_model,
+    padded_size,
+    predict_probabilities,
+    profile_config,
+    with_channel,
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +89,36 @@ def test_invalid_settings_are_refused():
         TrainConfig(select_epoch=11)
     with pytest.raises(ValueError, match="bf16 or fp16"):
         TrainConfig(mixed_precision="fp8")
+
+
+def test_tail_batches_are_padded_to_few_shapes():
+    assert [padded_size(n, 64) for n in (1, 8, 9, 17, 33, 64)] == [8, 8, 16, 32, 64, 64]
+    assert padded_size(100, 48) == 48
+
+
+def test_padding_never_changes_a_prediction():
+    """Tails are padded with blank slices whose outputs are dropped: every image gets
+    the probability it gets alone, and the model sees only bucketed batch lengths."""
+    model = build_model(profile_config("cpu-demo", input_size=32))
+    images = np.random.default_rng(3).integers(0, 256, size=(21, 32, 32), dtype=np.uint8)
+    seen: list[int] = []
+    predict = model.predict_on_batch
+
+    class Recording:
+        def predict_on_batch(self, batch):
+            seen.append(len(batch))
+            return predict(batch)
+
+    batched = predict_probabilities(Recording(), images, batch_size=16)
+    alone = np.array([float(predict(image[None, ..., None])[0, 0]) for image in images])
+    np.testing.assert_allclose(batched, alone, rtol=1e-4, atol=1e-5)
+    assert seen == [16, 8]
+
+
+def test_batches_reach_the_model_with_ordinary_strides():
+    """A stride-0 channel axis (`images[..., None]`) sends every batch down a slow copy
+    path to the accelerator; batches must look like freshly allocated arrays."""
+    images = np.zeros((5, 8, 8), dtype=np.uint8)
+    assert with_channel(images).strides == np.zeros((5, 8, 8, 1), np.uint8).strides
+    x, _ = next(iterate_batches(images, np.zeros(5), np.arange(5), 4))
+    assert x.shape == (4, 8, 8, 1) and x.strides == np.zeros((4, 8, 8, 1), np.uint8).strides
