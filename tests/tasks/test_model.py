@@ -28,6 +28,7 @@ def test_paper_profile_defaults_are_the_papers():
     config = TrainConfig()
     assert (config.epochs, config.batch_size, config.learning_rate) == (10, 32, 2e-5)
     assert config.weights == "imagenet" and config.oversample and config.decay_after is None
+    assert not config.augment  # the paper found augmentation harmful
 
 
 def test_paper_model_has_the_papers_architecture_and_optimiser(paper_model):
@@ -46,6 +47,7 @@ def test_paper_model_has_the_papers_architecture_and_optimiser(paper_model):
     assert float(paper_model.optimizer.learning_rate) == pytest.approx(2e-5)
     assert isinstance(paper_model.loss, keras.losses.BinaryCrossentropy)
     assert head.kernel_regularizer is None
+    assert not [layer for layer in paper_model.layers if layer.name.startswith("augment")]
 
 
 def test_scaling_and_channel_replication_happen_inside_the_model(paper_model):
@@ -122,3 +124,15 @@ def test_batches_reach_the_model_with_ordinary_strides():
     assert with_channel(images).strides == np.zeros((5, 8, 8, 1), np.uint8).strides
     x, _ = next(iterate_batches(images, np.zeros(5), np.arange(5), 4))
     assert x.shape == (4, 8, 8, 1) and x.strides == np.zeros((4, 8, 8, 1), np.uint8).strides
+
+
+def test_cpu_demo_augments_only_while_training():
+    config = profile_config("cpu-demo", input_size=32)
+    assert config.augment
+    model = build_model(config)
+    names = {layer.name for layer in model.layers}
+    assert {"augment_flip", "augment_zoom", "augment_shift", "augment_noise"} <= names
+    x = np.random.default_rng(0).integers(0, 256, size=(4, 32, 32, 1), dtype=np.uint8)
+    first = np.asarray(model(x, training=False))
+    np.testing.assert_allclose(np.asarray(model(x, training=False)), first)
+    assert not np.allclose(np.asarray(model(x, training=True)), first)
