@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 
 from tasks.errors import StoreError
+from tasks.model import with_channel
 from tasks.store import SLICES, list_parts, open_store
 
 META_COLUMNS = [
@@ -128,5 +129,4 @@ def iterate_batches(
     """Batches of (uint8 images with a channel axis, float32 labels) in `order`."""
     for start in range(0, len(order), batch_size):
         index = np.sort(order[start : start + batch_size])  # sorted gathers read memory in order
-        chosen = images[index]
-        yield chosen.reshape(*chosen.shape, 1), labels[index].astype(np.float32)
+        yield with_channel(images[index]), labels[index].astype(np.float32)

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from tasks.model import with_channel
+
 
 @dataclass
 class _Split:
@@ -120,7 +122,7 @@ def grad_cam(model: Any, images: np.ndarray, target: str = "malignant") -> np.nd
     opposite), so the deciding slices on either side of a vote can be shown.
     """
     split = split_model(model)
-    batch = images.reshape(*images.shape, 1) if images.ndim == 3 else images
+    batch = with_channel(images) if images.ndim == 3 else images
     features = np.asarray(split.features(batch, training=False), dtype=np.float32)
     grads = _gradients(split, features, 1.0 if target == "malignant" else -1.0)
     weights = grads.mean(axis=(1, 2), keepdims=True)
@@ -133,7 +135,7 @@ def occlusion(
 ) -> np.ndarray:
     """Occlusion sensitivity in [0, 1]: the drop in the target score when each patch
     of the slice is set to mid-grey. Forward passes only, so it works on any backend."""
-    batch = images.reshape(*images.shape, 1) if images.ndim == 3 else images
+    batch = with_channel(images) if images.ndim == 3 else images
     n, height, width = batch.shape[:3]
     patch = patch or max(4, height // 8)
     sign = 1.0 if target == "malignant" else -1.0

@@ -325,15 +325,14 @@ def score_slices(
     model = cached_model(model_dir, model_version, cpu_threads)
     fs, _ = open_store(store_uri)
 
-    def read(part: str, wanted: list[str]) -> tuple[list[str], np.ndarray]:
-        return read_part_slices(fs, part, wanted)
-
     uids: list[str] = []
     chunks: list[np.ndarray] = []
     # The next parts are read (I/O and decompression release the GIL) while the model
     # scores the current one; two readers keep up with a GPU.
     with ThreadPoolExecutor(max_workers=2) as reader:
-        pending = [reader.submit(read, part, wanted) for part, wanted in parts.items()]
+        pending = [
+            reader.submit(read_part_slices, fs, part, wanted) for part, wanted in parts.items()
+        ]
         for future in pending:
             part_uids, images = future.result()
             uids.extend(part_uids)
