@@ -35,6 +35,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _ema(text: str) -> float:
+    if text.lower() in ("none", "off", "0"):
+        return 0.0  # no averaging (profile_config ignores None, so 0 stands for off)
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"a momentum between 0 and 1, or none; got {text}")
+    return value
+
+
+def _region(text: str) -> tuple[float, ...]:
+    if text.lower() in ("full", "none", "whole"):
+        return ()
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(
+            f"TOP,BOTTOM,LEFT,RIGHT as fractions of the slice (e.g. 0.28,0.9,0.14,0.86) "
+            f"or 'full'; got {text!r}"
+        )
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="renalflow",
@@ -173,6 +197,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--decay-after",
         type=_positive_int,
         help="divide the learning rate by 10 after this epoch (the authors suggest 4)",
+    )
+    train.add_argument(
+        "--schedule",
+        choices=["constant", "cosine"],
+        help="learning-rate schedule (paper: constant; cpu-demo: cosine, falling to 0)",
+    )
+    train.add_argument(
+        "--ema",
+        type=_ema,
+        metavar="MOMENTUM",
+        help="validate and keep an exponential moving average of the weights with this "
+        "per-step momentum, or 'none' (paper: none; cpu-demo: 0.99)",
+    )
+    train.add_argument(
+        "--region",
+        type=_region,
+        metavar="TOP,BOTTOM,LEFT,RIGHT",
+        help="the part of the slice the network sees, as fractions, or 'full' (paper: "
+        "full; cpu-demo: the kidney region 0.28,0.9,0.14,0.86)",
     )
     train.add_argument("--mixed-precision", choices=["bf16", "fp16"], help="mixed precision")
     train.add_argument("--seed", type=int, default=2020, help="seed for split, weights, shuffling")
@@ -494,6 +537,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from flows.runtime import prefect_api
     from flows.train import gpu_workers, train_flow
     from tasks.model import profile_config
@@ -510,7 +555,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         oversample=False if args.no_oversample else None,
         augment=args.augment,
+        schedule=args.schedule,
     )
+    if args.ema is not None:
+        config = replace(config, ema=args.ema or None)
+    if args.region is not None:
+        config = replace(config, region=args.region or None)
     flow = train_flow
     gpu = False
     if args.dask_address:
@@ -759,7 +809,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     else:
         run(
             *("synth", str(data), "--patients", str(args.patients), "--seed", str(args.seed)),
-            *("--benign-fraction", str(args.benign_fraction), "--max-slices-per-series", "10"),
+            *("--benign-fraction", str(args.benign_fraction)),
         )
     # One Prefect server for every step (a temporary one unless PREFECT_API_URL is set).
     with prefect_api():
@@ -787,7 +837,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if not (screening / "archive").exists():
             run(
                 *("synth", str(screening), "--patients", str(args.screening)),
-                *("--seed", str(args.seed + 1), "--max-slices-per-series", "10"),
+                *("--seed", str(args.seed + 1)),
             )
         step(f"6/7 score: {screening / 'archive'} -> {results} (Delta tables)")
         print(f"   pseudonymisation key: {demo_key(out)}")

@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from tasks.model import with_channel
+from tasks.model import region_of, with_channel
 
 
 @dataclass
 class _Split:
     features: Any  # uint8 slices -> last convolutional feature maps
     head: Any  # feature maps -> P(malignant)
+    score: Any  # feature maps -> the logit of P(malignant), what Grad-CAM differentiates
 
 
 # Feature maps smaller than this say little about where: Grad-CAM uses the last block
@@ -78,9 +79,16 @@ def split_model(model: Any) -> _Split:
         after = outer[cut + 1 :]
     head_in = keras.Input(features.output.shape[1:])
     y = head_in
-    for layer in after:
+    for layer in after[:-1]:
         y = layer(y)
-    return _Split(features, keras.Model(head_in, y))
+    last = after[-1]
+    out = last(y)
+    # Grad-CAM differentiates the class score before the sigmoid (Selvaraju et al.): a
+    # saturated probability has no gradient left to show where the evidence is.
+    logit = keras.layers.Dense(last.units, dtype="float32", name="malignant_logit")
+    logit.build(y.shape)
+    logit.set_weights(last.get_weights())
+    return _Split(features, keras.Model(head_in, out), keras.Model(head_in, logit(y)))
 
 
 def _apply(layer: Any, x: Any) -> Any:
@@ -102,14 +110,14 @@ def _gradients(split: _Split, features: np.ndarray, sign: float) -> np.ndarray:
         maps = tf.convert_to_tensor(features)
         with tf.GradientTape() as tape:
             tape.watch(maps)
-            score = sign * tf.reduce_sum(split.head(maps, training=False))
+            score = sign * tf.reduce_sum(split.score(maps, training=False))
         return np.asarray(tape.gradient(score, maps))
     if backend == "jax":
         import jax
         import jax.numpy as jnp
 
         def score(maps: Any) -> Any:
-            return sign * jnp.sum(split.head(maps, training=False))
+            return sign * jnp.sum(split.score(maps, training=False))
 
         return np.asarray(jax.grad(score)(jnp.asarray(features)))
     raise NotImplementedError(backend)
@@ -127,7 +135,14 @@ def grad_cam(model: Any, images: np.ndarray, target: str = "malignant") -> np.nd
     grads = _gradients(split, features, 1.0 if target == "malignant" else -1.0)
     weights = grads.mean(axis=(1, 2), keepdims=True)
     cams = np.maximum((weights * features).sum(axis=-1), 0.0)
-    return _to_slices(cams, images.shape[1:3])
+    box = region_of(model)
+    if box is None:
+        return _to_slices(cams, images.shape[1:3])
+    # The network saw only its region of the slice: the maps belong there.
+    top, bottom, left, right = box
+    out = np.zeros((len(images), *images.shape[1:3]), np.float32)
+    out[:, top:bottom, left:right] = _to_slices(cams, (bottom - top, right - left))
+    return out
 
 
 def occlusion(

@@ -223,16 +223,21 @@ def train_model(
         f"{config.epochs} epochs, batch {config.batch_size}, seed {config.seed}"
     )
 
-    model = build_model(config)
     train_seq = make_sequence(
         train.images, train.labels, config.batch_size, config.seed, config.oversample, True
     )
+    model = build_model(config, steps=config.epochs * len(train_seq))
     val_seq = make_sequence(
         validation.images, validation.labels, config.batch_size, config.seed, False, False
     )
-    callbacks: list[Any] = [
-        keras.callbacks.ModelCheckpoint(str(out / "checkpoints" / "epoch-{epoch:02d}.keras")),
-    ]
+    callbacks: list[Any] = []
+    if config.ema is not None:
+        # Before the checkpoint: validation, checkpoints and the kept model all use the
+        # averaged weights.
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    callbacks.append(
+        keras.callbacks.ModelCheckpoint(str(out / "checkpoints" / "epoch-{epoch:02d}.keras"))
+    )
     if config.decay_after is not None:
         decay_after, factor = config.decay_after, config.decay_factor
 

@@ -8,13 +8,17 @@ import pytest
 from tasks.dataset import iterate_batches
 from tasks.errors import ModelError
 from tasks.model import (
+    KIDNEY_REGION,
     Profile,
     TrainConfig,
     backbone_of,
     build_model,
+    learning_rate,
     padded_size,
     predict_probabilities,
     profile_config,
+    region_of,
+    region_pixels,
     with_channel,
 )
 
@@ -91,6 +95,48 @@ def test_invalid_settings_are_refused():
         TrainConfig(select_epoch=11)
     with pytest.raises(ValueError, match="bf16 or fp16"):
         TrainConfig(mixed_precision="fp8")
+    with pytest.raises(ValueError, match="not with schedule cosine"):
+        TrainConfig(schedule="cosine", decay_after=4)
+    with pytest.raises(ValueError, match="schedule must be one of constant, cosine"):
+        TrainConfig(schedule="linear")
+    with pytest.raises(ValueError, match="momentum between 0 and 1"):
+        TrainConfig(ema=1.0)
+    with pytest.raises(ValueError, match="top < bottom and left < right"):
+        TrainConfig(region=(0.5, 0.4, 0.1, 0.9))
+
+
+def test_paper_profile_sees_the_whole_slice_at_a_constant_rate():
+    config = TrainConfig()
+    assert config.region is None and config.ema is None and config.schedule == "constant"
+    assert learning_rate(config, 1000) == 2e-5
+
+
+def test_cpu_demo_learning_rate_falls_to_zero_over_the_run():
+    config = profile_config("cpu-demo")
+    assert config.schedule == "cosine" and config.ema == 0.99
+    schedule = learning_rate(config, 100)
+    assert float(schedule(0)) == pytest.approx(1e-3)
+    assert float(schedule(50)) == pytest.approx(5e-4)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_cpu_demo_looks_only_at_the_kidney_region():
+    """Pixels outside the region never change a prediction; inside they do."""
+    config = profile_config("cpu-demo", input_size=32)
+    assert config.region == KIDNEY_REGION
+    model = build_model(config)
+    top, bottom, left, right = region_pixels(KIDNEY_REGION, 32, 32)
+    assert region_of(model) == (top, bottom, left, right)
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, size=(3, 32, 32, 1), dtype=np.uint8)
+    outside = rng.integers(0, 256, size=x.shape, dtype=np.uint8)
+    outside[:, top:bottom, left:right] = x[:, top:bottom, left:right]
+    inside = x.copy()
+    inside[:, top:bottom, left:right] = 255 - inside[:, top:bottom, left:right]
+    first = np.asarray(model(x, training=False))
+    np.testing.assert_allclose(np.asarray(model(outside, training=False)), first)
+    assert not np.allclose(np.asarray(model(inside, training=False)), first)
+    assert region_of(build_model(TrainConfig(weights="none", input_size=32))) is None
 
 
 def test_tail_batches_are_padded_to_few_shapes():

@@ -1,12 +1,13 @@
 """A tiny end-to-end training and evaluation on a small synthetic store (cpu-demo profile)."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from tasks.evaluate import evaluate, patient_table
-from tasks.model import profile_config
+from tasks.model import build_model, profile_config
 from tasks.split import load_split
 from tasks.train import train_model
 from tests.factory import build_store
@@ -20,7 +21,8 @@ def store(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def trained(store, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("model")
-    config = profile_config("cpu-demo", input_size=64, epochs=4, learning_rate=1e-3)
+    # Without augmentation: on 12 patients the question is whether training fits at all.
+    config = profile_config("cpu-demo", input_size=64, epochs=4, augment=False)
     return train_model(store, model_dir, config, log=lambda _: None), model_dir
 
 
@@ -53,6 +55,32 @@ def test_training_leaves_every_artifact(trained):
     history = json.loads((model_dir / "history.json").read_text())
     assert history["selected_epoch"] == result.selected_epoch
     assert {"val_loss", "val_auc", "accuracy"} <= set(history)
+
+
+def test_validation_and_the_kept_model_use_the_averaged_weights(store, tmp_path):
+    """With a momentum so close to 1 that the average barely moves, the kept model's
+    weights are still those it started from, while plain training moves them."""
+    import keras
+
+    def head_after(ema, folder):
+        config = replace(
+            profile_config("cpu-demo", input_size=64, epochs=1), ema=ema, learning_rate=1e-2
+        )
+        train_model(store, tmp_path / folder, config, log=lambda _: None)
+        kept = keras.saving.load_model(tmp_path / folder / "model.keras")
+        keras.utils.set_random_seed(config.seed)
+        start = build_model(config)
+        return [
+            np.abs(a - b).max()
+            for a, b in zip(
+                kept.get_layer("malignant").get_weights(),
+                start.get_layer("malignant").get_weights(),
+                strict=True,
+            )
+        ]
+
+    assert max(head_after(0.999999, "averaged")) < 1e-4
+    assert max(head_after(None, "raw")) > 1e-3
 
 
 def test_split_is_reused_by_a_second_run(store, trained, tmp_path):
