@@ -174,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Split the development cohort's patients 70/10/20 (stratified, seeded, saved in "
             "MODEL_DIR/split.json and reused), oversample benign training images to 50:50 and "
             "train. Profile 'paper': ResNet50V2, ImageNet weights, RMSprop 2e-5, 10 epochs, "
-            "batch 32. Profile 'cpu-demo': a small CNN that trains in minutes on a CPU; it "
-            "is not the paper's model."
+            "batch 32. Profile 'cpu-demo': a small CNN that looks at the kidney region and "
+            "trains in minutes on a CPU (augmentation, cosine schedule, weight averaging); "
+            "it is not the paper's model."
         ),
     )
     train.add_argument("--store", required=True, help="slice store written by `renalflow ingest`")

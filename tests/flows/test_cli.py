@@ -32,6 +32,21 @@ def test_workers_and_dask_address_are_exclusive(capsys):
     assert "not allowed with argument" in capsys.readouterr().err
 
 
+def test_train_region_and_weight_averaging_options(capsys):
+    parse = build_parser().parse_args
+    base = ["train", "--store", "s", "--model-dir", "m"]
+    args = parse([*base, "--region", "0.2,0.9,0.1,0.9", "--ema", "0.995"])
+    assert args.region == (0.2, 0.9, 0.1, 0.9) and args.ema == 0.995
+    args = parse([*base, "--region", "full", "--ema", "none", "--schedule", "constant"])
+    assert args.region == () and args.ema == 0.0 and args.schedule == "constant"
+    with pytest.raises(SystemExit):
+        parse([*base, "--region", "0.2,0.9"])
+    assert "TOP,BOTTOM,LEFT,RIGHT as fractions" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse([*base, "--ema", "1.5"])
+    assert "a momentum between 0 and 1" in capsys.readouterr().err
+
+
 def test_synth_writes_archive_labels_and_seed_record(tmp_path: Path, capsys):
     assert (
         main(
