@@ -138,7 +138,10 @@ def profile_config(profile: Profile | str, **overrides: Any) -> TrainConfig:
             ema=0.99,
             region=KIDNEY_REGION,
         )
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("decay_after") is not None and "schedule" not in given:
+        given["schedule"] = "constant"  # asking for a step decay replaces a cosine default
+    return replace(base, **given)
 
 
 def _small_backbone(x: Any, layers: Any) -> Any:

@@ -118,6 +118,8 @@ def test_cpu_demo_learning_rate_falls_to_zero_over_the_run():
     assert float(schedule(0)) == pytest.approx(1e-3)
     assert float(schedule(50)) == pytest.approx(5e-4)
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
+    stepped = profile_config("cpu-demo", decay_after=10)
+    assert stepped.schedule == "constant" and learning_rate(stepped, 100) == 1e-3
 
 
 def test_cpu_demo_looks_only_at_the_kidney_region():
