@@ -8,9 +8,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tasks.config import Interpolation, PreprocessConfig, WindowSource
 from tasks.errors import InputError, RenalflowError
+
+if TYPE_CHECKING:
+    from tasks.model import TrainConfig
 
 DESCRIPTION = """\
 renalflow screens CT archives for benign renal masses (oncocytoma vs renal cell
@@ -36,9 +40,14 @@ def _positive_int(text: str) -> int:
 
 
 def _ema(text: str) -> float:
-    if text.lower() in ("none", "off", "0"):
+    if text.lower() in ("none", "off"):
         return 0.0  # no averaging (profile_config ignores None, so 0 stands for off)
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value == 0:
+        return 0.0
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"a momentum between 0 and 1, or none; got {text}")
     return value
@@ -51,10 +60,12 @@ def _region(text: str) -> tuple[float, ...]:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 4:
+    if len(values) != 4 or not (
+        0 <= values[0] < values[1] <= 1 and 0 <= values[2] < values[3] <= 1
+    ):
         raise argparse.ArgumentTypeError(
-            f"TOP,BOTTOM,LEFT,RIGHT as fractions of the slice (e.g. 0.28,0.9,0.14,0.86) "
-            f"or 'full'; got {text!r}"
+            f"TOP,BOTTOM,LEFT,RIGHT as fractions of the slice, top < bottom and left < right "
+            f"(e.g. 0.28,0.9,0.14,0.86), or 'full'; got {text!r}"
         )
     return values
 
@@ -537,11 +548,10 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The profile's defaults with what the command line set."""
     from dataclasses import replace
 
-    from flows.runtime import prefect_api
-    from flows.train import gpu_workers, train_flow
     from tasks.model import profile_config
 
     config = profile_config(
@@ -562,6 +572,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = replace(config, ema=args.ema or None)
     if args.region is not None:
         config = replace(config, region=args.region or None)
+    return config
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from flows.runtime import prefect_api
+    from flows.train import gpu_workers, train_flow
+
+    try:
+        config = _train_config(args)
+    except ValueError as err:  # settings that contradict each other
+        raise InputError(f"{err}; see renalflow train --help") from err
     flow = train_flow
     gpu = False
     if args.dask_address:

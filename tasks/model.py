@@ -117,6 +117,7 @@ SCHEDULES = ("constant", "cosine")
 # Where the kidneys are on an axial slice of a centred abdominal field of view: either
 # side of the spine, in the posterior half. (top, bottom, left, right) as fractions.
 KIDNEY_REGION = (0.28, 0.9, 0.14, 0.86)
+MIN_REGION = 8  # pixels: smaller regions leave the networks nothing to pool
 
 
 def profile_config(profile: Profile | str, **overrides: Any) -> TrainConfig:
@@ -232,13 +233,18 @@ def build_model(config: TrainConfig, steps: int = 0) -> Any:
     if config.region is not None:
         # After augmentation, so shifts and zoom move anatomy in and out of the region.
         top, bottom, left, right = region_pixels(config.region, size, size)
+        if bottom - top < MIN_REGION or right - left < MIN_REGION:
+            raise ModelError(
+                f"region {config.region} leaves {bottom - top}x{right - left} pixels of a "
+                f"{size}-pixel slice; the network needs at least {MIN_REGION}x{MIN_REGION}"
+            )
         x = layers.Cropping2D(((top, size - bottom), (left, size - right)), name="kidney_region")(x)
     if config.profile is Profile.PAPER:
         x = layers.Concatenate(name="grey_to_rgb")([x, x, x])
         backbone = keras.applications.ResNet50V2(
             include_top=False,
             weights=_backbone_weights(config.weights),
-            input_shape=(size, size, 3),
+            input_shape=(int(x.shape[1]), int(x.shape[2]), 3),  # the region, if one is set
             pooling="avg",
         )
         backbone.trainable = True  # all weights trainable, as in the paper

@@ -45,6 +45,18 @@ def test_train_region_and_weight_averaging_options(capsys):
     with pytest.raises(SystemExit):
         parse([*base, "--ema", "1.5"])
     assert "a momentum between 0 and 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse([*base, "--region", "0.9,0.2,0.1,0.8"])
+    assert "top < bottom" in capsys.readouterr().err
+    assert parse([*base, "--ema", "0.0"]).ema == 0.0
+
+
+def test_contradicting_train_settings_are_a_clear_error(tmp_path: Path, capsys):
+    where = ["--store", str(tmp_path), "--model-dir", str(tmp_path / "m")]
+    code = main(["train", *where, "--schedule", "cosine", "--decay-after", "4"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "not with schedule cosine; see renalflow train --help" in err
 
 
 def test_synth_writes_archive_labels_and_seed_record(tmp_path: Path, capsys):

@@ -138,7 +138,25 @@ def test_cpu_demo_looks_only_at_the_kidney_region():
     first = np.asarray(model(x, training=False))
     np.testing.assert_allclose(np.asarray(model(outside, training=False)), first)
     assert not np.allclose(np.asarray(model(inside, training=False)), first)
+    # Each edge of the region is inside it: the crop is not a pixel too small.
+    for edge in (
+        (slice(None), top, slice(left, right)),
+        (slice(None), bottom - 1, slice(left, right)),
+        (slice(None), slice(top, bottom), left),
+        (slice(None), slice(top, bottom), right - 1),
+    ):
+        changed = x.copy()
+        changed[edge] = 255 - changed[edge]
+        assert not np.allclose(np.asarray(model(changed, training=False)), first), edge
     assert region_of(build_model(TrainConfig(weights="none", input_size=32))) is None
+
+
+def test_paper_network_takes_a_region_and_refuses_one_too_small():
+    model = build_model(TrainConfig(weights="none", input_size=64, region=KIDNEY_REGION))
+    top, bottom, left, right = region_pixels(KIDNEY_REGION, 64, 64)
+    assert backbone_of(model).input.shape[1:3] == (bottom - top, right - left)
+    with pytest.raises(ModelError, match="the network needs at least 8x8"):
+        build_model(TrainConfig(weights="none", input_size=32, region=(0.5, 0.51, 0.1, 0.9)))
 
 
 def test_tail_batches_are_padded_to_few_shapes():
