@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tasks.evaluate import evaluate, patient_table
-from tasks.model import profile_config
+from tasks.model import build_model, profile_config
 from tasks.split import load_split
 from tasks.train import train_model
 from tests.factory import build_store
@@ -58,28 +58,35 @@ def test_training_leaves_every_artifact(trained):
 
 
 def test_validation_and_the_kept_model_use_the_averaged_weights(store, tmp_path):
-    """Keras starts the average at the weights after the first step. With a momentum so
-    close to 1 that it then barely moves, the model kept after two epochs is the one
-    kept after one; without averaging, the second epoch changes it."""
+    """With a momentum so close to 1 that the average barely moves, the model kept
+    after two epochs is within one optimiser step of the starting weights (Keras seeds
+    the average with the weights before or after the first step); without averaging,
+    the same two epochs take it further."""
     import keras
 
-    def kept_head(ema, epochs):
+    rate = 1e-2
+    one_step = rate / np.sqrt(1 - 0.9)  # RMSprop's first step (rho 0.9) on any weight
+
+    def distance_from_start(ema):
         config = replace(
-            profile_config("cpu-demo", input_size=64, epochs=epochs),
+            profile_config("cpu-demo", input_size=64, epochs=2),
             ema=ema,
-            learning_rate=1e-2,
-            select_epoch=epochs,
+            learning_rate=rate,
+            select_epoch=2,
         )
-        folder = tmp_path / f"{ema}-{epochs}"
-        train_model(store, folder, config, log=lambda _: None)
-        return keras.saving.load_model(folder / "model.keras").get_layer("malignant").get_weights()
+        train_model(store, tmp_path / str(ema), config, log=lambda _: None)
+        kept = keras.saving.load_model(tmp_path / str(ema) / "model.keras")
+        keras.utils.set_random_seed(config.seed)
+        start = build_model(config)
+        pairs = zip(
+            kept.get_layer("malignant").get_weights(),
+            start.get_layer("malignant").get_weights(),
+            strict=True,
+        )
+        return max(np.abs(a - b).max() for a, b in pairs)
 
-    def largest_change(ema):
-        after_one, after_two = kept_head(ema, 1), kept_head(ema, 2)
-        return max(np.abs(a - b).max() for a, b in zip(after_one, after_two, strict=True))
-
-    assert largest_change(0.999999) < 1e-4
-    assert largest_change(None) > 1e-3
+    assert distance_from_start(0.999999) <= 1.01 * one_step
+    assert distance_from_start(None) >= 1.5 * one_step
 
 
 def test_split_is_reused_by_a_second_run(store, trained, tmp_path):
