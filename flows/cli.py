@@ -54,20 +54,17 @@ def _ema(text: str) -> float:
 
 
 def _region(text: str) -> tuple[float, ...]:
+    from tasks.model import check_region
+
     if text.lower() in ("full", "none", "whole"):
         return ()
     try:
-        values = tuple(float(v) for v in text.split(","))
+        return check_region(text.split(","))
     except ValueError:
-        values = ()
-    if len(values) != 4 or not (
-        0 <= values[0] < values[1] <= 1 and 0 <= values[2] < values[3] <= 1
-    ):
         raise argparse.ArgumentTypeError(
             f"TOP,BOTTOM,LEFT,RIGHT as fractions of the slice, top < bottom and left < right "
             f"(e.g. 0.28,0.9,0.14,0.86), or 'full'; got {text!r}"
-        )
-    return values
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -94,14 +94,7 @@ class TrainConfig:
         if self.ema is not None and not 0 < self.ema < 1:
             raise ValueError(f"ema is a momentum between 0 and 1, got {self.ema}")
         if self.region is not None:
-            region = tuple(float(v) for v in self.region)
-            top, bottom, left, right = region if len(region) == 4 else (0, 0, 0, 0)
-            if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
-                raise ValueError(
-                    "region is (top, bottom, left, right) as fractions of the slice with "
-                    f"top < bottom and left < right, got {self.region}"
-                )
-            object.__setattr__(self, "region", region)
+            object.__setattr__(self, "region", check_region(self.region))
         if self.mixed_precision not in (None, "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be bf16 or fp16, got {self.mixed_precision}")
 
@@ -114,10 +107,25 @@ class TrainConfig:
 
 SCHEDULES = ("constant", "cosine")
 
+
+def check_region(values: Any) -> tuple[float, float, float, float]:
+    """(top, bottom, left, right) fractions of a slice, or ValueError saying what is wrong."""
+    region = tuple(float(v) for v in values)
+    if len(region) != 4 or not (
+        0 <= region[0] < region[1] <= 1 and 0 <= region[2] < region[3] <= 1
+    ):
+        raise ValueError(
+            "region is (top, bottom, left, right) as fractions of the slice with "
+            f"top < bottom and left < right, got {tuple(values)}"
+        )
+    return region[0], region[1], region[2], region[3]
+
+
 # Where the kidneys are on an axial slice of a centred abdominal field of view: either
 # side of the spine, in the posterior half. (top, bottom, left, right) as fractions.
 KIDNEY_REGION = (0.28, 0.9, 0.14, 0.86)
 MIN_REGION = 8  # pixels: smaller regions leave the networks nothing to pool
+REGION_LAYER = "kidney_region"  # the cropping layer; explain.py finds the region by it
 
 
 def profile_config(profile: Profile | str, **overrides: Any) -> TrainConfig:
@@ -181,7 +189,7 @@ def region_pixels(
 def region_of(model: Any) -> tuple[int, int, int, int] | None:
     """The (top, bottom, left, right) pixel bounds a model looks at; None = whole slice."""
     for layer in model.layers:
-        if layer.name == "kidney_region":
+        if layer.name == REGION_LAYER:
             (top, bottom), (left, right) = layer.cropping
             _, height, width, _ = model.input.shape
             return (top, height - bottom, left, width - right)
@@ -204,11 +212,12 @@ def _augmentation(x: Any, layers: Any, seed: int) -> Any:
 
 
 def learning_rate(config: TrainConfig, steps: int) -> Any:
-    """The learning rate, or its schedule over `steps` optimiser steps in all."""
+    """The learning rate, or its schedule over `steps` optimiser steps in all (a model
+    built without knowing its steps, `steps` 0, gets the constant rate)."""
     import keras
 
-    if config.schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(config.learning_rate, max(steps, 1))
+    if config.schedule == "cosine" and steps > 0:
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, steps)
     return config.learning_rate
 
 
@@ -238,7 +247,7 @@ def build_model(config: TrainConfig, steps: int = 0) -> Any:
                 f"region {config.region} leaves {bottom - top}x{right - left} pixels of a "
                 f"{size}-pixel slice; the network needs at least {MIN_REGION}x{MIN_REGION}"
             )
-        x = layers.Cropping2D(((top, size - bottom), (left, size - right)), name="kidney_region")(x)
+        x = layers.Cropping2D(((top, size - bottom), (left, size - right)), name=REGION_LAYER)(x)
     if config.profile is Profile.PAPER:
         x = layers.Concatenate(name="grey_to_rgb")([x, x, x])
         backbone = keras.applications.ResNet50V2(
@@ -255,7 +264,7 @@ def build_model(config: TrainConfig, steps: int = 0) -> Any:
     model = keras.Model(inputs, outputs, name=f"renalflow_{config.profile.value.replace('-', '_')}")
     model.compile(
         optimizer=keras.optimizers.RMSprop(
-            learning_rate=learning_rate(config, steps) if steps else config.learning_rate,
+            learning_rate=learning_rate(config, steps),
             use_ema=config.ema is not None,
             ema_momentum=config.ema if config.ema is not None else 0.99,
         ),
