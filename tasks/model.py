@@ -9,6 +9,8 @@ input pipeline moves uint8 and the accelerator does the float work.
 from __future__ import annotations
 
 import os
+import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -153,7 +155,22 @@ def profile_config(profile: Profile | str, **overrides: Any) -> TrainConfig:
     return replace(base, **given)
 
 
-def _small_backbone(x: Any, layers: Any) -> Any:
+def _initializers(seed: int) -> Callable[[], Any]:
+    """Glorot-uniform initialisers (Keras' default) with their own seeds, drawn from
+    `seed` in the order layers are built. An unseeded Keras initialiser takes its seed
+    from Python's global `random` when it is created, so any library (or thread) that
+    draws from it in the same process changes the starting weights."""
+    import keras
+
+    rng = np.random.default_rng([seed, 0x1A17])
+
+    def next_initializer() -> Any:
+        return keras.initializers.GlorotUniform(seed=int(rng.integers(1, 2**31 - 1)))
+
+    return next_initializer
+
+
+def _small_backbone(x: Any, layers: Any, init: Callable[[], Any]) -> Any:
     """A small CNN for the CPU demo, sized to the lesion rather than the abdomen.
 
     The slice is averaged to half size (about 3.5 mm a pixel) and seen by one
@@ -162,10 +179,18 @@ def _small_backbone(x: Any, layers: Any) -> Any:
     (a renal mass and its kidney) and global max pooling reports the most suspicious
     place. A network that sees the whole abdomen at once learns body shapes instead.
     BatchNormalization uses momentum 0.9 so its statistics settle within a demo run.
+    `init` gives each convolution its seeded initialiser.
     """
 
     def conv(x: Any, filters: int, kernel: int = 3, strides: int = 1) -> Any:
-        x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False)(x)
+        x = layers.Conv2D(
+            filters,
+            kernel,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=init(),
+        )(x)
         x = layers.BatchNormalization(momentum=0.9)(x)
         return layers.ReLU()(x)
 
@@ -233,6 +258,7 @@ def build_model(config: TrainConfig, steps: int = 0) -> Any:
         )
     else:
         keras.mixed_precision.set_global_policy("float32")
+    init = _initializers(config.seed)
     size = config.input_size
     inputs = keras.Input((size, size, 1), dtype="uint8", name="slice")
     # ResNetV2 preprocessing ("tf" mode): x / 127.5 - 1, on the device.
@@ -250,6 +276,9 @@ def build_model(config: TrainConfig, steps: int = 0) -> Any:
         x = layers.Cropping2D(((top, size - bottom), (left, size - right)), name=REGION_LAYER)(x)
     if config.profile is Profile.PAPER:
         x = layers.Concatenate(name="grey_to_rgb")([x, x, x])
+        # keras.applications seeds its random initialisers from Python's `random`:
+        # reseed it here so a random start (`weights none`) follows the config's seed.
+        random.seed(config.seed)
         backbone = keras.applications.ResNet50V2(
             include_top=False,
             weights=_backbone_weights(config.weights),
@@ -259,8 +288,10 @@ def build_model(config: TrainConfig, steps: int = 0) -> Any:
         backbone.trainable = True  # all weights trainable, as in the paper
         x = backbone(x)
     else:
-        x = _small_backbone(x, layers)
-    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="malignant")(x)
+        x = _small_backbone(x, layers, init)
+    outputs = layers.Dense(
+        1, activation="sigmoid", dtype="float32", kernel_initializer=init(), name="malignant"
+    )(x)
     model = keras.Model(inputs, outputs, name=f"renalflow_{config.profile.value.replace('-', '_')}")
     model.compile(
         optimizer=keras.optimizers.RMSprop(

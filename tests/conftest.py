@@ -8,6 +8,17 @@ from collections.abc import Iterator
 import pytest
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Import Prefect before any test imports TensorFlow.
+
+    Prefect configures logging when it is first imported, and that closes every handler
+    configured before it. absl's handler (TensorFlow's) closes its stream when closed,
+    and under pytest that stream is the capture buffer: a later test that imported
+    Prefect for the first time then broke output capture for the rest of the run.
+    """
+    import prefect.main  # noqa: F401  (its import configures logging)
+
+
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory) -> Iterator[str]:
     """A temporary Prefect server (its own SQLite database) shared by the whole session.

@@ -202,3 +202,16 @@ def test_cpu_demo_augments_only_while_training():
     first = np.asarray(model(x, training=False))
     np.testing.assert_allclose(np.asarray(model(x, training=False)), first)
     assert not np.allclose(np.asarray(model(x, training=True)), first)
+
+
+def test_starting_weights_follow_the_seed_whatever_else_draws_random_numbers():
+    import random
+
+    config = profile_config("cpu-demo", seed=11)
+    first = build_model(config).get_weights()
+    random.random()  # another library in the same process drawing from Python's random
+    np.random.random()
+    again = build_model(config).get_weights()
+    other = build_model(profile_config("cpu-demo", seed=12)).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
