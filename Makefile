@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 # Installs compile bytecode up front: Prefect and TensorFlow import several times faster.
 UV_INSTALL := $(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --quiet
 
-.PHONY: demo test lint format bench bench-ingest clean help browser
+.PHONY: demo test lint format bench bench-ingest bench-cpu-demo clean help browser
 
 help:
 	@echo "make demo   - set up .venv and run the pipeline on a synthetic archive"
@@ -55,5 +55,9 @@ bench: bench-ingest
 bench-ingest: $(VENV)/.runtime
 	$(BIN)/python bench/bench_ingest.py
 
+# cpu-demo train + evaluate on five 100-patient archives: about 40 minutes on 2 cores.
+bench-cpu-demo: $(VENV)/.runtime
+	$(BIN)/python bench/bench_cpu_demo.py
+
 clean:
-	rm -rf $(VENV) renalflow-demo renalflow-web test-artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) renalflow-demo renalflow-web bench-cpu-demo test-artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -24,6 +24,13 @@ def test_ingest_help_shows_paper_defaults(capsys):
     assert "--dask-address" in out and "--labels" in out
 
 
+def test_ingest_keeps_the_papers_resize_and_the_demo_averages():
+    parse = build_parser().parse_args
+    assert parse(["ingest", "a", "--store", "s"]).interpolation == "nearest"
+    assert parse(["demo"]).interpolation == "box"
+    assert parse(["demo", "--interpolation", "nearest"]).interpolation == "nearest"
+
+
 def test_workers_and_dask_address_are_exclusive(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(

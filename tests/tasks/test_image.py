@@ -75,3 +75,14 @@ def test_resize_uint8_uses_pillow_filter(interpolation):
 def test_resize_refuses_arithmetic_filters_on_stored_values():
     with pytest.raises(ValueError, match="window them to uint8 first"):
         resize_slice(np.zeros((64, 64), np.uint16), 32, Interpolation.BILINEAR)
+
+
+def test_box_resize_keeps_the_density_and_averages_the_noise():
+    """What the demo's `--interpolation box` is for: a 40 HU organ with 20 HU of pixel
+    noise keeps its mean grey level, and its noise falls to under half of nearest's."""
+    rng = np.random.default_rng(0)
+    slice_ = window_hu(40.0 + 20.0 * rng.standard_normal((512, 512)), 40.0, 400.0)
+    nearest = resize_slice(slice_, 224, Interpolation.NEAREST).astype(float)
+    box = resize_slice(slice_, 224, Interpolation.BOX).astype(float)
+    assert abs(box.mean() - nearest.mean()) < 0.5
+    assert box.std() < 0.5 * nearest.std()
