@@ -20,6 +20,8 @@ from tasks.errors import StoreError
 from tasks.model import with_channel
 from tasks.store import SLICES, list_parts, open_store
 
+# Rows come back in this order: patient, study, series, position along the body.
+SLICE_ORDER = ("patient_id", "study_instance_uid", "series_instance_uid", "z", "sop_instance_uid")
 META_COLUMNS = [
     "patient_id",
     "study_instance_uid",
@@ -110,6 +112,10 @@ def load_slices(
     widths = pc.unique(table.column("width")).to_pylist()
     if len(heights) != 1 or len(widths) != 1:
         raise StoreError(f"store {store_uri} mixes image sizes {heights}x{widths}")
+    # One order whatever the store's part files: training shuffles by index, so two
+    # stores of the same archive train the same model from the same seed.
+    order = pc.sort_indices(table, sort_keys=[(key, "ascending") for key in SLICE_ORDER])
+    table = table.take(order)
     meta = table.select(META_COLUMNS).to_pandas()
     # Concurrent ingests of the same files can both store a slice: keep one copy.
     unique = ~meta["sop_instance_uid"].duplicated().to_numpy()
