@@ -816,6 +816,22 @@ def _cmd_web(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_demo_store(store: Path, interpolation: str) -> None:
+    """A demo folder from an earlier run whose store was resized otherwise: say how to
+    go on before any step runs (ingest would refuse to mix the two)."""
+    from tasks.store import MANIFEST, read_manifest
+
+    if not (store / MANIFEST).exists():
+        return
+    made_with = read_manifest(str(store)).get("preprocess", {}).get("interpolation")
+    if made_with is not None and made_with != interpolation:
+        raise InputError(
+            f"{store} was made with {made_with} resizing, this demo resizes with "
+            f"{interpolation}: delete {store.parent} to start afresh, or rerun with "
+            f"--interpolation {made_with}"
+        )
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from flows.runtime import prefect_api
 
@@ -831,6 +847,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     def step(text: str) -> None:
         print(f"\n== {text}  [{time.perf_counter() - started:.0f} s]", flush=True)
 
+    _check_demo_store(store, args.interpolation)
     step(f"1/7 synth: {args.patients} synthetic patients for development -> {data}")
     if (data / "labels.csv").exists():
         print("   (already there; reusing it)")
