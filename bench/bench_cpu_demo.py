@@ -40,7 +40,9 @@ def renalflow(*args: str, log: Path) -> float:
         out.write(f"$ renalflow {' '.join(args)}\n")
         out.flush()
         done = subprocess.run(
-            [sys.executable, "-m", "flows.cli", *args], stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "renalflow.flows.cli", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     if done.returncode != 0:
         raise SystemExit(f"renalflow {args[0]} failed (exit {done.returncode}); see {log}")

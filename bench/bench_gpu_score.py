@@ -45,10 +45,10 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_input import build_store
 
-    from tasks.model import TrainConfig, build_model
-    from tasks.score import score_slices
-    from tasks.store import SLICES, list_parts
-    from tasks.train import file_digest
+    from renalflow.tasks.model import TrainConfig, build_model
+    from renalflow.tasks.score import score_slices
+    from renalflow.tasks.store import SLICES, list_parts
+    from renalflow.tasks.train import file_digest
 
     print(
         f"keras {keras.__version__}, backend {keras.backend.backend()}, "
@@ -104,9 +104,9 @@ def main() -> int:
     # the model alone on the slices already read.
     from concurrent.futures import ThreadPoolExecutor
 
-    from tasks.model import predict_probabilities
-    from tasks.score import cached_model, read_part_slices
-    from tasks.store import open_store
+    from renalflow.tasks.model import predict_probabilities
+    from renalflow.tasks.score import cached_model, read_part_slices
+    from renalflow.tasks.store import open_store
 
     fs, _ = open_store(store)
     started = time.perf_counter()

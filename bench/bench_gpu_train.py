@@ -77,9 +77,9 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_input import build_store
 
-    from tasks.dataset import load_slices
-    from tasks.model import TrainConfig, build_model
-    from tasks.train import make_sequence, train_model
+    from renalflow.tasks.dataset import load_slices
+    from renalflow.tasks.model import TrainConfig, build_model
+    from renalflow.tasks.train import make_sequence, train_model
 
     print(
         f"keras {keras.__version__}, backend {keras.backend.backend()}, "

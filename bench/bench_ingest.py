@@ -30,7 +30,7 @@ import pydicom
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian
 
-from tasks.synth import SynthConfig, synthesize_archive
+from renalflow.tasks.synth import SynthConfig, synthesize_archive
 
 
 def build_archive(root: Path, slices: int) -> tuple[Path, int]:
@@ -77,7 +77,7 @@ def run_ingest(archive: Path, store: Path, workers: int, env: dict[str, str]) ->
     cmd = [
         sys.executable,
         "-m",
-        "flows.cli",
+        "renalflow.flows.cli",
         "ingest",
         str(archive),
         "--store",

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.dataset import iterate_batches, load_slices
-from tasks.split import oversample_indices
-from tasks.store import SLICES, now_utc, write_part
+from renalflow.tasks.dataset import iterate_batches, load_slices
+from renalflow.tasks.split import oversample_indices
+from renalflow.tasks.store import SLICES, now_utc, write_part
 
 
 def build_store(root: Path, n: int, seed: int = 0, size: int = 224) -> str:

@@ -30,10 +30,10 @@ os.environ.setdefault("RENALFLOW_PSEUDONYM_KEY", "benchmark-key-not-secret-01234
 
 
 def build_store(root: Path, patients: int) -> tuple[str, str]:
-    from tasks.config import PreprocessConfig
-    from tasks.ingest import commit_batch, convert_files, discover_files
-    from tasks.store import check_manifest
-    from tasks.synth import SynthConfig, synthesize_archive
+    from renalflow.tasks.config import PreprocessConfig
+    from renalflow.tasks.ingest import commit_batch, convert_files, discover_files
+    from renalflow.tasks.store import check_manifest
+    from renalflow.tasks.synth import SynthConfig, synthesize_archive
 
     archive, store = root / "synth" / "archive", str(root / "store")
     if not archive.exists():
@@ -50,9 +50,9 @@ def build_store(root: Path, patients: int) -> tuple[str, str]:
 
 def model_dir(root: Path, store: str, profile: str) -> str:
     """A model directory as `renalflow train` leaves it, with untrained weights."""
-    from tasks.model import build_model, profile_config
-    from tasks.store import read_manifest
-    from tasks.train import file_digest
+    from renalflow.tasks.model import build_model, profile_config
+    from renalflow.tasks.store import read_manifest
+    from renalflow.tasks.train import file_digest
 
     out = root / f"model-{profile}"
     if (out / "model.keras").exists():
@@ -69,8 +69,8 @@ def model_dir(root: Path, store: str, profile: str) -> str:
 
 
 def baseline(store: str, model_path: str) -> tuple[int, float]:
-    from tasks.dataset import load_slices
-    from tasks.evaluate import load_model
+    from renalflow.tasks.dataset import load_slices
+    from renalflow.tasks.evaluate import load_model
 
     images = load_slices(store).images[..., None]
     model = load_model(model_path)
@@ -83,7 +83,7 @@ def baseline(store: str, model_path: str) -> tuple[int, float]:
 def flow_run(archive: str, store: str, model_path: str, results: str, cluster: object) -> object:
     from prefect_dask import DaskTaskRunner
 
-    from flows.score import score_flow
+    from renalflow.flows.score import score_flow
 
     runner = DaskTaskRunner(address=cluster.scheduler_address)  # type: ignore[attr-defined]
     return score_flow.with_options(task_runner=runner)(
@@ -92,7 +92,7 @@ def flow_run(archive: str, store: str, model_path: str, results: str, cluster: o
 
 
 def _load_model(path: str, version: str) -> None:
-    from tasks.score import cached_model
+    from renalflow.tasks.score import cached_model
 
     cached_model(path, version)  # kept in the worker process; nothing sent back
 
@@ -107,7 +107,7 @@ def main() -> None:
 
     from distributed import LocalCluster
 
-    from flows.runtime import prefect_api
+    from renalflow.flows.runtime import prefect_api
 
     root = Path(args.workdir)
     archive, store = build_store(root, args.patients)
@@ -119,7 +119,7 @@ def main() -> None:
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
-            preload=["flows.ingest"],
+            preload=["renalflow.flows.ingest"],
         ) as cluster,
     ):
         for profile in args.profiles:
@@ -130,7 +130,7 @@ def main() -> None:
             # (over copies of a few files, which the store counts as the same slices).
             from distributed import Client
 
-            from tasks.score import read_model_info
+            from renalflow.tasks.score import read_model_info
 
             version = read_model_info(path).model_version
             with Client(cluster) as client:

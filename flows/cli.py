@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks.config import Interpolation, PreprocessConfig, WindowSource
-from tasks.errors import InputError, RenalflowError
+from renalflow.tasks.config import Interpolation, PreprocessConfig, WindowSource
+from renalflow.tasks.errors import InputError, RenalflowError
 
 if TYPE_CHECKING:
-    from tasks.model import TrainConfig
+    from renalflow.tasks.model import TrainConfig
 
 DESCRIPTION = """\
 renalflow screens CT archives for benign renal masses (oncocytoma vs renal cell
@@ -54,7 +54,7 @@ def _ema(text: str) -> float:
 
 
 def _region(text: str) -> tuple[float, ...]:
-    from tasks.model import check_region
+    from renalflow.tasks.model import check_region
 
     if text.lower() in ("full", "none", "whole"):
         return ()
@@ -468,7 +468,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from tasks.synth import SynthConfig, synthesize_archive
+    from renalflow.tasks.synth import SynthConfig, synthesize_archive
 
     config = SynthConfig(
         patients=args.patients,
@@ -516,8 +516,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from flows.ingest import format_summary, ingest_flow
-    from flows.runtime import dask_task_runner, prefect_api
+    from renalflow.flows.ingest import format_summary, ingest_flow
+    from renalflow.flows.runtime import dask_task_runner, prefect_api
 
     config = PreprocessConfig(
         window_center=args.window_center,
@@ -548,7 +548,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         import json
         from pathlib import Path
 
-        from flows.ingest import summary_dict
+        from renalflow.flows.ingest import summary_dict
 
         Path(args.summary_json).write_text(json.dumps(summary_dict(summary), indent=2))
     return 0
@@ -558,7 +558,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     """The profile's defaults with what the command line set."""
     from dataclasses import replace
 
-    from tasks.model import profile_config
+    from renalflow.tasks.model import profile_config
 
     config = profile_config(
         args.profile,
@@ -582,8 +582,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from flows.runtime import prefect_api
-    from flows.train import gpu_workers, train_flow
+    from renalflow.flows.runtime import prefect_api
+    from renalflow.flows.train import gpu_workers, train_flow
 
     try:
         config = _train_config(args)
@@ -613,8 +613,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from flows.runtime import prefect_api
-    from flows.train import evaluate_flow
+    from renalflow.flows.runtime import prefect_api
+    from renalflow.flows.train import evaluate_flow
 
     options = {
         "split": args.split or ("test" if not args.cohort else None),
@@ -642,10 +642,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from flows.runtime import dask_task_runner, prefect_api
-    from flows.score import format_summary, score_flow
-    from tasks.pseudonym import NO_KEY_HELP, key_from_env
-    from tasks.score import ScoreConfig, read_model_info
+    from renalflow.flows.runtime import dask_task_runner, prefect_api
+    from renalflow.flows.score import format_summary, score_flow
+    from renalflow.tasks.pseudonym import NO_KEY_HELP, key_from_env
+    from renalflow.tasks.score import ScoreConfig, read_model_info
 
     config = ScoreConfig(
         image_threshold=args.image_threshold,
@@ -661,7 +661,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     _check_inputs_early(archive, None)
     gpu = False
     if args.dask_address:
-        from flows.train import gpu_workers
+        from renalflow.flows.train import gpu_workers
 
         found = gpu_workers(args.dask_address)
         gpu = bool(found)
@@ -686,15 +686,15 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if args.summary_json:
         import json
 
-        from flows.score import summary_dict
+        from renalflow.flows.score import summary_dict
 
         Path(args.summary_json).write_text(json.dumps(summary_dict(summary), indent=2))
     return 0
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from tasks.query import format_result, run_query
-    from tasks.results import parse_as_of
+    from renalflow.tasks.query import format_result, run_query
+    from renalflow.tasks.results import parse_as_of
 
     if args.format == "parquet" and not args.output:
         raise InputError("--format parquet writes binary data: give --output FILE.parquet")
@@ -714,7 +714,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
-    from tasks.results import history
+    from renalflow.tasks.results import history
 
     _s3_credentials_for_reading()
     print(f"{'version':>7}  {'time':<25}  {'operation':<12}  {'rows added':>10}  flow run")
@@ -729,10 +729,10 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from flows.deployments import build_deployments
-    from tasks.ingest import check_archive
-    from tasks.pseudonym import NO_KEY_HELP, key_from_env
-    from tasks.score import read_model_info
+    from renalflow.flows.deployments import build_deployments
+    from renalflow.tasks.ingest import check_archive
+    from renalflow.tasks.pseudonym import NO_KEY_HELP, key_from_env
+    from renalflow.tasks.score import read_model_info
 
     if not os.environ.get("PREFECT_API_URL"):
         raise InputError(
@@ -789,8 +789,8 @@ def demo_key(out: Path) -> str:
 
 
 def _cmd_cohort_report(args: argparse.Namespace) -> int:
-    from tasks.report import cohort_report
-    from tasks.results import parse_as_of
+    from renalflow.tasks.report import cohort_report
+    from renalflow.tasks.results import parse_as_of
 
     as_of = parse_as_of(args.as_of) if args.as_of else None
     _s3_credentials_for_reading()
@@ -802,7 +802,7 @@ def _cmd_cohort_report(args: argparse.Namespace) -> int:
 def _cmd_web(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from flows.web import WebConfig, create_app
+    from renalflow.flows.web import WebConfig, create_app
 
     config = WebConfig(
         model_dir=os.path.abspath(args.model_dir),
@@ -819,7 +819,7 @@ def _cmd_web(args: argparse.Namespace) -> int:
 def _check_demo_store(store: Path, interpolation: str) -> None:
     """A demo folder from an earlier run whose store was resized otherwise: say how to
     go on before any step runs (ingest would refuse to mix the two)."""
-    from tasks.store import MANIFEST, read_manifest
+    from renalflow.tasks.store import MANIFEST, read_manifest
 
     if not (store / MANIFEST).exists():
         return
@@ -833,7 +833,7 @@ def _check_demo_store(store: Path, interpolation: str) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from flows.runtime import prefect_api
+    from renalflow.flows.runtime import prefect_api
 
     started = time.perf_counter()
     out = Path(args.out)
@@ -935,7 +935,7 @@ def describe_store(store: str) -> str:
 
 def _check_inputs(archive: str, labels: str | None) -> None:
     """Refuse a missing archive or a bad labels file with a clear message."""
-    from tasks.ingest import check_archive, read_labels
+    from renalflow.tasks.ingest import check_archive, read_labels
 
     check_archive(archive)
     if labels:
@@ -949,7 +949,7 @@ def _check_inputs_early(archive: str, labels: str | None) -> None:
     if archive in local:
         _check_inputs(archive, labels if labels in local else None)
     elif labels in local:
-        from tasks.ingest import read_labels
+        from renalflow.tasks.ingest import read_labels
 
         read_labels(labels)
 
@@ -957,7 +957,7 @@ def _check_inputs_early(archive: str, labels: str | None) -> None:
 def load_s3_credentials() -> None:
     """Object-storage credentials from the Prefect Secret block named by
     RENALFLOW_S3_CREDENTIALS_BLOCK, if any (see flows.runtime)."""
-    from flows.runtime import load_s3_credentials as load
+    from renalflow.flows.runtime import load_s3_credentials as load
 
     load()
 
@@ -965,7 +965,7 @@ def load_s3_credentials() -> None:
 def _s3_credentials_for_reading() -> None:
     """For commands that start no flow (query, history): load the credentials block
     through the Prefect API only when one is named."""
-    from flows.runtime import S3_CREDENTIALS_BLOCK_ENV, prefect_api
+    from renalflow.flows.runtime import S3_CREDENTIALS_BLOCK_ENV, prefect_api
 
     if os.environ.get(S3_CREDENTIALS_BLOCK_ENV):
         with prefect_api():

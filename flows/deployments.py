@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.runtime import dask_task_runner, load_s3_credentials
+from renalflow.flows.runtime import dask_task_runner, load_s3_credentials
 
 NIGHTLY_CRON = "0 2 * * *"
 
@@ -29,7 +29,7 @@ def ingest_job(
     dask_address: str | None = None,
 ) -> dict[str, Any]:
     """Convert new DICOM files of an archive into the slice store (paper preprocessing)."""
-    from flows.ingest import format_summary, ingest_flow, summary_dict
+    from renalflow.flows.ingest import format_summary, ingest_flow, summary_dict
 
     load_s3_credentials()
     runner = dask_task_runner(workers, dask_address)
@@ -54,8 +54,8 @@ def train_job(
     """Train the classifier (on a GPU worker of `dask_address` when it has one)."""
     from dataclasses import asdict
 
-    from flows.train import gpu_workers, train_flow
-    from tasks.model import profile_config
+    from renalflow.flows.train import gpu_workers, train_flow
+    from renalflow.tasks.model import profile_config
 
     load_s3_credentials()
     config = profile_config(
@@ -93,9 +93,9 @@ def score_job(
     environment or from the Prefect Secret block named by `key_secret`, never from a
     parameter (parameters are stored in Prefect's database).
     """
-    from flows.score import format_summary, score_flow, summary_dict
-    from flows.train import gpu_workers
-    from tasks.score import ScoreConfig
+    from renalflow.flows.score import format_summary, score_flow, summary_dict
+    from renalflow.flows.train import gpu_workers
+    from renalflow.tasks.score import ScoreConfig
 
     load_s3_credentials()
     config = ScoreConfig(

@@ -17,10 +17,10 @@ from prefect.states import State
 from prefect.tasks import Task
 from prefect_dask import DaskTaskRunner
 
-from tasks.config import PreprocessConfig
-from tasks.dicom import RejectReason
-from tasks.errors import is_transient_io
-from tasks.ingest import (
+from renalflow.tasks.config import PreprocessConfig
+from renalflow.tasks.dicom import RejectReason
+from renalflow.tasks.errors import is_transient_io
+from renalflow.tasks.ingest import (
     BatchReport,
     StagedBatch,
     commit_batch,
@@ -30,15 +30,15 @@ from tasks.ingest import (
     quarantine,
     read_labels,
 )
-from tasks.store import SLICES, check_manifest, clear_staging, read_ledger, read_table
+from renalflow.tasks.store import SLICES, check_manifest, clear_staging, read_ledger, read_table
 
 T = TypeVar("T")
 
 
 def dask_setup(worker: object) -> None:
-    """Dask preload hook (`--preload flows.ingest`): a worker on another machine loads
+    """Dask preload hook (`--preload renalflow.flows.ingest`): a worker on another machine loads
     the object-storage credentials block too, when its environment names one."""
-    from flows.runtime import load_s3_credentials
+    from renalflow.flows.runtime import load_s3_credentials
 
     load_s3_credentials()
 

@@ -58,14 +58,14 @@ def load_s3_credentials() -> list[str]:
     endpoint_url, region), its values are set as the AWS_* variables s3fs and
     deltalake read. Returns the names of the variables set (never their values).
     Called before a flow starts its cluster, so local workers inherit them; workers
-    elsewhere load the block themselves when they preload `flows.ingest`.
+    elsewhere load the block themselves when they preload `renalflow.flows.ingest`.
     """
     name = os.environ.get(S3_CREDENTIALS_BLOCK_ENV)
     if not name:
         return []
     from prefect.blocks.system import Secret
 
-    from tasks.errors import InputError
+    from renalflow.tasks.errors import InputError
 
     try:
         block: Any = Secret.load(name)
@@ -112,7 +112,7 @@ def dask_task_runner(
         "dashboard_address": None,
         # Workers import renalflow (and Prefect) while the cluster starts, not on their
         # first task.
-        "preload": ["flows.ingest"],
+        "preload": ["renalflow.flows.ingest"],
     }
     if memory_limit:
         kwargs["memory_limit"] = memory_limit

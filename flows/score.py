@@ -20,17 +20,17 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
-from flows.ingest import _TASK_OPTIONS, Opaque, _balanced, _cluster_threads, run_ingest
-from tasks.errors import InputError
-from tasks.pseudonym import NO_KEY_HELP, check_key, key_from_env, key_id
-from tasks.results import (
+from renalflow.flows.ingest import _TASK_OPTIONS, Opaque, _balanced, _cluster_threads, run_ingest
+from renalflow.tasks.errors import InputError
+from renalflow.tasks.pseudonym import NO_KEY_HELP, check_key, key_from_env, key_id
+from renalflow.tasks.results import (
     PATIENT_VOTES,
     SLICE_SCORES,
     ensure_tables,
     merge_rows,
     scored_studies,
 )
-from tasks.score import (
+from renalflow.tasks.score import (
     ScoreConfig,
     ScoredBatch,
     explain_slices,

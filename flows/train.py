@@ -8,10 +8,10 @@ import dask
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.evaluate import evaluate
-from tasks.model import TrainConfig
-from tasks.split import SplitConfig
-from tasks.train import TrainResult, train_model
+from renalflow.tasks.evaluate import evaluate
+from renalflow.tasks.model import TrainConfig
+from renalflow.tasks.split import SplitConfig
+from renalflow.tasks.train import TrainResult, train_model
 
 
 @task(name="train-model", cache_policy=NO_CACHE)

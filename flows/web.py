@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from tasks.errors import InputError
-from tasks.explain import deciding_slices, heatmaps, write_overlay
-from tasks.model import predict_probabilities
-from tasks.score import ScoreConfig, cached_model, read_model_info, study_vote
+from renalflow.tasks.errors import InputError
+from renalflow.tasks.explain import deciding_slices, heatmaps, write_overlay
+from renalflow.tasks.model import predict_probabilities
+from renalflow.tasks.score import ScoreConfig, cached_model, read_model_info, study_vote
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,8 @@ def save_uploads(files: list[tuple[str, bytes]], folder: Path, config: WebConfig
 
 def score_upload(paths: list[Path], config: WebConfig) -> dict[str, Any]:
     """Convert, score and vote one upload; a JSON-ready result for the page."""
-    from tasks.convert import convert_file
-    from tasks.ingest import _as_reject
+    from renalflow.tasks.convert import convert_file
+    from renalflow.tasks.ingest import _as_reject
 
     info = read_model_info(config.model_dir)
     converted, rejects = [], []
@@ -163,7 +163,7 @@ def create_app(config: WebConfig) -> Any:
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        from flows.web_page import PAGE
+        from renalflow.flows.web_page import PAGE
 
         text = PAGE
         note = "" if info.profile == "paper" else "cpu-demo model: not the paper's network."

@@ -13,6 +13,59 @@ from enum import StrEnum
 from functools import cached_property
 
 
+# The decision rule, once. Everything that votes (evaluation per patient, scoring per
+# study, the web page) takes its defaults from here.
+VOTE_THRESHOLD = 0.51
+"""A patient (or study) is malignant when at least this share of its images are (paper)."""
+IMAGE_THRESHOLD = 0.5
+"""An image is malignant when P(malignant) >= this (the paper's sigmoid output at 0.5)."""
+MIN_IMAGES = 10
+"""Our choice: votes on fewer images are flagged `too_few_images` (the paper had 20-100)."""
+SEED = 2020
+"""Our choice: the default seed of every random step (split, weights, shuffling)."""
+
+DEVELOPMENT = "development"
+"""The cohort that is split for training; any other cohort name is an external test set."""
+SCREENING = "screening"
+"""Our choice: the cohort name scoring gives newly ingested screening files."""
+
+
+class Label(StrEnum):
+    """Reference label of a patient, and the vote's outcome."""
+
+    BENIGN = "benign"
+    MALIGNANT = "malignant"
+
+
+class Split(StrEnum):
+    """Patient-level split of the development cohort (paper: 70/10/20)."""
+
+    TRAIN = "train"
+    VALIDATION = "validation"
+    TEST = "test"
+
+
+class Profile(StrEnum):
+    """Training profile: `paper` (ResNet50V2 as published) or `cpu-demo` (ours, small)."""
+
+    PAPER = "paper"
+    CPU_DEMO = "cpu-demo"
+
+
+class Schedule(StrEnum):
+    """Learning-rate schedule: `constant` (paper) or `cosine` (falls to zero)."""
+
+    CONSTANT = "constant"
+    COSINE = "cosine"
+
+
+class MixedPrecision(StrEnum):
+    """Mixed-precision policy for training and inference on accelerators."""
+
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
 class Interpolation(StrEnum):
     """Pillow resampling filter used to downscale slices (paper: Keras `load_img` -> nearest)."""
 

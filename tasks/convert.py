@@ -15,8 +15,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from tasks.config import Interpolation, PreprocessConfig, WindowSource
-from tasks.dicom import (
+from renalflow.tasks.config import Interpolation, PreprocessConfig, WindowSource
+from renalflow.tasks.dicom import (
     RejectedFile,
     RejectReason,
     SliceHeader,
@@ -25,7 +25,7 @@ from tasks.dicom import (
     read_text,
     read_us,
 )
-from tasks.image import apply_lut, resize_slice, stored_value_lut, window_hu
+from renalflow.tasks.image import apply_lut, resize_slice, stored_value_lut, window_hu
 
 
 @dataclass(frozen=True)

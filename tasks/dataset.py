@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
 
-from tasks.errors import StoreError
-from tasks.model import with_channel
-from tasks.store import SLICES, list_parts, open_store
+from renalflow.tasks.errors import StoreError
+from renalflow.tasks.model import with_channel
+from renalflow.tasks.store import SLICES, list_parts, open_store
 
 # Rows come back in this order: patient, study, series, position along the body.
 SLICE_ORDER = ("patient_id", "study_instance_uid", "series_instance_uid", "z", "sop_instance_uid")

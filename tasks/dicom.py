@@ -28,8 +28,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from tasks.config import Phase, PreprocessConfig
-from tasks.errors import InputError
+from renalflow.tasks.config import Phase, PreprocessConfig
+from renalflow.tasks.errors import InputError
 
 # SOP classes whose single file holds many frames (not single-slice CT).
 _MULTIFRAME_CT = {"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}

@@ -10,19 +10,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.dataset import SliceSet, load_slices
-from tasks.errors import InputError, ModelError
-from tasks.metrics import (
+from renalflow.tasks.dataset import SliceSet, load_slices
+from renalflow.tasks.errors import InputError, ModelError
+from renalflow.tasks.metrics import (
     binary_metrics,
     bootstrap_auc_ci,
     majority_vote,
     roc_auc,
     roc_curve,
 )
-from tasks.model import predict_probabilities
-from tasks.report import percent, write_html
-from tasks.split import load_split
-from tasks.train import DEVELOPMENT
+from renalflow.tasks.model import predict_probabilities
+from renalflow.tasks.report import percent, write_html
+from renalflow.tasks.split import load_split
+from renalflow.tasks.train import DEVELOPMENT
 
 # The paper's results (Pedersen et al. 2020, Table 2/3), for the report.
 PAPER_RESULTS = {
@@ -172,7 +172,7 @@ def _explain_misclassified(
 ) -> dict[str, Any]:
     """Heat maps of the deciding slices of each misclassified patient (at most `most`),
     as PNG overlays in REPORT/heatmaps/."""
-    from tasks.explain import deciding_slices, heatmaps, write_overlay
+    from renalflow.tasks.explain import deciding_slices, heatmaps, write_overlay
 
     wrong = patients[patients["vote"] != patients["label"]].head(most)
     folder = report / "heatmaps"

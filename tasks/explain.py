@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.model import region_of, with_channel
+from renalflow.tasks.model import region_of, with_channel
 
 
 @dataclass

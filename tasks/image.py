@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from tasks.config import Interpolation
+from renalflow.tasks.config import Interpolation
 
 _PIL_FILTERS = {
     Interpolation.NEAREST: Image.Resampling.NEAREST,

@@ -22,11 +22,11 @@ import fsspec
 import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
-from tasks.config import PreprocessConfig
-from tasks.convert import ConvertedSlice, convert_file
-from tasks.dicom import RejectedFile, RejectReason
-from tasks.errors import InputError
-from tasks.store import (
+from renalflow.tasks.config import PreprocessConfig
+from renalflow.tasks.convert import ConvertedSlice, convert_file
+from renalflow.tasks.dicom import RejectedFile, RejectReason
+from renalflow.tasks.errors import InputError
+from renalflow.tasks.store import (
     REJECTS,
     SLICES,
     STAGING,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.errors import ModelError
+from renalflow.tasks.errors import ModelError
 
 
 class Profile(StrEnum):

@@ -13,7 +13,7 @@ import hmac
 import os
 from collections.abc import Mapping
 
-from tasks.errors import InputError
+from renalflow.tasks.errors import InputError
 
 KEY_ENV = "RENALFLOW_PSEUDONYM_KEY"
 MIN_KEY_LENGTH = 16

@@ -9,8 +9,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from tasks.errors import InputError
-from tasks.results import tables_as_of
+from renalflow.tasks.errors import InputError
+from renalflow.tasks.results import tables_as_of
 
 FORMATS = ("table", "csv", "json", "parquet")
 

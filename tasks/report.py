@@ -209,7 +209,7 @@ images are malignant at P &ge; {metrics["image_threshold"]}; a patient is malign
 def cohort_report(results: str, out_dir: Path, as_of: Any = None) -> Path:
     """OUT/cohort.html: votes by study year, scanner vendor and phase mix, and QC flags,
     per model version, from the results table (for epidemiologists)."""
-    from tasks.query import run_query
+    from renalflow.tasks.query import run_query
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plt = _figure()

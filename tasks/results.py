@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.errors import InputError, StoreError
+from renalflow.tasks.errors import InputError, StoreError
 
 SLICE_SCORES = "slice_scores"
 PATIENT_VOTES = "patient_votes"

@@ -24,15 +24,15 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
-from tasks.config import Phase, PreprocessConfig
-from tasks.dataset import META_COLUMNS, pixels_to_array
-from tasks.dicom import RejectReason
-from tasks.errors import ModelError, StoreError
-from tasks.ingest import worker_name
-from tasks.metrics import majority_vote
-from tasks.model import predict_probabilities
-from tasks.pseudonym import key_id, pseudonym
-from tasks.store import (
+from renalflow.tasks.config import Phase, PreprocessConfig
+from renalflow.tasks.dataset import META_COLUMNS, pixels_to_array
+from renalflow.tasks.dicom import RejectReason
+from renalflow.tasks.errors import ModelError, StoreError
+from renalflow.tasks.ingest import worker_name
+from renalflow.tasks.metrics import majority_vote
+from renalflow.tasks.model import predict_probabilities
+from renalflow.tasks.pseudonym import key_id, pseudonym
+from renalflow.tasks.store import (
     REJECTS,
     SLICE_SCHEMA,
     SLICES,
@@ -233,7 +233,7 @@ def limit_cpu_threads(threads: int) -> None:
 
 def cached_model(model_dir: str, model_version: str, cpu_threads: int | None = None) -> Any:
     """The Keras model, loaded once per process (workers score many batches)."""
-    from tasks.evaluate import load_model
+    from renalflow.tasks.evaluate import load_model
 
     if cpu_threads:
         limit_cpu_threads(cpu_threads)
@@ -290,7 +290,7 @@ def explain_slices(
     class explained, `outputs` to (PNG URI, caption). Returns SOPInstanceUID -> URI."""
     import io
 
-    from tasks.explain import heatmaps, write_overlay
+    from renalflow.tasks.explain import heatmaps, write_overlay
 
     model = cached_model(model_dir, model_version, cpu_threads)
     fs, _ = open_store(store_uri)
@@ -443,7 +443,7 @@ def result_rows(
                 "archive_uri": archive_uri,
             }
         )
-    from tasks.results import PATIENT_VOTES_SCHEMA
+    from renalflow.tasks.results import PATIENT_VOTES_SCHEMA
 
     vote_rows = pa.Table.from_pylist(votes, schema=PATIENT_VOTES_SCHEMA)
     return slice_rows, vote_rows
@@ -458,7 +458,7 @@ def plan_explanations(
 ) -> tuple[dict[str, list[str]], dict[str, str], dict[str, tuple[str, str]]]:
     """Which slices to explain, per store part: the deciding slices of each study's
     vote, the class each map explains, and where each overlay goes with its caption."""
-    from tasks.explain import deciding_slices
+    from renalflow.tasks.explain import deciding_slices
 
     parts: dict[str, list[str]] = {}
     targets: dict[str, str] = {}

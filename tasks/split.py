@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.errors import InputError
+from renalflow.tasks.errors import InputError
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 SPLITS = (TRAIN, VALIDATION, TEST)

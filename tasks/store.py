@@ -22,7 +22,7 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from tasks.errors import StoreError
+from renalflow.tasks.errors import StoreError
 
 SLICES = "slices"
 REJECTS = "rejects"

@@ -43,7 +43,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from tasks.config import Phase
+from renalflow.tasks.config import Phase
 
 SIZE = 512
 

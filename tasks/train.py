@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from tasks.dataset import SliceSet, iterate_batches, load_slices
-from tasks.errors import InputError, ModelError, StoreError
-from tasks.model import NOT_PAPER_NOTE, Profile, TrainConfig, build_model
-from tasks.split import (
+from renalflow.tasks.dataset import SliceSet, iterate_batches, load_slices
+from renalflow.tasks.errors import InputError, ModelError, StoreError
+from renalflow.tasks.model import NOT_PAPER_NOTE, Profile, TrainConfig, build_model
+from renalflow.tasks.split import (
     TEST,
     TRAIN,
     VALIDATION,
@@ -41,7 +41,7 @@ from tasks.split import (
     save_split,
     split_patients,
 )
-from tasks.store import read_manifest
+from renalflow.tasks.store import read_manifest
 
 DEVELOPMENT = "development"
 

@@ -104,9 +104,9 @@ def save_without_meta(ds: Dataset, path: Path) -> Path:
 
 def build_store(root: Path, *, patients: int, seed: int, size: int = 64) -> str:
     """A small labelled slice store from a synthetic archive, without Prefect or Dask."""
-    from tasks.config import PreprocessConfig
-    from tasks.ingest import commit_batch, convert_files, discover_files, read_labels
-    from tasks.synth import SynthConfig, synthesize_archive
+    from renalflow.tasks.config import PreprocessConfig
+    from renalflow.tasks.ingest import commit_batch, convert_files, discover_files, read_labels
+    from renalflow.tasks.synth import SynthConfig, synthesize_archive
 
     synth = SynthConfig(patients=patients, seed=seed, benign_fraction=0.4, max_slices_per_series=4)
     synthesize_archive(root / "synth", synth, jobs=2)

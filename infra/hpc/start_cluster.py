@@ -34,7 +34,7 @@ def main() -> None:
             memory="64GiB",
             walltime="08:00:00",
             job_extra_directives=["--gres=gpu:1"],
-            worker_extra_args=["--resources", "GPU=1", "--preload", "flows.ingest"],
+            worker_extra_args=["--resources", "GPU=1", "--preload", "renalflow.flows.ingest"],
         )
     else:
         cluster = SLURMCluster(config_name="slurm")

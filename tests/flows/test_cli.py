@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import build_parser, main
+from renalflow.flows.cli import build_parser, main
 
 
 def test_help_explains_each_command(capsys):
@@ -119,8 +119,8 @@ def test_bad_label_is_reported_with_its_line(tmp_path: Path, capsys):
 
 
 def test_demo_refuses_a_leftover_store_resized_otherwise_before_any_step(tmp_path, capsys):
-    from tasks.config import PreprocessConfig
-    from tasks.store import check_manifest
+    from renalflow.tasks.config import PreprocessConfig
+    from renalflow.tasks.store import check_manifest
 
     config = PreprocessConfig()  # the paper's nearest, as `renalflow ingest` makes stores
     check_manifest(str(tmp_path / "store"), config.to_dict(), config.version)

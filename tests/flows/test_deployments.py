@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from flows.deployments import NIGHTLY_CRON, local_timezone
+from renalflow.flows.deployments import NIGHTLY_CRON, local_timezone
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.ingest import ingest_flow
-from tasks.ingest import discover_files
-from tasks.store import REJECTS, SLICES, read_table
-from tasks.synth import SynthConfig, synthesize_archive
+from renalflow.flows.ingest import ingest_flow
+from renalflow.tasks.ingest import discover_files
+from renalflow.tasks.store import REJECTS, SLICES, read_table
+from renalflow.tasks.synth import SynthConfig, synthesize_archive
 
 BIN = Path(sys.executable).parent
 
@@ -47,7 +47,7 @@ def cluster(prefect_api, tmp_path) -> Iterator[str]:
         workers = subprocess.Popen(
             [
                 *(BIN / "dask", "worker", address, "--nworkers", "2", "--nthreads", "1"),
-                *("--host", "127.0.0.1", "--preload", "flows.ingest", "--no-dashboard"),
+                *("--host", "127.0.0.1", "--preload", "renalflow.flows.ingest", "--no-dashboard"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -150,7 +150,7 @@ def test_memory_per_worker_stays_bounded_on_a_large_archive(prefect_api, tmp_pat
             processes=True,
             dashboard_address=None,
             memory_limit=limit,
-            preload=["flows.ingest"],
+            preload=["renalflow.flows.ingest"],
         ) as cluster,
         Client(cluster) as client,
     ):
@@ -205,7 +205,7 @@ def test_a_file_that_kills_its_worker_is_quarantined(prefect_api, tmp_path):
             processes=True,
             dashboard_address=None,
             memory_limit="700MiB",
-            preload=["flows.ingest"],
+            preload=["renalflow.flows.ingest"],
         ) as cluster,
     ):
         store = str(tmp_path / "store")

@@ -18,9 +18,9 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from flows.ingest import IngestSummary, format_summary, ingest_flow
-from tasks.store import REJECTS, SLICES, list_parts, read_table
-from tasks.synth import SynthConfig, synthesize_archive
+from renalflow.flows.ingest import IngestSummary, format_summary, ingest_flow
+from renalflow.tasks.store import REJECTS, SLICES, list_parts, read_table
+from renalflow.tasks.synth import SynthConfig, synthesize_archive
 from tests.factory import CORONAL, make_ct, save, save_without_meta
 
 REAL_FILES = [
@@ -228,7 +228,7 @@ def test_killed_run_then_rerun_leaves_one_row_per_slice(dask_cluster, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "flows.cli",
+        "renalflow.flows.cli",
         "ingest",
         str(archive),
         "--store",

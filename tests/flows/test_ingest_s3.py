@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from flows.ingest import ingest_flow
-from tasks.store import REJECTS, SLICES, read_table
-from tasks.synth import SynthConfig, synthesize_archive
+from renalflow.flows.ingest import ingest_flow
+from renalflow.tasks.store import REJECTS, SLICES, read_table
+from renalflow.tasks.synth import SynthConfig, synthesize_archive
 
 
 def test_ingest_from_s3_archive_into_s3_store(s3, tmp_path: Path):

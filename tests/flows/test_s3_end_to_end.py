@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.ingest import ingest_flow
-from flows.score import score_flow
-from tasks.config import PreprocessConfig
-from tasks.model import profile_config
-from tasks.pseudonym import KEY_ENV
-from tasks.query import run_query
-from tasks.results import history
-from tasks.split import SplitConfig
-from tasks.synth import SynthConfig, synthesize_archive
-from tasks.train import train_model
+from renalflow.flows.ingest import ingest_flow
+from renalflow.flows.score import score_flow
+from renalflow.tasks.config import PreprocessConfig
+from renalflow.tasks.model import profile_config
+from renalflow.tasks.pseudonym import KEY_ENV
+from renalflow.tasks.query import run_query
+from renalflow.tasks.results import history
+from renalflow.tasks.split import SplitConfig
+from renalflow.tasks.synth import SynthConfig, synthesize_archive
+from renalflow.tasks.train import train_model
 
 
 def test_ingest_train_score_and_query_on_s3(s3, tmp_path: Path, monkeypatch):
@@ -76,7 +76,7 @@ def test_credentials_from_a_prefect_secret_block_are_used_and_never_printed(
 
     from prefect.blocks.system import Secret
 
-    from flows.runtime import S3_CREDENTIALS_BLOCK_ENV
+    from renalflow.flows.runtime import S3_CREDENTIALS_BLOCK_ENV
 
     secret = "renalflow-secret-value-never-printed"
     Secret(
@@ -98,7 +98,7 @@ def test_credentials_from_a_prefect_secret_block_are_used_and_never_printed(
     env[S3_CREDENTIALS_BLOCK_ENV] = "renalflow-s3-test"
     proc = subprocess.run(
         [
-            *(sys.executable, "-m", "flows.cli", "ingest", "s3://block-test/ct"),
+            *(sys.executable, "-m", "renalflow.flows.cli", "ingest", "s3://block-test/ct"),
             *("--store", "s3://block-test/store", "--workers", "1"),
         ],
         capture_output=True,

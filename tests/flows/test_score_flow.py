@@ -13,16 +13,16 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from flows.ingest import ingest_flow
-from flows.score import score_flow
-from tasks.config import PreprocessConfig
-from tasks.model import profile_config
-from tasks.pseudonym import KEY_ENV
-from tasks.query import run_query
-from tasks.results import PATIENT_VOTES, history
-from tasks.split import SplitConfig
-from tasks.synth import SynthConfig, synthesize_archive
-from tasks.train import train_model
+from renalflow.flows.ingest import ingest_flow
+from renalflow.flows.score import score_flow
+from renalflow.tasks.config import PreprocessConfig
+from renalflow.tasks.model import profile_config
+from renalflow.tasks.pseudonym import KEY_ENV
+from renalflow.tasks.query import run_query
+from renalflow.tasks.results import PATIENT_VOTES, history
+from renalflow.tasks.split import SplitConfig
+from renalflow.tasks.synth import SynthConfig, synthesize_archive
+from renalflow.tasks.train import train_model
 from tests.factory import free_port
 
 KEY = "renalflow-test-key-0123456789abcdef"
@@ -164,7 +164,7 @@ def test_a_new_model_version_adds_its_own_rows(dask_cluster, trained, key, tmp_p
 
 def cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *args],
+        [sys.executable, "-m", "renalflow.flows.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -298,8 +298,8 @@ def test_serve_registers_a_nightly_deployment_that_runs(trained, tmp_path, prefe
 def test_key_from_a_prefect_secret_block(prefect_api, monkeypatch):
     from prefect.blocks.system import Secret
 
-    from flows.score import resolve_key
-    from tasks.errors import InputError
+    from renalflow.flows.score import resolve_key
+    from renalflow.tasks.errors import InputError
 
     monkeypatch.delenv(KEY_ENV, raising=False)
     Secret(value=KEY).save("renalflow-test-key", overwrite=True)
@@ -313,7 +313,7 @@ def test_key_from_a_prefect_secret_block(prefect_api, monkeypatch):
 def test_explain_writes_heat_maps_of_the_deciding_slices(dask_cluster, trained, key, tmp_path):
     from PIL import Image
 
-    from tasks.score import ScoreConfig
+    from renalflow.tasks.score import ScoreConfig
 
     results = str(tmp_path / "R")
     summary = score_flow.with_options(task_runner=runner(dask_cluster))(
@@ -396,7 +396,7 @@ def test_the_web_page_shows_the_vote_the_batch_scorer_gives(
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from tasks.pseudonym import pseudonym
+    from renalflow.tasks.pseudonym import pseudonym
 
     url, workdir = web
     results = str(tmp_path / "R")

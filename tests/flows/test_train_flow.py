@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.train import evaluate_flow, gpu_workers, train_flow
-from tasks.model import profile_config
+from renalflow.flows.train import evaluate_flow, gpu_workers, train_flow
+from renalflow.tasks.model import profile_config
 from tests.factory import build_store
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from tasks.config import Interpolation, PreprocessConfig, WindowSource
+from renalflow.tasks.config import Interpolation, PreprocessConfig, WindowSource
 
 
 def test_defaults_are_the_papers_choices():

@@ -16,10 +16,10 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from tasks.config import Interpolation, PreprocessConfig, WindowSource
-from tasks.convert import _native_pixels, convert_file, decode_pixels
-from tasks.dicom import RejectedFile, RejectReason
-from tasks.image import resize_slice, window_hu
+from renalflow.tasks.config import Interpolation, PreprocessConfig, WindowSource
+from renalflow.tasks.convert import _native_pixels, convert_file, decode_pixels
+from renalflow.tasks.dicom import RejectedFile, RejectReason
+from renalflow.tasks.image import resize_slice, window_hu
 from tests.factory import make_ct, save
 
 SYNTAXES = [

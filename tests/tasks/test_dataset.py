@@ -2,10 +2,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.config import PreprocessConfig
-from tasks.dataset import load_slices
-from tasks.ingest import commit_batch, convert_files, discover_files, read_labels
-from tasks.synth import SynthConfig, synthesize_archive
+from renalflow.tasks.config import PreprocessConfig
+from renalflow.tasks.dataset import load_slices
+from renalflow.tasks.ingest import commit_batch, convert_files, discover_files, read_labels
+from renalflow.tasks.synth import SynthConfig, synthesize_archive
 
 
 def test_two_stores_of_one_archive_give_the_same_slices_in_the_same_order(tmp_path: Path):

@@ -5,8 +5,14 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from tasks.config import Phase, PreprocessConfig
-from tasks.dicom import RejectedFile, RejectReason, detect_phase, read_dataset, read_header
+from renalflow.tasks.config import Phase, PreprocessConfig
+from renalflow.tasks.dicom import (
+    RejectedFile,
+    RejectReason,
+    detect_phase,
+    read_dataset,
+    read_header,
+)
 from tests.factory import CORONAL, make_ct, save, save_without_meta
 
 CONFIG = PreprocessConfig(output_size=16)

@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tasks.explain import (
+from renalflow.tasks.explain import (
     deciding_slices,
     grad_cam,
     heatmaps,
@@ -15,7 +15,7 @@ from tasks.explain import (
     split_model,
     write_overlay,
 )
-from tasks.model import build_model, profile_config, region_of
+from renalflow.tasks.model import build_model, profile_config, region_of
 
 SIZE = 64
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.config import Interpolation
-from tasks.image import apply_lut, resize_slice, stored_value_lut, window_hu
+from renalflow.tasks.config import Interpolation
+from renalflow.tasks.image import apply_lut, resize_slice, stored_value_lut, window_hu
 
 
 def test_window_hu_matches_dicom_linear_function_at_known_points():

@@ -3,10 +3,16 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import PreprocessConfig
-from tasks.errors import InputError, is_transient_io
-from tasks.ingest import commit_batch, convert_files, discover_files, group_files, read_labels
-from tasks.store import REJECTS, SLICES, read_table
+from renalflow.tasks.config import PreprocessConfig
+from renalflow.tasks.errors import InputError, is_transient_io
+from renalflow.tasks.ingest import (
+    commit_batch,
+    convert_files,
+    discover_files,
+    group_files,
+    read_labels,
+)
+from renalflow.tasks.store import REJECTS, SLICES, read_table
 from tests.factory import CORONAL, make_ct, save
 
 

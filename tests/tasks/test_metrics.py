@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from tasks.metrics import binary_metrics, bootstrap_auc_ci, majority_vote, roc_auc, roc_curve
+from renalflow.tasks.metrics import (
+    binary_metrics,
+    bootstrap_auc_ci,
+    majority_vote,
+    roc_auc,
+    roc_curve,
+)
 
 
 def test_auc_against_hand_computed_pairs():

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.dataset import iterate_batches
-from tasks.errors import ModelError
-from tasks.model import (
+from renalflow.tasks.dataset import iterate_batches
+from renalflow.tasks.errors import ModelError
+from renalflow.tasks.model import (
     KIDNEY_REGION,
     Profile,
     TrainConfig,

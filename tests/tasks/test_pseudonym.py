@@ -7,8 +7,8 @@ import hmac
 
 import pytest
 
-from tasks.errors import InputError
-from tasks.pseudonym import KEY_ENV, check_key, key_from_env, key_id, pseudonym
+from renalflow.tasks.errors import InputError
+from renalflow.tasks.pseudonym import KEY_ENV, check_key, key_from_env, key_id, pseudonym
 
 KEY = b"a-long-enough-secret-key-0123456789"
 

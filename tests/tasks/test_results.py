@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.errors import InputError, StoreError
-from tasks.query import format_result, run_query
-from tasks.results import (
+from renalflow.tasks.errors import InputError, StoreError
+from renalflow.tasks.query import format_result, run_query
+from renalflow.tasks.results import (
     PATIENT_VOTES,
     PATIENT_VOTES_SCHEMA,
     SLICE_SCORES,
@@ -185,7 +185,7 @@ def test_reading_a_missing_table_says_how_to_make_one(tmp_path):
 
 
 def test_cohort_report_summarises_votes_by_year_vendor_and_phase(results, tmp_path):
-    from tasks.report import cohort_report
+    from renalflow.tasks.report import cohort_report
 
     merge_rows(results, PATIENT_VOTES, vote_rows(["a", "b"]))
     merge_rows(results, PATIENT_VOTES, vote_rows(["a"], model="m2"))

@@ -6,10 +6,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from tasks.config import PreprocessConfig
-from tasks.pseudonym import pseudonym
-from tasks.results import FORBIDDEN_COLUMNS
-from tasks.score import ModelInfo, ScoreConfig, plan_scoring, result_rows, score_batches
+from renalflow.tasks.config import PreprocessConfig
+from renalflow.tasks.pseudonym import pseudonym
+from renalflow.tasks.results import FORBIDDEN_COLUMNS
+from renalflow.tasks.score import ModelInfo, ScoreConfig, plan_scoring, result_rows, score_batches
 
 KEY = b"test-key-for-scoring-0123456789"
 INFO = ModelInfo("/models/m", "mv1", "cpu-demo", PreprocessConfig())

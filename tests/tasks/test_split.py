@@ -1,8 +1,14 @@
 import numpy as np
 import pytest
 
-from tasks.errors import InputError
-from tasks.split import SplitConfig, load_split, oversample_indices, save_split, split_patients
+from renalflow.tasks.errors import InputError
+from renalflow.tasks.split import (
+    SplitConfig,
+    load_split,
+    oversample_indices,
+    save_split,
+    split_patients,
+)
 
 
 def _labels(n_benign: int, n_malignant: int) -> dict[str, str]:

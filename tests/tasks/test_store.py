@@ -3,8 +3,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.errors import StoreError
-from tasks.store import (
+from renalflow.tasks.errors import StoreError
+from renalflow.tasks.store import (
     REJECTS,
     check_manifest,
     list_parts,

@@ -5,7 +5,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from tasks.synth import SynthConfig, archive_digest, plan_patients, synthesize_archive
+from renalflow.tasks.synth import SynthConfig, archive_digest, plan_patients, synthesize_archive
 
 
 @pytest.fixture(scope="module")

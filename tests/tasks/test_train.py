@@ -6,10 +6,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tasks.evaluate import evaluate, patient_table
-from tasks.model import profile_config
-from tasks.split import load_split
-from tasks.train import train_model
+from renalflow.tasks.evaluate import evaluate, patient_table
+from renalflow.tasks.model import profile_config
+from renalflow.tasks.split import load_split
+from renalflow.tasks.train import train_model
 from tests.factory import build_store
 
 
@@ -136,7 +136,7 @@ def test_patient_table_applies_the_51_percent_vote():
 def test_vote_tradeoff_and_calibration_by_hand():
     import pandas as pd
 
-    from tasks.report import calibration, vote_tradeoff
+    from renalflow.tasks.report import calibration, vote_tradeoff
 
     patients = pd.DataFrame(
         {"label": ["malignant", "malignant", "benign", "benign"],
