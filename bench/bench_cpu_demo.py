@@ -55,7 +55,7 @@ def run_archive(root: Path, seed: int, patients: int, interpolation: str) -> dic
     if not (data / "labels.csv").exists():
         shutil.rmtree(data, ignore_errors=True)
         renalflow(
-            *("synth", str(data), "--patients", str(patients), "--seed", str(seed)),
+            *("synth", "--out", str(data), "--patients", str(patients), "--seed", str(seed)),
             *("--benign-fraction", "0.5"),
             log=log,
         )
@@ -71,7 +71,7 @@ def run_archive(root: Path, seed: int, patients: int, interpolation: str) -> dic
         "train", "--store", str(store), "--model-dir", str(model), "--profile", "cpu-demo", log=log
     )
     evaluate_s = renalflow(
-        *("evaluate", "--store", str(store), "--model-dir", str(model), "--report", str(report)),
+        *("evaluate", "--store", str(store), "--model-dir", str(model), "--out", str(report)),
         log=log,
     )
     metrics = json.loads((report / "metrics.json").read_text())

@@ -117,3 +117,12 @@ def dask_task_runner(
     if memory_limit:
         kwargs["memory_limit"] = memory_limit
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
+
+
+def configure_logging(verbose: bool) -> None:
+    """Quiet by default: only warnings from Prefect and Dask; `verbose` shows their INFO."""
+    import logging
+
+    level = logging.INFO if verbose else logging.WARNING
+    for name in ("distributed", "prefect", "prefect_dask"):
+        logging.getLogger(name).setLevel(level)

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from functools import cached_property
 
-
 # The decision rule, once. Everything that votes (evaluation per patient, scoring per
 # study, the web page) takes its defaults from here.
 VOTE_THRESHOLD = 0.51

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from renalflow.flows.cli import build_parser, main
+from renalflow.flows.cli import UsageError, build_parser, main, parse_params
 
 
 def test_help_explains_each_command(capsys):
@@ -14,21 +14,74 @@ def test_help_explains_each_command(capsys):
     for command in ("synth", "ingest", "demo"):
         assert command in out
     assert "51% majority vote" in out
+    assert "exit codes" in out and "%%" not in out
+
+
+def test_version_is_the_installed_distributions(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"renalflow {version('renalflow')}"
+
+
+def test_every_help_text_is_clean(capsys):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for command, subparser in sub.choices.items():
+        text = subparser.format_help()
+        assert "%%" not in text, command
+        assert "--verbose" in text and "--debug" in text, command
+
+
+def test_one_name_per_concept_across_commands():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    options = {o for p in sub.choices.values() for a in p._actions for o in a.option_strings}
+    # Outputs are --out, workers are --workers, archives are positional ARCHIVE.
+    for retired in ("--report", "--workdir", "--jobs", "--archive", "--batch-size-ingest"):
+        assert retired not in options
+    for command in ("ingest", "score", "serve"):
+        positionals = [a.dest for a in sub.choices[command]._actions if not a.option_strings]
+        assert positionals == ["archive"], command
 
 
 def test_ingest_help_shows_paper_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["ingest", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "default nearest, as the paper's Keras load_img" in out
+    assert "resize filter (paper: nearest, as the paper's Keras load_img) (default nearest)" in out
     assert "--dask-address" in out and "--labels" in out
 
 
 def test_ingest_keeps_the_papers_resize_and_the_demo_averages():
-    parse = build_parser().parse_args
-    assert parse(["ingest", "a", "--store", "s"]).interpolation == "nearest"
-    assert parse(["demo"]).interpolation == "box"
-    assert parse(["demo", "--interpolation", "nearest"]).interpolation == "nearest"
+    assert parse_params(["ingest", "a", "--store", "s"]).interpolation == "nearest"
+    assert parse_params(["demo"]).interpolation == "box"
+    assert parse_params(["demo", "--interpolation", "nearest"]).interpolation == "nearest"
+
+
+def test_options_left_out_take_the_models_defaults():
+    from renalflow.tasks.config import VOTE_THRESHOLD, PreprocessConfig
+
+    params = parse_params(["score", "a", "--model-dir", "m", "--results", "r"])
+    assert params.vote_threshold == VOTE_THRESHOLD
+    ingest = parse_params(["ingest", "a", "--store", "s"])
+    assert ingest.preprocess_config() == PreprocessConfig()
+
+
+def test_a_value_the_model_refuses_names_the_option():
+    with pytest.raises(UsageError, match=r"--size: .*greater than or equal to 8"):
+        parse_params(["ingest", "a", "--store", "s", "--size", "3"])
+    with pytest.raises(UsageError, match="--vote-threshold"):
+        parse_params(["score", "a", "--model-dir", "m", "--results", "r", "--vote-threshold", "2"])
+
+
+def test_usage_mistakes_exit_2_with_one_line(tmp_path, capsys):
+    code = main(["ingest", str(tmp_path), "--store", "s", "--workers", "0"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("renalflow ingest: error: --workers")
 
 
 def test_workers_and_dask_address_are_exclusive(capsys):
@@ -39,22 +92,19 @@ def test_workers_and_dask_address_are_exclusive(capsys):
     assert "not allowed with argument" in capsys.readouterr().err
 
 
-def test_train_region_and_weight_averaging_options(capsys):
-    parse = build_parser().parse_args
+def test_train_region_and_weight_averaging_options():
+    parse = parse_params
     base = ["train", "--store", "s", "--model-dir", "m"]
     args = parse([*base, "--region", "0.2,0.9,0.1,0.9", "--ema", "0.995"])
     assert args.region == (0.2, 0.9, 0.1, 0.9) and args.ema == 0.995
     args = parse([*base, "--region", "full", "--ema", "none", "--schedule", "constant"])
     assert args.region == () and args.ema == 0.0 and args.schedule == "constant"
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="TOP,BOTTOM,LEFT,RIGHT as fractions"):
         parse([*base, "--region", "0.2,0.9"])
-    assert "TOP,BOTTOM,LEFT,RIGHT as fractions" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="a momentum between 0 and 1"):
         parse([*base, "--ema", "1.5"])
-    assert "a momentum between 0 and 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="top < bottom"):
         parse([*base, "--region", "0.9,0.2,0.1,0.8"])
-    assert "top < bottom" in capsys.readouterr().err
     assert parse([*base, "--ema", "0.0"]).ema == 0.0
 
 
@@ -71,6 +121,7 @@ def test_synth_writes_archive_labels_and_seed_record(tmp_path: Path, capsys):
         main(
             [
                 "synth",
+                "--out",
                 str(tmp_path / "out"),
                 "--patients",
                 "2",
@@ -78,7 +129,7 @@ def test_synth_writes_archive_labels_and_seed_record(tmp_path: Path, capsys):
                 "9",
                 "--max-slices-per-series",
                 "4",
-                "--jobs",
+                "--workers",
                 "1",
             ]
         )

@@ -235,7 +235,7 @@ def test_killed_run_then_rerun_leaves_one_row_per_slice(dask_cluster, tmp_path):
         str(store),
         "--workers",
         "2",
-        "--batch-size",
+        "--slices-per-task",
         "4",
     ]
     proc = subprocess.Popen(

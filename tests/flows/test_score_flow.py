@@ -254,7 +254,7 @@ def test_serve_registers_a_nightly_deployment_that_runs(trained, tmp_path, prefe
 
     results = str(tmp_path / "R")
     env = {**os.environ, KEY_ENV: KEY, "PREFECT_API_URL": prefect_api}
-    args = ["serve", "--archive", trained["archive"], "--model-dir", trained["model"]]
+    args = ["serve", trained["archive"], "--model-dir", trained["model"]]
     args += ["--results", results, "--store", trained["store"], "--workers", "1"]
     args += ["--timezone", "Europe/Copenhagen"]
     proc = cli(*args, env=env, start_new_session=True)
@@ -278,10 +278,12 @@ def test_serve_registers_a_nightly_deployment_that_runs(trained, tmp_path, prefe
             deployment = client.read_deployment_by_name("renalflow-score/nightly")
             schedule = deployment.schedules[0].schedule
             assert schedule.cron == "0 2 * * *" and schedule.timezone == "Europe/Copenhagen"
-            assert deployment.parameters["archive"] == trained["archive"]
-            assert deployment.parameters["results"] == results
-            assert deployment.parameters["workers"] == 1
-            assert "min_images" in deployment.parameter_openapi_schema["properties"]
+            params = deployment.parameters["params"]
+            assert params["archive"] == trained["archive"]
+            assert params["results"] == results
+            assert params["workers"] == 1
+            schema = deployment.parameter_openapi_schema
+            assert "min_images" in schema["definitions"]["ScoreParams"]["properties"]
         # Trigger the nightly job now, as an operator would from the UI, and wait for it.
         run = run_deployment("renalflow-score/nightly", timeout=300)
         assert run.state is not None and run.state.is_completed(), run.state

@@ -1,0 +1,198 @@
+"""The demo: the whole pipeline on synthetic data, as one Prefect flow whose steps are
+the same jobs the CLI and the deployments run (they show as its subflows in the UI)."""
+
+# No `from __future__ import annotations`: Prefect reads DemoParams from the signature.
+import os
+import secrets
+import time
+from pathlib import Path
+
+from prefect import flow
+
+from renalflow.flows.jobs import evaluate_job, ingest_job, run_synth, score_job, train_job
+from renalflow.tasks.config import Profile
+from renalflow.tasks.errors import InputError, ModelError
+from renalflow.tasks.params import (
+    DemoParams,
+    EvaluateParams,
+    IngestParams,
+    ScoreParams,
+    SynthParams,
+    TrainParams,
+)
+from renalflow.tasks.pseudonym import KEY_ENV
+
+DEMO_QUERY = """\
+select study_year_month[1:4] as year, manufacturer,
+       count(*) as studies,
+       round(avg((vote = 'benign')::int), 2) as benign_share
+from patient_votes group by all order by year, manufacturer"""
+
+DEMO_BOOTSTRAP = 200
+"""Our choice: fewer bootstrap resamples than `evaluate`'s default, to keep the demo short."""
+
+
+class DemoLayout:
+    """Where each step of the demo writes, under OUT."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self.data = self.out / "synthetic"
+        self.store = self.out / "store"
+        self.model = self.out / "model"
+        self.report = self.out / "report"
+        self.screening = self.out / "screening"
+        self.results = self.out / "results"
+        self.cohort = self.out / "cohort"
+        self.key = self.out / "pseudonym.key"
+
+
+def check_demo_folder(params: DemoParams) -> None:
+    """A demo folder from an earlier run whose store was resized otherwise: say how to
+    go on before any step runs (ingest would refuse to mix the two)."""
+    from renalflow.tasks.store import MANIFEST, read_manifest
+
+    store = DemoLayout(params.out).store
+    if not (store / MANIFEST).exists():
+        return
+    made_with = read_manifest(str(store)).get("preprocess", {}).get("interpolation")
+    if made_with is not None and made_with != params.interpolation:
+        raise InputError(
+            f"{store} was made with {made_with} resizing, this demo resizes with "
+            f"{params.interpolation.value}: delete {store.parent} to start afresh, or rerun "
+            f"with --interpolation {made_with}"
+        )
+
+
+def demo_key(out: Path) -> str:
+    """The demo's pseudonymisation key: RENALFLOW_PSEUDONYM_KEY if set, else one generated
+    once and kept in OUT/pseudonym.key (readable by the owner only)."""
+    if os.environ.get(KEY_ENV):
+        return f"{KEY_ENV} from the environment"
+    path = DemoLayout(out).key
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+        how = f"generated a new key in {path}"
+    else:
+        how = f"reusing the key in {path}"
+    os.environ[KEY_ENV] = path.read_text().strip()
+    return how
+
+
+def _has_model(model_dir: Path) -> bool:
+    from renalflow.tasks.score import read_model_info
+
+    try:
+        read_model_info(model_dir)
+    except ModelError:
+        return False
+    return True
+
+
+@flow(name="renalflow-demo")
+def demo_flow(params: DemoParams) -> dict[str, str]:
+    """Synthesise, ingest, train (cpu-demo), evaluate, score and query; returns the
+    artifacts by name."""
+    from renalflow.flows.ingest import format_summary as ingest_summary
+    from renalflow.flows.score import format_summary as score_summary
+    from renalflow.tasks.query import format_result, run_query
+    from renalflow.tasks.report import cohort_report
+    from renalflow.tasks.store import describe_store
+
+    started = time.perf_counter()
+    where = DemoLayout(params.out)
+
+    def step(text: str) -> None:
+        print(f"\n== {text}  [{time.perf_counter() - started:.0f} s]", flush=True)
+
+    step(f"1/7 synth: {params.patients} synthetic patients for development -> {where.data}")
+    if (where.data / "labels.csv").exists():
+        print("   (already there; reusing it)")
+    else:
+        run_synth(
+            SynthParams(
+                out=str(where.data),
+                patients=params.patients,
+                seed=params.seed,
+                benign_fraction=params.benign_fraction,
+            )
+        )
+
+    step(f"2/7 ingest: {where.data / 'archive'} -> {where.store} (Prefect flow on Dask)")
+    summary = ingest_job(
+        IngestParams(
+            archive=str(where.data / "archive"),
+            store=str(where.store),
+            labels=str(where.data / "labels.csv"),
+            interpolation=params.interpolation,
+            workers=params.workers,
+        )
+    )
+    print(ingest_summary(summary))
+    print(describe_store(str(where.store.resolve())))
+
+    step(f"3/7 train: profile cpu-demo on the development patients -> {where.model}")
+    if _has_model(where.model):
+        print("   (a model is already there; reusing it)")
+    else:
+        result = train_job(
+            TrainParams(
+                store=str(where.store), model_dir=str(where.model), profile=Profile.CPU_DEMO
+            )
+        )
+        print(f"   model version {result.model_version}, epoch {result.selected_epoch}")
+
+    step(f"4/7 evaluate: the held-out test patients -> {where.report}")
+    metrics = evaluate_job(
+        EvaluateParams(
+            store=str(where.store),
+            model_dir=str(where.model),
+            out=str(where.report),
+            bootstrap=DEMO_BOOTSTRAP,
+        )
+    )
+    image, patient = metrics["image"], metrics["patient"]
+    print(
+        f"   image AUC {image['auc']:.3f}, vote accuracy {patient['accuracy']:.3f} over "
+        f"{patient['n']} patients"
+    )
+
+    step(f"5/7 synth: a screening archive of {params.screening} new patients")
+    if not (where.screening / "archive").exists():
+        run_synth(
+            SynthParams(out=str(where.screening), patients=params.screening, seed=params.seed + 1)
+        )
+
+    step(f"6/7 score: {where.screening / 'archive'} -> {where.results} (Delta tables)")
+    print(f"   pseudonymisation key: {demo_key(where.out)}")
+    scored = score_job(
+        ScoreParams(
+            archive=str(where.screening / "archive"),
+            model_dir=str(where.model),
+            results=str(where.results),
+            workers=params.workers,
+        )
+    )
+    print(score_summary(scored))
+
+    step("7/7 query: benign vote share by study year and scanner vendor")
+    print(f'$ renalflow query "{" ".join(DEMO_QUERY.split())}" --results {where.results}\n')
+    print(format_result(run_query(str(where.results.resolve()), DEMO_QUERY), "table"), end="")
+    cohort = cohort_report(str(where.results.resolve()), where.cohort)
+    artifacts = {
+        "development archive": f"{where.data / 'archive'} (labels {where.data / 'labels.csv'})",
+        "slice store": str(where.store),
+        "model": str(where.model),
+        "evaluation report": f"{where.report / 'report.html'} (also report.md, heat maps)",
+        "screening archive": str(where.screening / "archive"),
+        "results table": f"{where.results} (patient_votes, slice_scores)",
+        "cohort summary": str(cohort),
+        "pseudonym key": str(where.key),
+    }
+    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s. Artifacts:")
+    for name, path in artifacts.items():
+        print(f"  {name:<20} {path}")
+    print(f'try: renalflow query "select * from patient_votes limit 5" --results {where.results}')
+    return artifacts

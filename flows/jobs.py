@@ -1,0 +1,246 @@
+"""The jobs: one Prefect flow per command that runs a pipeline step, each taking its
+parameter model from `renalflow.tasks.params`.
+
+The CLI, the deployments (`renalflow serve`, infra/prefect.yaml) and the demo all call
+these same flows, so a run looks the same in the Prefect UI whichever door started it.
+Each job loads the object-storage credentials, checks its inputs, builds its Dask task
+runner and starts the step's flow on it as a subflow; it returns the step's summary.
+`preflight_*` are the checks a command makes before anything starts (no server, no
+cluster): the jobs repeat them, because a deployment run has no CLI in front of it.
+"""
+
+# No `from __future__ import annotations`: Prefect reads the parameter models from the
+# jobs' signatures to build their schemas (the run forms), so they must be real classes.
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prefect import flow, get_run_logger
+
+from renalflow.flows.runtime import dask_task_runner, load_s3_credentials
+from renalflow.tasks.config import Split
+from renalflow.tasks.errors import InputError
+from renalflow.tasks.params import (
+    EvaluateParams,
+    IngestParams,
+    ScoreParams,
+    SynthParams,
+    TrainParams,
+)
+
+if TYPE_CHECKING:
+    from renalflow.flows.ingest import IngestSummary
+    from renalflow.flows.score import ScoreSummary
+    from renalflow.tasks.model import TrainConfig
+    from renalflow.tasks.synth import SynthReport
+    from renalflow.tasks.train import TrainResult
+
+
+def as_uri(location: str) -> str:
+    """Local paths become absolute, so workers in other folders find the same files."""
+    if "://" in location:
+        return location
+    return os.path.abspath(location)
+
+
+def _is_local(location: str | None) -> bool:
+    return bool(location) and "://" not in str(location)
+
+
+def preflight_ingest(params: IngestParams, *, remote: bool) -> None:
+    """Refuse a missing archive or a bad labels file with a clear message. Local inputs
+    are checked at once; remote ones (`remote=True`) once credentials are loaded."""
+    from renalflow.tasks.ingest import check_archive, read_labels
+
+    if remote or _is_local(params.archive):
+        check_archive(as_uri(params.archive))
+    if params.labels and (remote or _is_local(params.labels)):
+        read_labels(params.labels)
+
+
+def preflight_score(params: ScoreParams, *, remote: bool) -> None:
+    """No key, no model or no archive: refused before any work."""
+    from renalflow.tasks.ingest import check_archive
+    from renalflow.tasks.pseudonym import NO_KEY_HELP, key_from_env
+    from renalflow.tasks.score import read_model_info
+
+    if key_from_env() is None and not params.key_secret:
+        raise InputError(NO_KEY_HELP)
+    read_model_info(params.model_dir)
+    if remote or _is_local(params.archive):
+        check_archive(as_uri(params.archive))
+
+
+def train_config(params: TrainParams) -> "TrainConfig":
+    """The profile's defaults with what the parameters set."""
+    from renalflow.tasks.model import profile_config
+
+    try:
+        config = profile_config(
+            params.profile,
+            epochs=params.epochs,
+            batch_size=params.batch_size,
+            learning_rate=params.learning_rate,
+            weights=params.weights,
+            select_epoch=params.select_epoch,
+            decay_after=params.decay_after,
+            mixed_precision=params.mixed_precision,
+            seed=params.seed,
+            oversample=params.oversample,
+            augment=params.augment,
+            schedule=params.schedule,
+        )
+        if params.ema is not None:
+            config = replace(config, ema=params.ema or None)  # 0 stands for "none"
+        if params.region is not None:
+            config = replace(config, region=params.region or None)  # () stands for "full"
+    except ValueError as err:  # settings that contradict each other
+        raise InputError(f"{err}; see renalflow train --help") from err
+    return config
+
+
+def run_synth(params: SynthParams, progress: Any = None) -> "SynthReport":
+    """Write a synthetic archive and record its seed and contents in OUT/synth.json."""
+    from renalflow.tasks.synth import SynthConfig, synthesize_archive
+
+    config = SynthConfig(
+        patients=params.patients,
+        seed=params.seed,
+        benign_fraction=params.benign_fraction,
+        max_slices_per_series=params.max_slices_per_series,
+    )
+    report = synthesize_archive(params.out, config, jobs=params.workers, progress=progress)
+    record = {
+        "seed": config.seed,
+        "patients": report.patients,
+        "benign": report.benign,
+        "series": report.series,
+        "slices": report.slices,
+        "benign_fraction": config.benign_fraction,
+        "max_slices_per_series": config.max_slices_per_series,
+        "transfer_syntaxes": report.by_syntax,
+    }
+    Path(params.out, "synth.json").write_text(json.dumps(record, indent=2))
+    return report
+
+
+def _write_json(path: str | None, record: dict[str, Any]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(record, indent=2))
+
+
+@flow(name="renalflow-ingest")
+def ingest_job(params: IngestParams) -> "IngestSummary":
+    """Convert the new DICOM files of an archive into the slice store."""
+    from renalflow.flows.ingest import format_summary, ingest_flow, summary_dict
+
+    load_s3_credentials()
+    preflight_ingest(params, remote=True)
+    runner = dask_task_runner(params.workers, params.dask_address, params.memory_limit)
+    summary = ingest_flow.with_options(task_runner=runner)(  # type: ignore[arg-type]
+        archive=as_uri(params.archive),
+        store=as_uri(params.store),
+        labels=params.labels,
+        cohort=params.cohort,
+        preprocess=params.preprocess_config(),
+        batch_size=params.slices_per_task,
+    )
+    get_run_logger().info(format_summary(summary))
+    _write_json(params.summary_json, summary_dict(summary))
+    return summary
+
+
+@flow(name="renalflow-train")
+def train_job(params: TrainParams) -> "TrainResult":
+    """Train the classifier (on a GPU worker of `dask_address` when it has one)."""
+    from renalflow.flows.train import gpu_workers, train_flow
+
+    config = train_config(params)
+    load_s3_credentials()
+    logger = get_run_logger()
+    gpu = False
+    flow_ = train_flow
+    if params.dask_address:
+        found = gpu_workers(params.dask_address)
+        if found:
+            logger.info(f"training on GPU worker(s) {', '.join(found)}")
+            runner = dask_task_runner(address=params.dask_address)
+            flow_ = train_flow.with_options(task_runner=runner)  # type: ignore[arg-type]
+            gpu = True
+        else:
+            logger.warning("no Dask worker with a GPU resource: training in this process")
+    return flow_(store=as_uri(params.store), model_dir=params.model_dir, config=config, gpu=gpu)
+
+
+@flow(name="renalflow-evaluate")
+def evaluate_job(params: EvaluateParams) -> dict[str, Any]:
+    """Image metrics, the patient vote and a report for a split or an external cohort."""
+    from renalflow.flows.train import evaluate_flow
+
+    load_s3_credentials()
+    options = {
+        "split": (params.split or Split.TEST).value if not params.cohort else None,
+        "cohort": params.cohort,
+        "image_threshold": params.image_threshold,
+        "vote_threshold": params.vote_threshold,
+        "n_bootstrap": params.bootstrap,
+        "seed": params.seed,
+    }
+    return evaluate_flow(
+        store=as_uri(params.store), model_dir=params.model_dir, report=params.out, options=options
+    )
+
+
+@flow(name="renalflow-score")
+def score_job(params: ScoreParams) -> "ScoreSummary":
+    """Score the archive's studies this model has not scored yet into the results table.
+
+    The pseudonymisation key comes from RENALFLOW_PSEUDONYM_KEY in the environment or
+    from the Prefect Secret block named by `key_secret`, never from a parameter
+    (parameters are stored in Prefect's database).
+    """
+    from renalflow.flows.score import format_summary, score_flow, summary_dict
+    from renalflow.flows.train import gpu_workers
+    from renalflow.tasks.score import ScoreConfig
+
+    load_s3_credentials()
+    preflight_score(params, remote=True)
+    logger = get_run_logger()
+    config = ScoreConfig(
+        image_threshold=params.image_threshold,
+        vote_threshold=params.vote_threshold,
+        min_images=params.min_images,
+        explain=params.explain,
+    )
+    gpu = False
+    if params.dask_address:
+        found = gpu_workers(params.dask_address)
+        gpu = bool(found)
+        if found:
+            logger.info(f"scoring on GPU worker(s) {', '.join(found)}")
+    runner = dask_task_runner(params.workers, params.dask_address)
+    summary = score_flow.with_options(task_runner=runner)(  # type: ignore[arg-type]
+        archive=as_uri(params.archive),
+        model_dir=os.path.abspath(params.model_dir),
+        results=as_uri(params.results),
+        store=as_uri(params.store) if params.store else None,
+        cohort=params.cohort,
+        config=config,
+        key_secret=params.key_secret,
+        gpu=gpu,
+        explain_dir=as_uri(params.explain_dir) if params.explain_dir else None,
+    )
+    logger.info(format_summary(summary))
+    _write_json(params.summary_json, summary_dict(summary))
+    return summary
+
+
+JOBS = {
+    IngestParams: ingest_job,
+    TrainParams: train_job,
+    EvaluateParams: evaluate_job,
+    ScoreParams: score_job,
+}
+"""The job flow of each parameter model that has one."""

@@ -1,0 +1,514 @@
+"""The parameters of every renalflow job, once: the CLI, the deployments, infra/prefect.yaml
+and the demo are built from these models (Prefect renders them as run forms).
+
+Each model is one job's whole set of options. A field's description is its help text
+everywhere; its default is the paper's where the paper says something (and the model
+takes it from the module that owns it), ours otherwise, and the description says which.
+Fields marked `positional` are arguments rather than options on the command line.
+Nothing here runs anything: `flows/` turns a model into a run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from renalflow.tasks.config import (
+    DEVELOPMENT,
+    IMAGE_THRESHOLD,
+    MIN_IMAGES,
+    SCREENING,
+    SEED,
+    VOTE_THRESHOLD,
+    Interpolation,
+    MixedPrecision,
+    PreprocessConfig,
+    Profile,
+    Schedule,
+    Split,
+    WindowSource,
+)
+
+_PREPROCESS = PreprocessConfig()
+
+
+def positional(**extra: Any) -> dict[str, Any]:
+    """Field metadata: an argument on the command line, not an option."""
+    return {"positional": True, **extra}
+
+
+def cli(**extra: Any) -> dict[str, Any]:
+    """Field metadata for the command line (metavar, exclusive group, ...)."""
+    return extra
+
+
+class JobParams(BaseModel):
+    """Base of every job's parameters: frozen, unknown names refused (a typo in a
+    deployment's parameters fails at once instead of being ignored)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+    command: ClassVar[str]
+    summary: ClassVar[str]
+
+
+class ClusterParams(JobParams):
+    """Where the work fans out: a new local Dask cluster or an existing scheduler."""
+
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="local Dask worker processes (default: one per core)",
+        json_schema_extra=cli(group="where"),
+    )
+    dask_address: str | None = Field(
+        default=None,
+        description="address of an existing Dask scheduler (tcp://host:8786) instead of a "
+        "local cluster",
+        json_schema_extra=cli(group="where", metavar="ADDRESS"),
+    )
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> ClusterParams:
+        if self.workers is not None and self.dask_address:
+            raise ValueError("give workers or dask_address, not both")
+        return self
+
+
+class SynthParams(JobParams):
+    command: ClassVar[str] = "synth"
+    summary: ClassVar[str] = "write a synthetic renal-mass CT archive and its labels"
+
+    out: str = Field(description="output folder for archive/, labels.csv and synth.json")
+    patients: int = Field(default=20, ge=1, description="number of patients")
+    seed: int = Field(default=0, description="random seed; recorded in OUT/synth.json")
+    benign_fraction: float = Field(
+        default=0.19,
+        ge=0,
+        le=1,
+        description="share of benign (oncocytoma) patients (the paper's cohort had 0.19)",
+    )
+    max_slices_per_series: int = Field(
+        default=30, ge=1, description="cap on slices per series through the lesion"
+    )
+    workers: int | None = Field(
+        default=None, ge=1, description="processes writing files (default: one per core)"
+    )
+
+
+class PreprocessParams(JobParams):
+    """How DICOM slices become images; every default is PreprocessConfig's."""
+
+    window_center: float = Field(
+        default=_PREPROCESS.window_center,
+        description="window level in HU (our choice: abdominal soft tissue; the paper does "
+        "not state its window)",
+    )
+    window_width: float = Field(
+        default=_PREPROCESS.window_width, gt=0, description="window width in HU (our choice)"
+    )
+    window_source: WindowSource = Field(
+        default=_PREPROCESS.window_source,
+        description="'fixed' applies the level/width above to every slice; 'file' uses each "
+        "file's WindowCenter/WindowWidth",
+    )
+    size: int = Field(
+        default=_PREPROCESS.output_size,
+        ge=8,
+        le=4096,
+        description="output image side in pixels (paper: ResNet50V2's 224)",
+    )
+    interpolation: Interpolation = Field(
+        default=_PREPROCESS.interpolation,
+        description="resize filter (paper: nearest, as the paper's Keras load_img)",
+    )
+    max_axial_angle: float = Field(
+        default=_PREPROCESS.max_axial_angle_deg,
+        ge=0,
+        lt=90,
+        description="largest tilt in degrees from the feet-head axis still counted as axial "
+        "(our choice)",
+    )
+    keep_derived: bool = Field(
+        default=_PREPROCESS.keep_derived,
+        description="also keep DERIVED images (reformats, secondary captures)",
+    )
+
+    def preprocess_config(self) -> PreprocessConfig:
+        return PreprocessConfig(
+            window_center=self.window_center,
+            window_width=self.window_width,
+            window_source=self.window_source,
+            output_size=self.size,
+            interpolation=self.interpolation,
+            max_axial_angle_deg=self.max_axial_angle,
+            keep_derived=self.keep_derived,
+        )
+
+
+class IngestParams(PreprocessParams, ClusterParams):
+    command: ClassVar[str] = "ingest"
+    summary: ClassVar[str] = (
+        "convert a DICOM archive into the Parquet slice store (Prefect flow on Dask)"
+    )
+
+    archive: str = Field(
+        description="archive folder or URI (file://, s3://)", json_schema_extra=positional()
+    )
+    store: str = Field(description="slice store folder or URI")
+    labels: str | None = Field(
+        default=None,
+        description="CSV with patient_id,label (benign|malignant)",
+        json_schema_extra=cli(metavar="CSV"),
+    )
+    cohort: str = Field(
+        default=DEVELOPMENT,
+        description=f"cohort name; '{DEVELOPMENT}' is split for training, any other name is "
+        "an external test cohort",
+    )
+    slices_per_task: int = Field(
+        default=512,
+        ge=1,
+        description="most slices per conversion task (our choice: about 25 MB of output)",
+    )
+    memory_limit: str | None = Field(
+        default=None,
+        description="per-worker memory limit of the local cluster, e.g. 2GiB",
+        json_schema_extra=cli(metavar="SIZE"),
+    )
+    summary_json: str | None = Field(
+        default=None,
+        description="also write the run summary as JSON to this file",
+        json_schema_extra=cli(metavar="FILE"),
+    )
+
+
+class TrainParams(JobParams):
+    """Unset options take the profile's value (`renalflow.tasks.model.profile_config`)."""
+
+    command: ClassVar[str] = "train"
+    summary: ClassVar[str] = (
+        "train the classifier on the development cohort (paper profile by default)"
+    )
+
+    store: str = Field(description="slice store written by `renalflow ingest`")
+    model_dir: str = Field(description="where the model and its records go")
+    profile: Profile = Field(
+        default=Profile.PAPER,
+        description="'paper': ResNet50V2, ImageNet weights, RMSprop 2e-5, 10 epochs; "
+        "'cpu-demo' (ours): a small CNN on the kidney region that trains in minutes on a CPU",
+    )
+    epochs: int | None = Field(default=None, ge=1, description="epochs (paper: 10)")
+    batch_size: int | None = Field(
+        default=None, ge=1, description="images per training step (our choice: 32)"
+    )
+    learning_rate: float | None = Field(
+        default=None, gt=0, description="RMSprop learning rate (paper: 2e-5)"
+    )
+    weights: str | None = Field(
+        default=None,
+        description="'imagenet' (paper; fetched by Keras, needs the internet), 'none', or a "
+        "local weights file",
+    )
+    select_epoch: int | None = Field(
+        default=None,
+        ge=1,
+        description="keep this epoch's model (the paper kept 5); default: lowest validation loss",
+    )
+    decay_after: int | None = Field(
+        default=None,
+        ge=1,
+        description="divide the learning rate by 10 after this epoch (the authors suggest 4)",
+    )
+    schedule: Schedule | None = Field(
+        default=None,
+        description="learning-rate schedule (paper: constant; cpu-demo: cosine, falling to 0)",
+    )
+    ema: float | None = Field(
+        default=None,
+        description="keep an exponential moving average of the weights with this per-step "
+        "momentum, or 'none' (paper: none; cpu-demo: 0.99)",
+        json_schema_extra=cli(metavar="MOMENTUM"),
+    )
+    region: tuple[float, float, float, float] | tuple[()] | None = Field(
+        default=None,
+        description="the part of the slice the network sees as TOP,BOTTOM,LEFT,RIGHT "
+        "fractions, or 'full' (paper: full; cpu-demo: the kidney region 0.28,0.9,0.14,0.86)",
+        json_schema_extra=cli(metavar="TOP,BOTTOM,LEFT,RIGHT"),
+    )
+    mixed_precision: MixedPrecision | None = Field(
+        default=None, description="mixed precision on accelerators (default: off)"
+    )
+    seed: int = Field(default=SEED, description="seed for the split, weights and shuffling")
+    oversample: bool | None = Field(
+        default=None,
+        description="resample benign training images to 50:50 (paper: on)",
+    )
+    augment: bool | None = Field(
+        default=None,
+        description="random flips, zoom, shifts and noise while training (paper: off, the "
+        "paper found augmentation harmful; cpu-demo: on)",
+    )
+    dask_address: str | None = Field(
+        default=None,
+        description="Dask scheduler with GPU workers (`dask worker ... --resources GPU=1`); "
+        "training runs there when it has one, in this process otherwise",
+        json_schema_extra=cli(metavar="ADDRESS"),
+    )
+
+    @field_validator("ema", mode="before")
+    @classmethod
+    def _ema(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.lower() in ("none", "off"):
+                return 0.0  # explicitly no averaging (None means: the profile's)
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"a momentum between 0 and 1, or none; got {value!r}") from None
+        if value is not None and value != 0 and not 0 < value < 1:
+            raise ValueError(f"a momentum between 0 and 1, or none; got {value}")
+        return value
+
+    @field_validator("region", mode="before")
+    @classmethod
+    def _region(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.lower() in ("full", "none", "whole"):
+                return ()
+            value = value.split(",")
+        if value is None or len(value) == 0:
+            return value if value is None else ()
+        region = tuple(float(v) for v in value)
+        if len(region) != 4 or not (
+            0 <= region[0] < region[1] <= 1 and 0 <= region[2] < region[3] <= 1
+        ):
+            raise ValueError(
+                "TOP,BOTTOM,LEFT,RIGHT as fractions of the slice, top < bottom and left < "
+                f"right (e.g. 0.28,0.9,0.14,0.86), or 'full'; got {value!r}"
+            )
+        return region
+
+
+class EvaluateParams(JobParams):
+    command: ClassVar[str] = "evaluate"
+    summary: ClassVar[str] = (
+        "image metrics, the patient majority vote and a report for a split or a cohort"
+    )
+
+    store: str = Field(description="slice store written by `renalflow ingest`")
+    model_dir: str = Field(description="trained model (renalflow train)")
+    out: str = Field(description="folder for the report (report.html, metrics.json, ...)")
+    split: Split | None = Field(
+        default=None,
+        description="split of the development cohort to evaluate (default: test)",
+        json_schema_extra=cli(group="which"),
+    )
+    cohort: str | None = Field(
+        default=None,
+        description="an external cohort ingested with --cohort NAME",
+        json_schema_extra=cli(group="which"),
+    )
+    vote_threshold: float = Field(
+        default=VOTE_THRESHOLD,
+        gt=0,
+        le=1,
+        description="a patient is malignant when at least this share of its images are "
+        "(paper: 0.51)",
+    )
+    image_threshold: float = Field(
+        default=IMAGE_THRESHOLD,
+        gt=0,
+        le=1,
+        description="an image is malignant when P(malignant) is at least this (paper: 0.5)",
+    )
+    bootstrap: int = Field(
+        default=1000, ge=1, description="bootstrap resamples for the AUC's 95% CI (our choice)"
+    )
+    seed: int = Field(default=SEED, description="seed of the bootstrap")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> EvaluateParams:
+        if self.split is not None and self.cohort:
+            raise ValueError("give split or cohort, not both")
+        return self
+
+
+class ScoreParams(ClusterParams):
+    command: ClassVar[str] = "score"
+    summary: ClassVar[str] = (
+        "screen an archive with a trained model into the results table (incremental)"
+    )
+
+    archive: str = Field(
+        description="archive folder or URI (file://, s3://)", json_schema_extra=positional()
+    )
+    model_dir: str = Field(description="trained model (renalflow train)")
+    results: str = Field(description="results table folder or s3:// URI")
+    store: str | None = Field(
+        default=None,
+        description="slice store for the archive's slices (default: RESULTS.slices beside "
+        "the results; it holds identifiers and pixels, so keep it inside the department)",
+    )
+    cohort: str = Field(default=SCREENING, description="cohort name for newly ingested files")
+    vote_threshold: float = Field(
+        default=VOTE_THRESHOLD,
+        gt=0,
+        le=1,
+        description="a study is malignant when at least this share of its images are (paper: 0.51)",
+    )
+    image_threshold: float = Field(
+        default=IMAGE_THRESHOLD,
+        gt=0,
+        le=1,
+        description="an image is malignant when P(malignant) is at least this (paper: 0.5)",
+    )
+    min_images: int = Field(
+        default=MIN_IMAGES,
+        ge=1,
+        description="studies with fewer images are flagged too_few_images (our choice; the "
+        "paper had 20-100 images per patient)",
+    )
+    key_secret: str | None = Field(
+        default=None,
+        description="Prefect Secret block holding the pseudonymisation key (default: "
+        "RENALFLOW_PSEUDONYM_KEY from the environment)",
+    )
+    explain: bool = Field(
+        default=False,
+        description="also write heat maps (Grad-CAM) of the 3+3 slices that decided each vote",
+    )
+    explain_dir: str | None = Field(
+        default=None,
+        description="where the heat maps go (default: RESULTS.heatmaps beside the results)",
+    )
+    summary_json: str | None = Field(
+        default=None,
+        description="also write the run summary as JSON to this file",
+        json_schema_extra=cli(metavar="FILE"),
+    )
+
+
+class QueryParams(JobParams):
+    command: ClassVar[str] = "query"
+    summary: ClassVar[str] = "DuckDB SQL over the results table (patient_votes, slice_scores)"
+
+    sql: str = Field(
+        description="a SELECT over patient_votes and slice_scores", json_schema_extra=positional()
+    )
+    results: str = Field(description="results table folder or URI")
+    as_of: str | None = Field(
+        default=None,
+        description="a patient_votes version (e.g. 3) or a time (e.g. 2026-11-27T02:00)",
+    )
+    format: str = Field(
+        default="table",
+        description="output format",
+        json_schema_extra=cli(choices=["table", "csv", "json", "parquet"]),
+    )
+    output: str | None = Field(
+        default=None, description="write to this file instead of the terminal (parquet needs it)"
+    )
+
+
+class HistoryParams(JobParams):
+    command: ClassVar[str] = "history"
+    summary: ClassVar[str] = "versions of the results table (for --as-of), newest first"
+
+    results: str = Field(description="results table folder or URI")
+
+
+class CohortReportParams(JobParams):
+    command: ClassVar[str] = "cohort-report"
+    summary: ClassVar[str] = (
+        "an HTML summary of the results table: votes by year, vendor and phase mix"
+    )
+
+    results: str = Field(description="results table folder or URI")
+    out: str = Field(description="folder for cohort.html")
+    as_of: str | None = Field(default=None, description="a patient_votes version or a time")
+
+
+NIGHTLY_CRON = "0 2 * * *"
+"""Our choice: scheduled scoring at 02:00 local time, when the PACS is quiet."""
+
+
+class ServeParams(ClusterParams):
+    command: ClassVar[str] = "serve"
+    summary: ClassVar[str] = (
+        "register and serve Prefect deployments: nightly scoring, ingest and train"
+    )
+
+    archive: str = Field(
+        description="archive the nightly run screens", json_schema_extra=positional()
+    )
+    model_dir: str = Field(description="trained model used for scoring")
+    results: str = Field(description="results table folder or URI")
+    store: str | None = Field(default=None, description="slice store (default: RESULTS.slices)")
+    cron: str = Field(default=NIGHTLY_CRON, description="nightly schedule, cron syntax")
+    timezone: str | None = Field(
+        default=None, description="IANA time zone of the schedule (default: this machine's)"
+    )
+    key_secret: str | None = Field(
+        default=None, description="Prefect Secret block with the pseudonymisation key"
+    )
+
+
+class WebParams(JobParams):
+    command: ClassVar[str] = "web"
+    summary: ClassVar[str] = "a page for urologists: upload one patient's CT series, see the vote"
+
+    model_dir: str = Field(description="trained model (renalflow train)")
+    out: str = Field(default="renalflow-web", description="folder for uploads")
+    host: str = Field(default="127.0.0.1", description="address to listen on (loopback by default)")
+    port: int = Field(default=8000, ge=1, le=65535, description="port")
+    max_upload_mb: int = Field(default=500, ge=1, description="largest upload in MB")
+    keep_uploads: bool = Field(default=False, description="keep uploads after scoring")
+
+
+class DemoParams(JobParams):
+    command: ClassVar[str] = "demo"
+    summary: ClassVar[str] = (
+        "run the pipeline end to end on a synthetic archive (what `make demo` runs)"
+    )
+
+    out: str = Field(default="renalflow-demo", description="working folder")
+    patients: int = Field(default=100, ge=1, description="synthetic development patients")
+    benign_fraction: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="benign share of the development patients (our choice: 0.5, so that the "
+        "20 test patients hold about 10 benign ones and the AUC means something; the "
+        "paper's cohort had 0.19)",
+    )
+    screening: int = Field(
+        default=12, ge=1, description="patients in the screening archive that gets scored"
+    )
+    seed: int = Field(default=SEED, description="random seed")
+    interpolation: Interpolation = Field(
+        default=Interpolation.BOX,
+        description="resize filter when ingesting (our choice: box, each 224-px pixel "
+        "averages the 512-px pixels it covers, so the slice keeps its mean density and pixel "
+        "noise falls to under half; `renalflow ingest` keeps the paper's nearest)",
+    )
+    workers: int | None = Field(
+        default=None, ge=1, description="local Dask workers (default: one per core)"
+    )
+
+
+JOB_PARAMS: tuple[type[JobParams], ...] = (
+    SynthParams,
+    IngestParams,
+    TrainParams,
+    EvaluateParams,
+    ScoreParams,
+    QueryParams,
+    HistoryParams,
+    CohortReportParams,
+    ServeParams,
+    WebParams,
+    DemoParams,
+)
+"""Every command, in the order `renalflow --help` lists them."""
