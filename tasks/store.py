@@ -288,3 +288,27 @@ def read_manifest(store_uri: str) -> dict[str, Any]:
         )
     with fs.open(path, "rb") as handle:
         return dict(json.loads(handle.read()))
+
+
+def describe_store(store_uri: str) -> str:
+    """A short summary of a slice store: patients, series and slices per label and phase."""
+    import duckdb
+
+    table = read_table(
+        store_uri, SLICES, columns=["label", "phase", "patient_id", "series_instance_uid"]
+    )
+    con = duckdb.connect()
+    con.register("slices", table)
+    result = con.execute(
+        """
+        select coalesce(label, '(unlabelled)') as label, phase,
+               count(distinct patient_id) as patients,
+               count(distinct series_instance_uid) as series,
+               count(*) as slices
+        from slices group by all order by label, phase
+        """
+    ).fetchall()
+    lines = [f"  {'label':<13} {'phase':<12} {'patients':>8} {'series':>7} {'slices':>7}"]
+    for label, phase, patients, series, slices in result:
+        lines.append(f"  {label:<13} {phase:<12} {patients:>8} {series:>7} {slices:>7}")
+    return "\n".join(lines)
