@@ -29,6 +29,7 @@ from renalflow.tasks.config import (
     Split,
     WindowSource,
 )
+from renalflow.tasks.model import check_region
 
 _PREPROCESS = PreprocessConfig()
 
@@ -274,24 +275,42 @@ class TrainParams(JobParams):
     @field_validator("region", mode="before")
     @classmethod
     def _region(cls, value: Any) -> Any:
+        original = value
         if isinstance(value, str):
             if value.lower() in ("full", "none", "whole"):
                 return ()
             value = value.split(",")
         if value is None or len(value) == 0:
             return value if value is None else ()
-        region = tuple(float(v) for v in value)
-        if len(region) != 4 or not (
-            0 <= region[0] < region[1] <= 1 and 0 <= region[2] < region[3] <= 1
-        ):
+        try:
+            return check_region(value)
+        except ValueError:
             raise ValueError(
                 "TOP,BOTTOM,LEFT,RIGHT as fractions of the slice, top < bottom and left < "
-                f"right (e.g. 0.28,0.9,0.14,0.86), or 'full'; got {value!r}"
-            )
-        return region
+                f"right (e.g. 0.28,0.9,0.14,0.86), or 'full'; got {original!r}"
+            ) from None
 
 
-class EvaluateParams(JobParams):
+class VoteParams(JobParams):
+    """The decision rule's two thresholds, as evaluation and scoring take them."""
+
+    vote_threshold: float = Field(
+        default=VOTE_THRESHOLD,
+        gt=0,
+        le=1,
+        description="a patient's study is malignant when at least this share of its images "
+        f"are (paper: {VOTE_THRESHOLD})",
+    )
+    image_threshold: float = Field(
+        default=IMAGE_THRESHOLD,
+        gt=0,
+        le=1,
+        description=f"an image is malignant when P(malignant) is at least this (paper: "
+        f"{IMAGE_THRESHOLD})",
+    )
+
+
+class EvaluateParams(VoteParams):
     command: ClassVar[str] = "evaluate"
     summary: ClassVar[str] = (
         "image metrics, the patient majority vote and a report for a split or a cohort"
@@ -310,19 +329,6 @@ class EvaluateParams(JobParams):
         description="an external cohort ingested with --cohort NAME",
         json_schema_extra=cli(group="which"),
     )
-    vote_threshold: float = Field(
-        default=VOTE_THRESHOLD,
-        gt=0,
-        le=1,
-        description="a patient is malignant when at least this share of its images are "
-        "(paper: 0.51)",
-    )
-    image_threshold: float = Field(
-        default=IMAGE_THRESHOLD,
-        gt=0,
-        le=1,
-        description="an image is malignant when P(malignant) is at least this (paper: 0.5)",
-    )
     bootstrap: int = Field(
         default=1000, ge=1, description="bootstrap resamples for the AUC's 95% CI (our choice)"
     )
@@ -335,7 +341,7 @@ class EvaluateParams(JobParams):
         return self
 
 
-class ScoreParams(ClusterParams):
+class ScoreParams(VoteParams, ClusterParams):
     command: ClassVar[str] = "score"
     summary: ClassVar[str] = (
         "screen an archive with a trained model into the results table (incremental)"
@@ -352,18 +358,6 @@ class ScoreParams(ClusterParams):
         "the results; it holds identifiers and pixels, so keep it inside the department)",
     )
     cohort: str = Field(default=SCREENING, description="cohort name for newly ingested files")
-    vote_threshold: float = Field(
-        default=VOTE_THRESHOLD,
-        gt=0,
-        le=1,
-        description="a study is malignant when at least this share of its images are (paper: 0.51)",
-    )
-    image_threshold: float = Field(
-        default=IMAGE_THRESHOLD,
-        gt=0,
-        le=1,
-        description="an image is malignant when P(malignant) is at least this (paper: 0.5)",
-    )
     min_images: int = Field(
         default=MIN_IMAGES,
         ge=1,
