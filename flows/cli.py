@@ -108,7 +108,8 @@ DETAILS: dict[str, str] = {
         "Run SQL against the results table, whose tables appear as the views patient_votes "
         "and slice_scores. With --as-of, read it as it was at a version of patient_votes "
         "(see `renalflow history`) or at a time, so a study can cite the exact state it "
-        "analysed."
+        "analysed. Only one SELECT (or WITH ... SELECT) runs, in a session that reads these "
+        "two tables and nothing else: no files, no extensions, no settings changed."
     ),
     "history": "List the commits of patient_votes: version, time, operation, flow run.",
     "cohort-report": (

@@ -15,21 +15,59 @@ from renalflow.tasks.results import tables_as_of
 FORMATS = ("table", "csv", "json", "parquet")
 
 
-def run_query(results: str, sql: str, as_of: int | datetime | None = None) -> pa.Table:
-    """Run `sql` with `patient_votes` and `slice_scores` as views; an Arrow table back."""
+# DuckDB settings that make a query session read the registered tables and nothing else:
+# no files, no network, no extensions installed or loaded, and (set after the tables are
+# registered) no way to change any of this from the SQL.
+LOCKED_DOWN = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+}
+
+
+def check_select(con: Any, sql: str) -> None:
+    """Exactly one SELECT (a WITH ... SELECT is one); anything else is refused by name."""
     import duckdb
 
-    datasets = tables_as_of(results, as_of)
-    con = duckdb.connect()
     try:
-        for name, dataset in datasets.items():
+        statements = con.extract_statements(sql)
+    except duckdb.Error as err:
+        raise InputError(f"the query is not valid SQL: {err}") from err
+    if len(statements) != 1:
+        raise InputError(f"give one SELECT statement, not {len(statements)}")
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise InputError(
+            f"only a SELECT (or WITH ... SELECT) over patient_votes and slice_scores is "
+            f"allowed; this is a {kind.name} statement"
+        )
+
+
+def run_query(results: str, sql: str, as_of: int | datetime | None = None) -> pa.Table:
+    """Run one SELECT with `patient_votes` and `slice_scores` as views; an Arrow table back.
+
+    The session reads those two tables and nothing else (LOCKED_DOWN): no file access,
+    no extensions, no settings changed from the SQL.
+    """
+    import duckdb
+
+    con = duckdb.connect(config=LOCKED_DOWN)
+    try:
+        check_select(con, sql)
+        for name, dataset in tables_as_of(results, as_of).items():
             # Materialised, not scanned lazily: DuckDB pushes string filters into a pyarrow
             # dataset as string_view, which pyarrow cannot compare with its strings, and a
             # view may be read twice in one query (self-joins across model versions).
             table = dataset if isinstance(dataset, pa.Table) else dataset.to_table()
             con.register(name, table)
+        con.execute("set lock_configuration = true")
         try:
             result = con.sql(sql)
+        except duckdb.PermissionException as err:
+            raise InputError(
+                f"the query tried to reach outside the results tables, which is not allowed: {err}"
+            ) from err
         except duckdb.Error as err:
             raise InputError(f"the query failed: {err}") from err
         if result is None:
