@@ -389,7 +389,8 @@ class QueryParams(JobParams):
     summary: ClassVar[str] = "DuckDB SQL over the results table (patient_votes, slice_scores)"
 
     sql: str = Field(
-        description="one SELECT (or WITH ... SELECT) over patient_votes and slice_scores", json_schema_extra=positional()
+        description="one SELECT (or WITH ... SELECT) over patient_votes and slice_scores",
+        json_schema_extra=positional(),
     )
     results: str = Field(description="results table folder or URI")
     as_of: str | None = Field(
