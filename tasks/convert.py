@@ -25,6 +25,7 @@ from renalflow.tasks.dicom import (
     read_text,
     read_us,
 )
+from renalflow.tasks.guards import check_codestream, check_declared_size, check_deflated
 from renalflow.tasks.image import apply_lut, resize_slice, stored_value_lut, window_hu
 
 
@@ -54,6 +55,9 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
             f"colour image ({photometric or 'unknown photometric'}, {samples} samples per "
             "pixel): CT slices are greyscale, this looks like a screen capture",
         )
+    # What the header and the codestream declare decides, before anything is decoded.
+    check_declared_size(ds)
+    check_codestream(ds)
     syntax = UID(ds.file_meta.TransferSyntaxUID)
     if syntax in _NATIVE_LITTLE_ENDIAN:
         native = _native_pixels(ds)
@@ -166,6 +170,7 @@ def preprocess_pixels(
 
 def convert_file(fp: IO[bytes] | str, config: PreprocessConfig) -> ConvertedSlice:
     """Read, check, decode and preprocess one file; raises `RejectedFile` if unusable."""
+    check_deflated(fp)
     ds = read_dataset(fp, with_pixels=True)
     header = read_header(ds, config)
     arr = decode_pixels(ds)

@@ -53,6 +53,7 @@ class RejectReason(StrEnum):
     DECODE_ERROR = "decode_error"
     UNREADABLE = "unreadable"
     CRASHED_WORKER = "crashed_worker"
+    TOO_LARGE = "too_large"
 
 
 class RejectedFile(InputError):
