@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from renalflow.tasks.errors import InputError
-from renalflow.tasks.explain import deciding_slices, heatmaps, write_overlay
+from renalflow.tasks.explain import heatmaps, write_overlay
 from renalflow.tasks.model import predict_probabilities
-from renalflow.tasks.score import ScoreConfig, cached_model, read_model_info, study_vote
+from renalflow.tasks.score import ScoreConfig, cached_model, read_model_info
+from renalflow.tasks.vote import deciding_slices, malignant_images, vote
 
 
 @dataclass(frozen=True)
@@ -115,28 +116,31 @@ def score_upload(paths: list[Path], config: WebConfig) -> dict[str, Any]:
     model = cached_model(info.model_dir, info.model_version)
     score = config.score
     probabilities = predict_probabilities(model, images, score.batch_size)
-    n_malignant, vote = study_vote(probabilities, score)
-    picks = deciding_slices(probabilities, vote, score.explain_per_side, score.image_threshold)
-    maps, method = heatmaps(model, images[picks], vote)
+    outcome = vote(probabilities, score.image_threshold, score.vote_threshold)
+    decided = outcome.vote.value
+    malignant = malignant_images(probabilities, score.image_threshold)
+    picks = deciding_slices(probabilities, decided, score.explain_per_side, score.image_threshold)
+    maps, method = heatmaps(model, images[picks], decided)
     pictures = []
     for i, heat in zip(picks, maps, strict=True):
         buffer = io.BytesIO()
-        caption = f"P(malignant) {probabilities[i]:.2f}  z {slices[i].header.z}"
+        header = slices[i].header
+        z = f"z {header.z:.1f} mm" if header.z is not None else "z unknown"
+        caption = f"{header.phase} phase, {z}  P(malignant) {probabilities[i]:.2f}"
         write_overlay(images[i], heat, caption, buffer)
         pictures.append(
             {
                 "probability": float(probabilities[i]),
                 "z": slices[i].header.z,
-                "side": "winning" if (probabilities[i] >= score.image_threshold)
-                == (vote == "malignant") else "losing",
+                "side": "winning" if malignant[i] == (decided == "malignant") else "losing",
                 "png": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(),
             }
         )  # fmt: skip
     return {
-        "vote": vote,
-        "n_images": len(images),
-        "n_malignant": n_malignant,
-        "fraction_malignant": n_malignant / len(images),
+        "vote": decided,
+        "n_images": outcome.n_images,
+        "n_malignant": outcome.n_malignant,
+        "fraction_malignant": outcome.fraction_malignant,
         "vote_threshold": score.vote_threshold,
         "image_threshold": score.image_threshold,
         "slices": [

@@ -1,4 +1,4 @@
-"""Evaluate a trained model: image metrics, the 51% patient vote, and a readable report."""
+"""Evaluate a trained model: image metrics, the patient vote, and a readable report."""
 
 from __future__ import annotations
 
@@ -10,19 +10,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from renalflow.tasks.config import DEVELOPMENT, IMAGE_THRESHOLD, SEED, VOTE_THRESHOLD, Split
 from renalflow.tasks.dataset import SliceSet, load_slices
 from renalflow.tasks.errors import InputError, ModelError
-from renalflow.tasks.metrics import (
-    binary_metrics,
-    bootstrap_auc_ci,
-    majority_vote,
-    roc_auc,
-    roc_curve,
-)
+from renalflow.tasks.metrics import binary_metrics, bootstrap_auc_ci, roc_auc, roc_curve
 from renalflow.tasks.model import predict_probabilities
 from renalflow.tasks.report import percent, write_html
 from renalflow.tasks.split import load_split
-from renalflow.tasks.train import DEVELOPMENT
+from renalflow.tasks.vote import deciding_slices, malignant_images, vote
 
 # The paper's results (Pedersen et al. 2020, Table 2/3), for the report.
 PAPER_RESULTS = {
@@ -48,28 +43,27 @@ def load_model(model_dir: str | Path) -> Any:
 def patient_table(
     meta: pd.DataFrame,
     probabilities: np.ndarray,
-    image_threshold: float = 0.5,
-    vote_threshold: float = 0.51,
+    image_threshold: float = IMAGE_THRESHOLD,
+    vote_threshold: float = VOTE_THRESHOLD,
 ) -> pd.DataFrame:
     """One row per patient: images, malignant images, fraction, vote and (if known) label."""
-    frame = meta[["patient_id", "label"]].assign(
-        probability=probabilities, malignant=probabilities >= image_threshold
-    )
-    grouped = frame.groupby("patient_id", sort=True)
-    table = pd.DataFrame(
-        {
-            "label": grouped["label"].first(),
-            "n_images": grouped.size(),
-            "n_malignant": grouped["malignant"].sum().astype(int),
-            "mean_probability": grouped["probability"].mean(),
-        }
-    )
-    table["fraction_malignant"] = table["n_malignant"] / table["n_images"]
-    table["vote"] = [
-        "malignant" if majority_vote(m, n, vote_threshold) else "benign"
-        for m, n in zip(table["n_malignant"], table["n_images"], strict=True)
-    ]
-    return table.reset_index()
+    frame = meta[["patient_id", "label"]].assign(probability=probabilities)
+    rows = []
+    for patient_id, group in frame.groupby("patient_id", sort=True):
+        outcome = vote(group["probability"].to_numpy(), image_threshold, vote_threshold)
+        rows.append(
+            {
+                "patient_id": patient_id,
+                "label": group["label"].iloc[0],
+                "n_images": outcome.n_images,
+                "n_malignant": outcome.n_malignant,
+                "mean_probability": float(group["probability"].mean()),
+                "fraction_malignant": outcome.fraction_malignant,
+                "vote": outcome.vote.value,
+            }
+        )
+    columns = ["patient_id", "label", "n_images", "n_malignant", "mean_probability"]
+    return pd.DataFrame(rows, columns=[*columns, "fraction_malignant", "vote"])
 
 
 def select_slices(
@@ -81,7 +75,7 @@ def select_slices(
             raise InputError(f"no labelled slices of cohort {cohort!r} in {store_uri}")
         return slices
     assignment = load_split(model_dir / "split.json")
-    wanted = split or "test"
+    wanted = split or Split.TEST.value
     patients = {p for p, s in assignment.items() if s == wanted}
     if not patients:
         raise InputError(f"the split in {model_dir} has no {wanted!r} patients")
@@ -93,12 +87,12 @@ def evaluate(
     model_dir: str | Path,
     report_dir: str | Path,
     *,
-    split: str | None = "test",
+    split: str | None = Split.TEST.value,
     cohort: str | None = None,
-    image_threshold: float = 0.5,
-    vote_threshold: float = 0.51,
+    image_threshold: float = IMAGE_THRESHOLD,
+    vote_threshold: float = VOTE_THRESHOLD,
     n_bootstrap: int = 1000,
-    seed: int = 2020,
+    seed: int = SEED,
 ) -> dict[str, Any]:
     """Score a split or external cohort; write metrics.json, patients.csv, plots and report.md."""
     started = time.perf_counter()
@@ -108,7 +102,7 @@ def evaluate(
     model = load_model(model_dir)
     probabilities = predict_probabilities(model, slices.images)
     y = slices.labels.astype(int)
-    image_metrics = binary_metrics(y, probabilities >= image_threshold)
+    image_metrics = binary_metrics(y, malignant_images(probabilities, image_threshold))
     auc = roc_auc(y, probabilities)
     low, high = bootstrap_auc_ci(
         y, probabilities, slices.meta["patient_id"].to_numpy(), n_boot=n_bootstrap, seed=seed
@@ -172,7 +166,7 @@ def _explain_misclassified(
 ) -> dict[str, Any]:
     """Heat maps of the deciding slices of each misclassified patient (at most `most`),
     as PNG overlays in REPORT/heatmaps/."""
-    from renalflow.tasks.explain import deciding_slices, heatmaps, write_overlay
+    from renalflow.tasks.explain import heatmaps, write_overlay  # Keras: only when needed
 
     wrong = patients[patients["vote"] != patients["label"]].head(most)
     folder = report / "heatmaps"

@@ -186,20 +186,6 @@ def _to_slices(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def deciding_slices(
-    probabilities: np.ndarray, vote: str, per_side: int = 3, threshold: float = 0.5
-) -> list[int]:
-    """Indices of the slices that decided a vote: the `per_side` most confident on the
-    winning side, then the `per_side` most confident on the losing side (an image is
-    malignant at `threshold`, as in the vote)."""
-    order = np.argsort(-probabilities)  # most malignant first
-    malignant_side = [int(i) for i in order if probabilities[i] >= threshold]
-    benign_side = [int(i) for i in order[::-1] if probabilities[i] < threshold]
-    if vote == "malignant":
-        return malignant_side[:per_side] + benign_side[:per_side]
-    return benign_side[:per_side] + malignant_side[:per_side]
-
-
 def write_overlay(image: np.ndarray, heat: np.ndarray, caption: str, path: Any) -> Any:
     """A PNG of the slice in grey with the heat map in colour over it and a caption
     (patient key, probability) in the corner; `path` is a file name or a binary file."""

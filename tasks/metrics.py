@@ -72,17 +72,6 @@ def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> BinaryMetrics:
     )
 
 
-def majority_vote(n_malignant: int, n_images: int, threshold: float = 0.51) -> bool:
-    """The study's patient rule: malignant when at least `threshold` of the images are.
-
-    With the default 51%, a patient with exactly half malignant images is benign (a tie
-    does not reach 51%). A patient without images has no vote.
-    """
-    if n_images <= 0:
-        raise ValueError("a patient without images has no vote")
-    return n_malignant / n_images >= threshold - 1e-12
-
-
 def bootstrap_auc_ci(
     y_true: np.ndarray,
     scores: np.ndarray,

@@ -18,7 +18,7 @@ FORMATS = ("table", "csv", "json", "parquet")
 # DuckDB settings that make a query session read the registered tables and nothing else:
 # no files, no network, no extensions installed or loaded, and (set after the tables are
 # registered) no way to change any of this from the SQL.
-LOCKED_DOWN = {
+LOCKED_DOWN: dict[str, str | bool | int | float | list[str]] = {
     "enable_external_access": False,
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,

@@ -24,12 +24,17 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
-from renalflow.tasks.config import Phase, PreprocessConfig
+from renalflow.tasks.config import (
+    IMAGE_THRESHOLD,
+    MIN_IMAGES,
+    VOTE_THRESHOLD,
+    Phase,
+    PreprocessConfig,
+)
 from renalflow.tasks.dataset import META_COLUMNS, pixels_to_array
 from renalflow.tasks.dicom import RejectReason
 from renalflow.tasks.errors import ModelError, StoreError
 from renalflow.tasks.ingest import worker_name
-from renalflow.tasks.metrics import majority_vote
 from renalflow.tasks.model import predict_probabilities
 from renalflow.tasks.pseudonym import key_id, pseudonym
 from renalflow.tasks.store import (
@@ -42,6 +47,7 @@ from renalflow.tasks.store import (
     read_manifest,
     read_table,
 )
+from renalflow.tasks.vote import check_thresholds, deciding_slices, malignant_images, vote
 
 # What the planner reads from the store: everything but the pixels.
 INVENTORY_COLUMNS = ["source_uri", "instance_number", *META_COLUMNS]
@@ -52,9 +58,9 @@ class ScoreConfig:
     """Scoring settings; defaults follow the paper.
 
     Attributes:
-        image_threshold: an image is malignant when P(malignant) >= this (0.5).
+        image_threshold: an image is malignant when P(malignant) >= this (paper).
         vote_threshold: a study is malignant when at least this share of its images
-            are (the paper's 51%).
+            are (paper).
         min_images: studies with fewer images get the `too_few_images` QC flag (the
             paper had 20-100 images per patient; a vote on a handful is fragile).
         batch_size: images per inference batch.
@@ -62,27 +68,17 @@ class ScoreConfig:
         explain_per_side: that many most confident slices on each side of the vote.
     """
 
-    image_threshold: float = 0.5
-    vote_threshold: float = 0.51
-    min_images: int = 10
+    image_threshold: float = IMAGE_THRESHOLD
+    vote_threshold: float = VOTE_THRESHOLD
+    min_images: int = MIN_IMAGES
     batch_size: int = 64
     explain: bool = False
     explain_per_side: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("image_threshold", "vote_threshold"):
-            value = getattr(self, name)
-            if not 0.0 < value <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1], got {value}")
+        check_thresholds(self.image_threshold, self.vote_threshold)
         if self.min_images < 1 or self.batch_size < 1:
             raise ValueError("min_images and batch_size must be at least 1")
-
-
-def study_vote(probabilities: np.ndarray, config: ScoreConfig) -> tuple[int, str]:
-    """(malignant images, vote) of one study: the paper's majority vote."""
-    n_malignant = int((np.asarray(probabilities) >= config.image_threshold).sum())
-    malignant = majority_vote(n_malignant, len(probabilities), config.vote_threshold)
-    return n_malignant, "malignant" if malignant else "benign"
 
 
 @dataclass(frozen=True)
@@ -368,7 +364,7 @@ def result_rows(
     if missing:
         raise StoreError(f"{len(missing)} slices were planned but never scored")
     frame["probability"] = frame["sop_instance_uid"].map(probabilities).astype(np.float32)
-    frame["malignant"] = frame["probability"] >= config.image_threshold
+    frame["malignant"] = malignant_images(frame["probability"].to_numpy(), config.image_threshold)
     kid = key_id(key)
     patient_key = {p: pseudonym(key, p) for p in frame["patient_id"].unique()}
     study_key = {s: pseudonym(key, s) for s in frame["study_instance_uid"].unique()}
@@ -400,7 +396,9 @@ def result_rows(
     votes = []
     for study_uid, group in frame.groupby("study_instance_uid", sort=True):
         n_images = len(group)
-        n_malignant, vote = study_vote(group["probability"].to_numpy(), config)
+        outcome = vote(
+            group["probability"].to_numpy(), config.image_threshold, config.vote_threshold
+        )
         phases = {str(p) for p in group["phase"]}
         too_few = n_images < config.min_images
         noncontrast_only = phases == {Phase.NONCONTRAST.value}
@@ -425,9 +423,9 @@ def result_rows(
                 "phases": _joined(group["phase"]),
                 "n_series": int(group["series_instance_uid"].nunique()),
                 "n_images": n_images,
-                "n_malignant": n_malignant,
-                "fraction_malignant": n_malignant / n_images,
-                "vote": vote,
+                "n_malignant": outcome.n_malignant,
+                "fraction_malignant": outcome.fraction_malignant,
+                "vote": outcome.vote.value,
                 "vote_threshold": config.vote_threshold,
                 "image_threshold": config.image_threshold,
                 "mean_probability": float(group["probability"].mean()),
@@ -449,6 +447,13 @@ def result_rows(
     return slice_rows, vote_rows
 
 
+def _where(row: Any) -> str:
+    """A slice's phase and position for a heat map's caption."""
+    z = row.get("z")
+    at = f"z {float(z):.1f} mm" if z is not None and not pd.isna(z) else "z unknown"
+    return f"{row.get('phase') or 'unknown'} phase, {at}"
+
+
 def plan_explanations(
     slices: pd.DataFrame,
     probabilities: dict[str, float],
@@ -458,24 +463,23 @@ def plan_explanations(
 ) -> tuple[dict[str, list[str]], dict[str, str], dict[str, tuple[str, str]]]:
     """Which slices to explain, per store part: the deciding slices of each study's
     vote, the class each map explains, and where each overlay goes with its caption."""
-    from renalflow.tasks.explain import deciding_slices
-
     parts: dict[str, list[str]] = {}
     targets: dict[str, str] = {}
     outputs: dict[str, tuple[str, str]] = {}
     for study_uid, group in slices.groupby("study_instance_uid", sort=True):
         p = np.array([probabilities[u] for u in group["sop_instance_uid"]])
-        _, vote = study_vote(p, config)
-        picks = deciding_slices(p, vote, config.explain_per_side, config.image_threshold)
+        decided = vote(p, config.image_threshold, config.vote_threshold).vote
+        picks = deciding_slices(p, decided, config.explain_per_side, config.image_threshold)
         study_key = pseudonym(key, str(study_uid))
         patient_key = pseudonym(key, str(group["patient_id"].iloc[0]))
         for i in picks:
             row = group.iloc[i]
             uid = str(row["sop_instance_uid"])
             parts.setdefault(str(row["part"]), []).append(uid)
-            targets[uid] = vote
+            targets[uid] = decided.value
             outputs[uid] = (
                 f"{out_dir.rstrip('/')}/{study_key}/{pseudonym(key, uid)}.png",
-                f"patient {patient_key[:12]}  P(malignant) {probabilities[uid]:.2f}  vote {vote}",
+                f"patient {patient_key[:12]}  {_where(row)}  P(malignant) "
+                f"{probabilities[uid]:.2f}  vote {decided.value}",
             )
     return parts, targets, outputs

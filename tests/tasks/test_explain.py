@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from renalflow.tasks.explain import (
-    deciding_slices,
     grad_cam,
     heatmaps,
     occlusion,
@@ -120,13 +119,6 @@ def test_the_paper_network_splits_at_its_last_block():
     via = np.asarray(split.head(split.features(images[..., None]))).ravel()
     np.testing.assert_allclose(direct, via, rtol=1e-4, atol=1e-5)
     assert grad_cam(model, images).shape == (2, 32, 32)
-
-
-def test_deciding_slices_take_the_winning_side_first():
-    p = np.array([0.9, 0.2, 0.6, 0.05, 0.99, 0.4])
-    assert deciding_slices(p, "malignant", per_side=2) == [4, 0, 3, 1]
-    assert deciding_slices(p, "benign", per_side=2) == [3, 1, 4, 0]
-    assert deciding_slices(np.array([0.7, 0.8]), "malignant") == [1, 0]
 
 
 def test_overlay_is_a_png_with_the_slice_and_the_map(tmp_path):

@@ -4,7 +4,6 @@ import pytest
 from renalflow.tasks.metrics import (
     binary_metrics,
     bootstrap_auc_ci,
-    majority_vote,
     roc_auc,
     roc_curve,
 )
@@ -31,20 +30,6 @@ def test_binary_metrics_confusion_matrix():
     assert (m.tp, m.fn, m.tn, m.fp) == (2, 1, 1, 1)
     assert m.accuracy == pytest.approx(3 / 5)
     assert m.sensitivity == pytest.approx(2 / 3) and m.specificity == pytest.approx(1 / 2)
-
-
-@pytest.mark.parametrize(
-    ("malignant", "images", "vote"),
-    [(51, 100, True), (50, 100, False), (1, 2, False), (2, 3, True), (0, 5, False), (5, 5, True)],
-)
-def test_majority_vote_needs_51_percent(malignant, images, vote):
-    assert majority_vote(malignant, images) is vote
-
-
-def test_vote_threshold_is_configurable_and_empty_patients_have_no_vote():
-    assert majority_vote(1, 2, threshold=0.5) is True
-    with pytest.raises(ValueError, match="no vote"):
-        majority_vote(0, 0)
 
 
 def test_bootstrap_ci_resamples_patients_and_brackets_the_auc():
