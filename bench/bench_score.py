@@ -70,7 +70,7 @@ def model_dir(root: Path, store: str, profile: str) -> str:
 
 def baseline(store: str, model_path: str) -> tuple[int, float]:
     from renalflow.tasks.dataset import load_slices
-    from renalflow.tasks.evaluate import load_model
+    from renalflow.tasks.model_dir import load_model
 
     images = load_slices(store).images[..., None]
     model = load_model(model_path)
@@ -130,7 +130,7 @@ def main() -> None:
             # (over copies of a few files, which the store counts as the same slices).
             from distributed import Client
 
-            from renalflow.tasks.score import read_model_info
+            from renalflow.tasks.model_dir import read_model_info
 
             version = read_model_info(path).model_version
             with Client(cluster) as client:

@@ -11,7 +11,8 @@ from prefect import flow
 
 from renalflow.flows.jobs import evaluate_job, ingest_job, run_synth, score_job, train_job
 from renalflow.tasks.config import Profile
-from renalflow.tasks.errors import InputError, ModelError
+from renalflow.tasks.errors import InputError
+from renalflow.tasks.model_dir import has_model
 from renalflow.tasks.params import (
     DemoParams,
     EvaluateParams,
@@ -81,16 +82,6 @@ def demo_key(out: Path) -> str:
     return how
 
 
-def _has_model(model_dir: Path) -> bool:
-    from renalflow.tasks.score import read_model_info
-
-    try:
-        read_model_info(model_dir)
-    except ModelError:
-        return False
-    return True
-
-
 @flow(name="renalflow-demo")
 def demo_flow(params: DemoParams) -> dict[str, str]:
     """Synthesise, ingest, train (cpu-demo), evaluate, score and query; returns the
@@ -134,7 +125,7 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
     print(describe_store(str(where.store.resolve())))
 
     step(f"3/7 train: profile cpu-demo on the development patients -> {where.model}")
-    if _has_model(where.model):
+    if has_model(where.model):
         print("   (a model is already there; reusing it)")
     else:
         result = train_job(

@@ -63,8 +63,8 @@ def preflight_ingest(params: IngestParams, *, remote: bool) -> None:
 def preflight_score(params: ScoreParams, *, remote: bool) -> None:
     """No key, no model or no archive: refused before any work."""
     from renalflow.tasks.ingest import check_archive
+    from renalflow.tasks.model_dir import read_model_info
     from renalflow.tasks.pseudonym import NO_KEY_HELP, key_from_env
-    from renalflow.tasks.score import read_model_info
 
     if key_from_env() is None and not params.key_secret:
         raise InputError(NO_KEY_HELP)

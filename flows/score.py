@@ -22,6 +22,7 @@ from prefect_dask import DaskTaskRunner
 
 from renalflow.flows.ingest import _TASK_OPTIONS, Opaque, _balanced, _cluster_threads, run_ingest
 from renalflow.tasks.errors import InputError
+from renalflow.tasks.model_dir import read_model_info
 from renalflow.tasks.pseudonym import NO_KEY_HELP, check_key, key_from_env, key_id
 from renalflow.tasks.results import (
     PATIENT_VOTES,
@@ -37,7 +38,6 @@ from renalflow.tasks.score import (
     inventory,
     plan_explanations,
     plan_scoring,
-    read_model_info,
     result_rows,
     score_batches,
     score_slices,

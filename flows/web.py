@@ -24,7 +24,8 @@ import numpy as np
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.explain import heatmaps, write_overlay
 from renalflow.tasks.model import predict_probabilities
-from renalflow.tasks.score import ScoreConfig, cached_model, read_model_info
+from renalflow.tasks.model_dir import read_model_info
+from renalflow.tasks.score import ScoreConfig, cached_model
 from renalflow.tasks.vote import deciding_slices, malignant_images, vote
 
 

@@ -12,9 +12,10 @@ import pandas as pd
 
 from renalflow.tasks.config import DEVELOPMENT, IMAGE_THRESHOLD, SEED, VOTE_THRESHOLD, Split
 from renalflow.tasks.dataset import SliceSet, load_slices
-from renalflow.tasks.errors import InputError, ModelError
+from renalflow.tasks.errors import InputError
 from renalflow.tasks.metrics import binary_metrics, bootstrap_auc_ci, roc_auc, roc_curve
 from renalflow.tasks.model import predict_probabilities
+from renalflow.tasks.model_dir import ModelDir, load_model, model_version, profile_note
 from renalflow.tasks.report import percent, write_html
 from renalflow.tasks.split import load_split
 from renalflow.tasks.vote import deciding_slices, malignant_images, vote
@@ -25,19 +26,6 @@ PAPER_RESULTS = {
     "DataTest_2": {"auc": 0.946, "accuracy": 0.900, "specificity": 0.980, "patient_accuracy": 1.0},
     "DataTest_3": {"auc": 0.991, "accuracy": 0.971, "specificity": 1.000, "patient_accuracy": 1.0},
 }
-
-
-def load_model(model_dir: str | Path) -> Any:
-    import keras
-
-    path = Path(model_dir) / "model.keras"
-    if not path.exists():
-        raise ModelError(
-            f"no model.keras in {model_dir}; train one with `renalflow train --store S "
-            f"--model-dir {model_dir}`"
-        )
-    # Inference only: the optimizer state is not needed (and not restored).
-    return keras.saving.load_model(path, compile=False)
 
 
 def patient_table(
@@ -74,7 +62,7 @@ def select_slices(
         if len(slices) == 0:
             raise InputError(f"no labelled slices of cohort {cohort!r} in {store_uri}")
         return slices
-    assignment = load_split(model_dir / "split.json")
+    assignment = load_split(ModelDir(model_dir).split)
     wanted = split or Split.TEST.value
     patients = {p for p, s in assignment.items() if s == wanted}
     if not patients:
@@ -111,13 +99,12 @@ def evaluate(
     patient_metrics = binary_metrics(
         (patients["label"] == "malignant").to_numpy(), (patients["vote"] == "malignant").to_numpy()
     )
-    version_file = model_dir / "model_version.txt"
     name = cohort if cohort and cohort != DEVELOPMENT else f"{split or 'test'} split"
     metrics: dict[str, Any] = {
         "evaluated": name,
         "store": store_uri,
         "model_dir": str(model_dir),
-        "model_version": version_file.read_text().strip() if version_file.exists() else None,
+        "model_version": model_version(model_dir),
         "image_threshold": image_threshold,
         "vote_threshold": vote_threshold,
         "image": {
@@ -137,21 +124,12 @@ def evaluate(
         model, slices, probabilities, patients, report, image_threshold
     )
     (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    note = _profile_note(model_dir)
+    note = profile_note(model_dir)
     _write_markdown(metrics, patients, model_dir, report, note)
     write_html(
-        metrics, patients, y, probabilities, report, PAPER_RESULTS, model_dir / "curves.png", note
+        metrics, patients, y, probabilities, report, PAPER_RESULTS, ModelDir(model_dir).curves, note
     )
     return metrics
-
-
-def _profile_note(model_dir: Path) -> str | None:
-    """The model's warning for readers (the cpu-demo profile is not the paper's model)."""
-    config_path = model_dir / "config.json"
-    if not config_path.exists():
-        return None
-    note = json.loads(config_path.read_text()).get("note")
-    return str(note) if note and note != "paper profile" else None
 
 
 def _explain_misclassified(
@@ -284,9 +262,8 @@ def _write_markdown(
         ]
         for patient_id, paths in heat["patients"].items():
             lines += ["", f"### {patient_id}", "", " ".join(f"![]({p})" for p in paths)]
-    curves = model_dir / "curves.png"
+    curves = ModelDir(model_dir).curves
     if curves.exists():
-        target = report / "curves.png"
-        target.write_bytes(curves.read_bytes())
-        lines += ["", "## Training", "", "![training curves](curves.png)"]
+        (report / curves.name).write_bytes(curves.read_bytes())
+        lines += ["", "## Training", "", f"![training curves]({curves.name})"]
     (report / "report.md").write_text("\n".join(lines) + "\n")

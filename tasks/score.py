@@ -7,13 +7,11 @@ The flow (flows/score.py) strings these together: ingest what is new, `plan_scor
 
 from __future__ import annotations
 
-import json
 import posixpath
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -29,13 +27,13 @@ from renalflow.tasks.config import (
     MIN_IMAGES,
     VOTE_THRESHOLD,
     Phase,
-    PreprocessConfig,
 )
 from renalflow.tasks.dataset import META_COLUMNS, pixels_to_array
 from renalflow.tasks.dicom import RejectReason
-from renalflow.tasks.errors import ModelError, StoreError
+from renalflow.tasks.errors import StoreError
 from renalflow.tasks.ingest import worker_name
 from renalflow.tasks.model import predict_probabilities
+from renalflow.tasks.model_dir import ModelInfo, load_model
 from renalflow.tasks.pseudonym import key_id, pseudonym
 from renalflow.tasks.store import (
     REJECTS,
@@ -44,7 +42,6 @@ from renalflow.tasks.store import (
     list_parts,
     now_utc,
     open_store,
-    read_manifest,
     read_table,
 )
 from renalflow.tasks.vote import check_thresholds, deciding_slices, malignant_images, vote
@@ -79,45 +76,6 @@ class ScoreConfig:
         check_thresholds(self.image_threshold, self.vote_threshold)
         if self.min_images < 1 or self.batch_size < 1:
             raise ValueError("min_images and batch_size must be at least 1")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What scoring needs to know about a trained model directory."""
-
-    model_dir: str
-    model_version: str
-    profile: str
-    preprocess: PreprocessConfig
-
-
-def read_model_info(model_dir: str | Path) -> ModelInfo:
-    """Model version, profile and the preprocessing its training slices went through."""
-    root = Path(model_dir)
-    version_file = root / "model_version.txt"
-    if not (root / "model.keras").exists() or not version_file.exists():
-        raise ModelError(
-            f"{model_dir} holds no trained model (model.keras and model_version.txt); train "
-            f"one with `renalflow train --store S --model-dir {model_dir}`"
-        )
-    config = json.loads((root / "config.json").read_text())
-    lineage = json.loads((root / "lineage.json").read_text())
-    preprocess = lineage.get("preprocess")
-    if preprocess is None:
-        # Models trained before lineage recorded the settings: use the store's manifest.
-        try:
-            preprocess = read_manifest(lineage["store"])["preprocess"]
-        except (StoreError, KeyError) as err:
-            raise ModelError(
-                f"{model_dir}/lineage.json does not say how its slices were preprocessed and "
-                f"its training store {lineage.get('store')} is not readable: {err}"
-            ) from err
-    return ModelInfo(
-        model_dir=str(root),
-        model_version=version_file.read_text().strip(),
-        profile=str(config.get("train", {}).get("profile", "")),
-        preprocess=PreprocessConfig(**preprocess),
-    )
 
 
 def archive_prefix(archive_uri: str) -> str:
@@ -229,7 +187,6 @@ def limit_cpu_threads(threads: int) -> None:
 
 def cached_model(model_dir: str, model_version: str, cpu_threads: int | None = None) -> Any:
     """The Keras model, loaded once per process (workers score many batches)."""
-    from renalflow.tasks.evaluate import load_model
 
     if cpu_threads:
         limit_cpu_threads(cpu_threads)

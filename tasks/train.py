@@ -1,22 +1,13 @@
 """One training run: split, oversample, fit, select an epoch, and leave every artifact.
 
-What a run leaves in the model directory:
-  model.keras            the selected model
-  checkpoints/           one .keras file per epoch
-  history.json/.csv      loss, accuracy and AUC per epoch, train and validation
-  curves.png             loss and accuracy per epoch (the paper's figures 2-3)
-  config.json            the full training configuration (seed included)
-  split.json             the patient split (reused by later runs and evaluations)
-  lineage.json           store, preprocess_version, rows and patients per split and class
-  model_version.txt      content hash of model.keras
-  environment.json       Keras backend, versions and devices
+What a run leaves in the model directory is listed in `renalflow.tasks.model_dir`,
+the module that names its files.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import platform
 import shutil
@@ -31,6 +22,7 @@ import numpy as np
 from renalflow.tasks.dataset import SliceSet, iterate_batches, load_slices
 from renalflow.tasks.errors import InputError, ModelError, StoreError
 from renalflow.tasks.model import NOT_PAPER_NOTE, Profile, TrainConfig, build_model
+from renalflow.tasks.model_dir import PAPER_NOTE, ModelDir
 from renalflow.tasks.split import (
     TEST,
     TRAIN,
@@ -66,7 +58,7 @@ def patient_labels(slices: SliceSet) -> dict[str, str]:
 
 def resolve_split(model_dir: Path, labels: dict[str, str], config: SplitConfig) -> dict[str, str]:
     """Reuse the split saved in `model_dir`, or make and save one. New patients go unsplit."""
-    path = model_dir / "split.json"
+    path = ModelDir(model_dir).split
     if path.exists():
         return load_split(path)
     assignment = split_patients(labels, config)
@@ -180,7 +172,7 @@ def train_model(
 
     started = time.perf_counter()
     out = Path(model_dir)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    ModelDir(out).checkpoints.mkdir(parents=True, exist_ok=True)
     split_config = split_config or SplitConfig(seed=config.seed)
     keras.utils.set_random_seed(config.seed)
 
@@ -204,16 +196,15 @@ def train_model(
         )
 
     lineage = _lineage(store_uri, slices, split_of)
-    (out / "lineage.json").write_text(json.dumps(lineage, indent=2))
-    (out / "config.json").write_text(
-        json.dumps(
-            {
-                "train": config.to_dict(),
-                "split": split_config.__dict__,
-                "note": NOT_PAPER_NOTE if config.profile is Profile.CPU_DEMO else "paper profile",
-            },
-            indent=2,
-        )
+    where = ModelDir(out)
+    where.write_json(where.lineage, lineage)
+    where.write_json(
+        where.config,
+        {
+            "train": config.to_dict(),
+            "split": split_config.__dict__,
+            "note": NOT_PAPER_NOTE if config.profile is Profile.CPU_DEMO else PAPER_NOTE,
+        },
     )
     if config.profile is Profile.CPU_DEMO:
         log(NOT_PAPER_NOTE)
@@ -235,9 +226,7 @@ def train_model(
         # Before the checkpoint: validation, checkpoints and the kept model all use the
         # averaged weights.
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-    callbacks.append(
-        keras.callbacks.ModelCheckpoint(str(out / "checkpoints" / "epoch-{epoch:02d}.keras"))
-    )
+    callbacks.append(keras.callbacks.ModelCheckpoint(str(where.checkpoint("{epoch:02d}"))))
     if config.decay_after is not None:
         decay_after, factor = config.decay_after, config.decay_factor
 
@@ -255,11 +244,11 @@ def train_model(
         selected = config.select_epoch
     else:
         selected = int(np.argmin(history["val_loss"])) + 1
-    shutil.copyfile(out / "checkpoints" / f"epoch-{selected:02d}.keras", out / "model.keras")
-    version = file_digest(out / "model.keras")
-    (out / "model_version.txt").write_text(version + "\n")
-    (out / "history.json").write_text(json.dumps({"selected_epoch": selected, **history}, indent=2))
-    with (out / "history.csv").open("w", newline="") as handle:
+    shutil.copyfile(where.checkpoint(selected), where.model)
+    version = file_digest(where.model)
+    where.version.write_text(version + "\n")
+    where.write_json(where.history_json, {"selected_epoch": selected, **history})
+    with where.history_csv.open("w", newline="") as handle:
         writer = csv.writer(handle)
         keys = list(history)
         writer.writerow(["epoch", *keys])
@@ -268,8 +257,8 @@ def train_model(
     title = f"renalflow {config.profile.value}: selected epoch {selected}"
     if config.profile is Profile.CPU_DEMO:
         title += " (cpu-demo, not the paper's model)"
-    _plot_curves(history, out / "curves.png", title)
-    (out / "environment.json").write_text(json.dumps(_environment(), indent=2))
+    _plot_curves(history, where.curves, title)
+    where.write_json(where.environment, _environment())
     seconds = time.perf_counter() - started
     seen = config.epochs * len(train_seq) * config.batch_size
     log(f"selected epoch {selected}; model version {version}; {seconds:.0f} s")

@@ -14,7 +14,7 @@ import numpy as np
 
 from renalflow.tasks.config import IMAGE_THRESHOLD, VOTE_THRESHOLD, Label
 
-# Shares are compared with a tolerance so 51 of 100 images reach a 51% threshold whatever the rounding.
+# Shares are compared with a tolerance: 51 of 100 images reach a 51% threshold.
 _TOLERANCE = 1e-12
 
 

@@ -7,9 +7,10 @@ import pyarrow as pa
 import pytest
 
 from renalflow.tasks.config import PreprocessConfig
+from renalflow.tasks.model_dir import ModelInfo
 from renalflow.tasks.pseudonym import pseudonym
 from renalflow.tasks.results import FORBIDDEN_COLUMNS
-from renalflow.tasks.score import ModelInfo, ScoreConfig, plan_scoring, result_rows, score_batches
+from renalflow.tasks.score import ScoreConfig, plan_scoring, result_rows, score_batches
 
 KEY = b"test-key-for-scoring-0123456789"
 INFO = ModelInfo("/models/m", "mv1", "cpu-demo", PreprocessConfig())

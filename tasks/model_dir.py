@@ -1,0 +1,127 @@
+"""The model directory: the only module that names its files, writes their layout and
+reads them back.
+
+What a training run leaves there:
+  model.keras            the selected model
+  checkpoints/           one .keras file per epoch
+  history.json/.csv      loss, accuracy and AUC per epoch, train and validation
+  curves.png             loss and accuracy per epoch (the paper's figures 2-3)
+  config.json            the full training configuration (seed included) and its note
+  split.json             the patient split (reused by later runs and evaluations)
+  lineage.json           store, preprocessing, rows and patients per split and class
+  model_version.txt      content hash of model.keras
+  environment.json       Keras backend, versions and devices
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from renalflow.tasks.config import PreprocessConfig
+from renalflow.tasks.errors import ModelError, StoreError
+from renalflow.tasks.store import read_manifest
+
+PAPER_NOTE = "paper profile"
+"""config.json's note for a model trained with the paper's profile (no warning)."""
+
+
+class ModelDir:
+    """Paths of one model directory's files."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.model = self.root / "model.keras"
+        self.version = self.root / "model_version.txt"
+        self.config = self.root / "config.json"
+        self.lineage = self.root / "lineage.json"
+        self.split = self.root / "split.json"
+        self.history_json = self.root / "history.json"
+        self.history_csv = self.root / "history.csv"
+        self.curves = self.root / "curves.png"
+        self.environment = self.root / "environment.json"
+        self.checkpoints = self.root / "checkpoints"
+
+    def checkpoint(self, epoch: int | str) -> Path:
+        """The checkpoint of an epoch (`epoch` may be Keras' `{epoch:02d}` pattern)."""
+        name = f"epoch-{epoch:02d}.keras" if isinstance(epoch, int) else f"epoch-{epoch}.keras"
+        return self.checkpoints / name
+
+    def write_json(self, path: Path, record: Any) -> None:
+        path.write_text(json.dumps(record, indent=2))
+
+
+def has_model(model_dir: str | Path) -> bool:
+    """A trained model is there (the selected model and its version)."""
+    where = ModelDir(model_dir)
+    return where.model.exists() and where.version.exists()
+
+
+def model_version(model_dir: str | Path) -> str | None:
+    """The model's content hash, or None when the directory holds no trained model."""
+    where = ModelDir(model_dir)
+    return where.version.read_text().strip() if where.version.exists() else None
+
+
+def profile_note(model_dir: str | Path) -> str | None:
+    """The model's warning for readers (the cpu-demo profile is not the paper's model)."""
+    where = ModelDir(model_dir)
+    if not where.config.exists():
+        return None
+    note = json.loads(where.config.read_text()).get("note")
+    return str(note) if note and note != PAPER_NOTE else None
+
+
+def _no_model(model_dir: str | Path) -> ModelError:
+    where = ModelDir(model_dir)
+    return ModelError(
+        f"{model_dir} holds no trained model ({where.model.name} and {where.version.name}); "
+        f"train one with `renalflow train --store STORE --model-dir {model_dir}`"
+    )
+
+
+def load_model(model_dir: str | Path) -> Any:
+    """The selected model, for inference (the optimizer state is not restored)."""
+    import keras  # heavy: imported only by the processes that predict
+
+    where = ModelDir(model_dir)
+    if not where.model.exists():
+        raise _no_model(model_dir)
+    return keras.saving.load_model(where.model, compile=False)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What scoring needs to know about a trained model directory."""
+
+    model_dir: str
+    model_version: str
+    profile: str
+    preprocess: PreprocessConfig
+
+
+def read_model_info(model_dir: str | Path) -> ModelInfo:
+    """Model version, profile and the preprocessing its training slices went through."""
+    where = ModelDir(model_dir)
+    if not has_model(model_dir):
+        raise _no_model(model_dir)
+    config = json.loads(where.config.read_text())
+    lineage = json.loads(where.lineage.read_text())
+    preprocess = lineage.get("preprocess")
+    if preprocess is None:
+        # Models trained before lineage recorded the settings: use the store's manifest.
+        try:
+            preprocess = read_manifest(lineage["store"])["preprocess"]
+        except (StoreError, KeyError) as err:
+            raise ModelError(
+                f"{where.lineage} does not say how its slices were preprocessed and its "
+                f"training store {lineage.get('store')} is not readable: {err}"
+            ) from err
+    return ModelInfo(
+        model_dir=str(where.root),
+        model_version=where.version.read_text().strip(),
+        profile=str(config.get("train", {}).get("profile", "")),
+        preprocess=PreprocessConfig(**preprocess),
+    )
