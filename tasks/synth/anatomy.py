@@ -1,0 +1,206 @@
+"""The synthetic patient's body: tissues and their HU by phase, and the organs.
+
+A body is fixed geometry (drawn once per patient from its generator) whose
+cross-sections change along z: the liver and spleen shrink towards their tips,
+vertebral bodies alternate with discs, the body outline tapers. The kidneys and
+bowel gas are painted per slice on top.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from renalflow.tasks.config import Phase
+
+SIZE = 512
+
+# HU of each tissue by phase: noncontrast, arterial, venous.
+TISSUE_HU: dict[str, tuple[float, float, float]] = {
+    "air": (-1000, -1000, -1000),
+    "fat": (-100, -100, -100),
+    "muscle": (50, 60, 70),
+    "liver": (60, 80, 115),
+    "spleen": (45, 120, 120),
+    "bone_cortex": (800, 800, 800),
+    "bone_marrow": (230, 240, 240),
+    "aorta": (40, 320, 160),
+    "ivc": (40, 90, 150),
+    "cortex": (35, 190, 165),
+    "medulla": (30, 80, 165),
+    "sinus_fat": (-90, -90, -90),
+    "bowel_gas": (-900, -900, -900),
+}
+TISSUES = list(TISSUE_HU)
+TISSUE_INDEX = {name: i for i, name in enumerate(TISSUES)}
+PHASE_INDEX = {Phase.NONCONTRAST: 0, Phase.ARTERIAL: 1, Phase.VENOUS: 2}
+
+
+def grid() -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (x, y) of a SIZE x SIZE slice."""
+    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    return x, y
+
+
+def ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+    return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
+
+
+def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
+    """Smooth random texture in [-1, 1]: coarse noise upsampled bicubically."""
+    coarse = rng.standard_normal((cells, cells)).astype(np.float32)
+    img = Image.fromarray(coarse, mode="F").resize((shape[1], shape[0]), Image.Resampling.BICUBIC)
+    out = np.asarray(img, dtype=np.float32)
+    return np.clip(out / 1.5, -1.0, 1.0)
+
+
+@dataclass
+class Anatomy:
+    """A patient's body: fixed geometry, and cross-sections that change along z.
+
+    Organs do not look the same on every slice: the liver and spleen shrink towards
+    their tips, vertebral bodies alternate with discs, the body outline tapers. Maps
+    are computed per 4 mm of z and cached, so a series costs a few maps, not one a slice.
+    """
+
+    c: float
+    cy: float
+    mm: float
+    body: tuple[float, float, float]  # rx, ry, subcutaneous fat thickness (pixels)
+    taper: float  # relative change of the body outline per mm of z
+    liver_z: float  # mm above the kidneys' mid-plane where the liver is widest
+    spleen_z: float
+    vertebra_z: float  # phase of the 32 mm vertebral cycle
+    kidneys: list[tuple[float, float, float, float]]  # cx, cy, rx, ry at the mid-plane
+    outside_fov: np.ndarray  # pixels outside the reconstructed circle
+    gas_box: tuple[float, float, float, float]  # where bowel gas moves, slice to slice
+    cache: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def tissue_at(self, dz_mm: float) -> np.ndarray:
+        key = round(dz_mm / 4.0)
+        if key not in self.cache:
+            self.cache[key] = self._draw(key * 4.0)
+        return self.cache[key]
+
+    def _draw(self, z: float) -> np.ndarray:
+        x, y = grid()
+        c, cy, mm = self.c, self.cy, self.mm
+        rx0, ry0, fat = self.body
+        scale = 1.0 + self.taper * z
+        body_rx, body_ry = rx0 * scale, ry0 * scale
+        tissue = np.full((SIZE, SIZE), TISSUE_INDEX["air"], dtype=np.uint8)
+        tissue[ellipse(x, y, c, cy, body_rx, body_ry)] = TISSUE_INDEX["fat"]
+        tissue[ellipse(x, y, c, cy, body_rx - fat, body_ry - fat)] = TISSUE_INDEX["muscle"]
+        # Retroperitoneal and visceral fat around the organs.
+        visceral = ellipse(x, y, c, cy + 15 * mm, body_rx * 0.62, body_ry * 0.55)
+        tissue[visceral] = TISSUE_INDEX["fat"]
+        # Liver on the patient's right (image left), spleen on the left; both taper.
+        liver = math.sqrt(max(0.0, 1 - ((z - self.liver_z) / 90.0) ** 2))
+        if liver > 0.15:
+            lx, ly = c - body_rx * 0.45, cy - body_ry * 0.2
+            mask = ellipse(x, y, lx, ly, body_rx * 0.42 * liver, body_ry * 0.55 * liver)
+            tissue[mask] = TISSUE_INDEX["liver"]
+        spleen = math.sqrt(max(0.0, 1 - ((z - self.spleen_z) / 60.0) ** 2))
+        if spleen > 0.15:
+            sx, sy = c + body_rx * 0.55, cy - body_ry * 0.05
+            mask = ellipse(x, y, sx, sy, body_rx * 0.18 * spleen, body_ry * 0.3 * spleen)
+            tissue[mask] = TISSUE_INDEX["spleen"]
+        # Spine: vertebral bodies alternate with discs every ~32 mm.
+        spine_y = cy + ry0 * 0.45
+        cycle = ((z - self.vertebra_z) % 32.0) / 32.0
+        if cycle < 0.18:
+            tissue[ellipse(x, y, c, spine_y, 21 * mm, 18 * mm)] = TISSUE_INDEX["muscle"]  # disc
+        else:
+            tissue[ellipse(x, y, c, spine_y, 22 * mm, 19 * mm)] = TISSUE_INDEX["bone_cortex"]
+            tissue[ellipse(x, y, c, spine_y, 18 * mm, 15 * mm)] = TISSUE_INDEX["bone_marrow"]
+        if 0.3 < cycle < 0.85:
+            process = ellipse(x, y, c, spine_y + 30 * mm, 6 * mm, 14 * mm)
+            tissue[process] = TISSUE_INDEX["bone_cortex"]
+        for side in (-1, 1):
+            psoas = ellipse(x, y, c + side * 30 * mm, spine_y + 5 * mm, 26 * mm, 17 * mm)
+            tissue[psoas & (tissue == TISSUE_INDEX["fat"])] = TISSUE_INDEX["muscle"]
+        aorta = ellipse(x, y, c + 14 * mm, spine_y - 27 * mm, 11 * mm, 11 * mm)
+        tissue[aorta] = TISSUE_INDEX["aorta"]
+        tissue[ellipse(x, y, c - 18 * mm, spine_y - 25 * mm, 12 * mm, 9 * mm)] = TISSUE_INDEX["ivc"]
+        return tissue
+
+
+def build_anatomy(rng: np.random.Generator, spacing: float) -> Anatomy:
+    """Draw a patient's body (size, fat, organ positions, kidneys) from `rng`."""
+    x, y = grid()
+    mm = 1.0 / spacing
+    c = SIZE / 2
+    body_rx = rng.uniform(140, 175) * mm
+    body_ry = rng.uniform(100, 125) * mm
+    cy = c + rng.uniform(-8, 8) * mm
+    fat = rng.uniform(8, 30) * mm
+    spine_y = cy + body_ry * 0.45
+    kidneys = []
+    for side in (-1, 1):
+        kidneys.append(
+            (
+                c + side * rng.uniform(55, 70) * mm,
+                spine_y - rng.uniform(0, 10) * mm,
+                rng.uniform(27, 33) * mm,
+                rng.uniform(30, 38) * mm,
+            )
+        )
+    outside = (x - c) ** 2 + (y - c) ** 2 > (SIZE / 2 - 2) ** 2
+    gas_box = (c - 0.4 * body_rx, cy - 0.7 * body_ry, c + 0.4 * body_rx, cy)
+    return Anatomy(
+        c=c,
+        cy=cy,
+        mm=mm,
+        body=(body_rx, body_ry, fat),
+        taper=float(rng.uniform(-0.0015, 0.0015)),
+        liver_z=float(rng.uniform(10, 60)),
+        spleen_z=float(rng.uniform(0, 40)),
+        vertebra_z=float(rng.uniform(0, 32)),
+        kidneys=kidneys,
+        outside_fov=outside,
+        gas_box=gas_box,
+    )
+
+
+def paint_bowel_gas(
+    rng: np.random.Generator, anatomy: Anatomy, spacing: float, hu: np.ndarray
+) -> None:
+    """Paint bowel gas into `hu` (in place); it changes from slice to slice, as bowel
+    loops do."""
+    x0, y0, x1, y1 = anatomy.gas_box
+    for _ in range(int(rng.integers(3, 8))):
+        r = rng.uniform(4, 14) / spacing
+        gx, gy = rng.uniform(x0, x1), rng.uniform(y0, y1)
+        ry = r * rng.uniform(0.6, 1.0)
+        ys, xs = np.ogrid[int(gy - ry) : int(gy + ry) + 1, int(gx - r) : int(gx + r) + 1]
+        mask = ((xs - gx) / r) ** 2 + ((ys - gy) / ry) ** 2 <= 1.0
+        hu[int(gy - ry) : int(gy + ry) + 1, int(gx - r) : int(gx + r) + 1][mask] = TISSUE_HU[
+            "bowel_gas"
+        ][0]
+
+
+def paint_kidneys(
+    anatomy: Anatomy, spacing: float, dz_mm: float, phase: Phase, hu: np.ndarray
+) -> None:
+    """Paint both kidneys (cortex, medulla, sinus fat) `dz_mm` from their mid-plane
+    into `hu` (in place)."""
+    mm = 1.0 / spacing
+    p = PHASE_INDEX[phase]
+    for cx, cy, rx, ry in anatomy.kidneys:
+        scale = math.sqrt(max(0.0, 1 - (dz_mm / 55.0) ** 2))
+        if scale <= 0.1:
+            continue
+        half = int(max(rx, ry) * scale) + 3
+        x0, y0 = int(cx) - half, int(cy) - half
+        ys, xs = np.mgrid[y0 : y0 + 2 * half, x0 : x0 + 2 * half].astype(np.float32)
+        e = ((xs - cx) / (rx * scale)) ** 2 + ((ys - cy) / (ry * scale)) ** 2
+        target = hu[y0 : y0 + 2 * half, x0 : x0 + 2 * half]
+        target[e <= 1.0] = TISSUE_HU["cortex"][p]
+        target[e <= 0.55] = TISSUE_HU["medulla"][p]
+        sinus = ((xs - (cx - np.sign(cx - SIZE / 2) * 8 * mm)) / (rx * scale * 0.35)) ** 2 + (
+            (ys - cy) / (ry * scale * 0.3)
+        ) ** 2
+        target[sinus <= 1.0] = TISSUE_HU["sinus_fat"][p]

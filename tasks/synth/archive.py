@@ -1,0 +1,283 @@
+"""The archive: which patients, their labels, and writing them all to `OUT/archive/`.
+
+Every patient is drawn from its own seeded generator (seeded from the archive's
+seed), so the same seed gives byte-identical files however many processes write them.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+from pydicom.uid import UID
+
+from renalflow.tasks.config import Phase
+from renalflow.tasks.synth.anatomy import (
+    PHASE_INDEX,
+    SIZE,
+    TISSUE_HU,
+    TISSUES,
+    build_anatomy,
+    paint_bowel_gas,
+    paint_kidneys,
+)
+from renalflow.tasks.synth.lesions import MALIGNANT_MIX, paint_lesion, place_lesion
+from renalflow.tasks.synth.writer import (
+    DEFAULT_SYNTAXES,
+    VENDORS,
+    SeriesTags,
+    StudyTags,
+    choose_syntax,
+    derive_uid,
+    random_name,
+    slice_dataset,
+)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What `renalflow synth` makes. Defaults follow the paper's cohort (19% benign)."""
+
+    patients: int = 20
+    seed: int = 0
+    benign_fraction: float = 0.19
+    max_slices_per_series: int = 30
+    syntaxes: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SYNTAXES))
+    first_study_year: int = 2015
+    last_study_year: int = 2018
+    patient_prefix: str = "RF"
+
+    def __post_init__(self) -> None:
+        if self.patients < 1:
+            raise ValueError(f"patients must be at least 1, got {self.patients}")
+        if not 0 <= self.benign_fraction <= 1:
+            raise ValueError(f"benign_fraction must be in [0, 1], got {self.benign_fraction}")
+        if self.max_slices_per_series < 1:
+            raise ValueError("max_slices_per_series must be at least 1")
+        for uid in self.syntaxes:
+            if uid not in DEFAULT_SYNTAXES:
+                raise ValueError(
+                    f"transfer syntax {uid} is not one the generator writes; choose from "
+                    + ", ".join(f"{u} ({UID(u).name})" for u in DEFAULT_SYNTAXES)
+                )
+
+
+@dataclass(frozen=True)
+class PatientPlan:
+    index: int
+    patient_id: str
+    label: str
+    histology: str
+    seed: int
+
+
+@dataclass
+class SynthReport:
+    patients: int = 0
+    series: int = 0
+    slices: int = 0
+    benign: int = 0
+    seconds: float = 0.0
+    by_syntax: dict[str, int] = field(default_factory=dict)
+
+
+def plan_patients(config: SynthConfig) -> list[PatientPlan]:
+    """Labels and histologies for every patient, fixed by the seed."""
+    rng = np.random.default_rng([config.seed, 0])
+    n = config.patients
+    n_benign = round(n * config.benign_fraction)
+    if n >= 2 and 0 < config.benign_fraction < 1:
+        n_benign = min(max(n_benign, 1), n - 1)
+    benign = set(rng.permutation(n)[:n_benign].tolist())
+    names = [h for h, _ in MALIGNANT_MIX]
+    weights = np.array([w for _, w in MALIGNANT_MIX])
+    plans = []
+    for i in range(n):
+        if i in benign:
+            label, histology = "benign", "oncocytoma"
+        else:
+            label, histology = "malignant", names[int(rng.choice(len(names), p=weights))]
+        plans.append(
+            PatientPlan(
+                i,
+                f"{config.patient_prefix}{i + 1:05d}",
+                label,
+                histology,
+                int(rng.integers(0, 2**62)),
+            )
+        )
+    return plans
+
+
+def _choose_phases(rng: np.random.Generator) -> list[Phase]:
+    """The contrast phases a patient's study has, with a hospital's mix."""
+    roll = rng.random()
+    if roll < 0.5:
+        return [Phase.NONCONTRAST, Phase.ARTERIAL, Phase.VENOUS]
+    if roll < 0.85:
+        return (
+            [Phase.NONCONTRAST, Phase.VENOUS]
+            if rng.random() < 0.5
+            else [Phase.ARTERIAL, Phase.VENOUS]
+        )
+    if roll < 0.97:
+        return [Phase.VENOUS]
+    return [Phase.NONCONTRAST]  # contrast allergy, as 9 of the study's patients
+
+
+def write_patient(
+    plan: PatientPlan, config: SynthConfig, archive: Path
+) -> tuple[int, int, dict[str, int]]:
+    """Write every series of one patient; returns (series, slices, files per syntax)."""
+    rng = np.random.default_rng(plan.seed)
+    vendor = VENDORS[int(rng.integers(len(VENDORS)))]
+    spacing = float(rng.uniform(0.68, 0.86))
+    anatomy = build_anatomy(rng, spacing)
+    lesion = place_lesion(rng, anatomy, plan.label, plan.histology)
+    phases = _choose_phases(rng)
+    year = int(rng.integers(config.first_study_year, config.last_study_year + 1))
+    study_date = date(year, 1, 1) + timedelta(days=int(rng.integers(0, 365)))
+    birth = date(int(rng.integers(1935, 1990)), int(rng.integers(1, 13)), int(rng.integers(1, 29)))
+    sex = str(rng.choice(["M", "F"]))
+    study_uid = derive_uid(config.seed, plan.patient_id, "study")
+    accession = f"A{plan.seed % 10**8:08d}"
+    folder_a = random_name(rng, 2)
+    bolus_start = 10 * 3600 + int(rng.integers(0, 6 * 3600))
+    table_z = rng.uniform(-250.0, -120.0)
+    study = StudyTags(
+        patient_name=f"SYNTH^PATIENT{plan.index + 1:05d}",
+        patient_id=plan.patient_id,
+        vendor=vendor,
+        spacing=spacing,
+        study_uid=study_uid,
+        accession=accession,
+        study_date=study_date,
+        birth=birth,
+        sex=sex,
+        bolus_start=bolus_start,
+    )
+    by_syntax: dict[str, int] = {}
+    n_slices = 0
+    for s_no, phase in enumerate(phases, start=1):
+        syntax = choose_syntax(rng, config.syntaxes)
+        thickness = float(rng.choice([1.5, 2.0, 2.5, 3.0, 5.0]))
+        # Like the study, keep only images that show the mass: slices where its
+        # cross-section is at least a third of its largest diameter.
+        extent = 2 * lesion.radius_mm * lesion.z_scale * math.sqrt(1 - (1 / 3) ** 2)
+        n = int(np.clip(round(extent / thickness), 2, config.max_slices_per_series))
+        z0 = table_z - (n - 1) * thickness / 2
+        description = str(rng.choice(vendor.descriptions[phase])).format(t=f"{thickness:.1f}")
+        folder = archive / folder_a / random_name(rng, 8)
+        folder.mkdir(parents=True, exist_ok=True)
+        extension = ".dcm" if rng.random() < 0.5 else ""
+        delay = {Phase.ARTERIAL: 35, Phase.VENOUS: 85}.get(phase, 0)
+        series = SeriesTags(
+            series_uid=derive_uid(config.seed, plan.patient_id, "series", s_no),
+            number=s_no,
+            phase=phase,
+            description=description,
+            thickness=thickness,
+            syntax=syntax,
+            acquired=bolus_start + delay if delay else bolus_start - 300,
+        )
+        phase_lut = np.array([TISSUE_HU[t][PHASE_INDEX[phase]] for t in TISSUES], dtype=np.float32)
+        for i in range(n):
+            z = z0 + i * thickness
+            dz = z - table_z
+            hu = phase_lut[anatomy.tissue_at(dz)]
+            paint_bowel_gas(rng, anatomy, spacing, hu)
+            paint_kidneys(anatomy, spacing, dz, phase, hu)
+            paint_lesion(s_no, lesion, spacing, dz, phase, hu)
+            noise = rng.standard_normal((SIZE, SIZE), dtype=np.float32)
+            # Tube current modulation: the dose, and so the noise, changes from slice to slice.
+            modulation = float(np.exp(rng.normal(0.0, 0.3)))
+            hu += vendor.noise_hu * modulation * (thickness / 3.0) ** -0.5 * noise
+            sop_uid = derive_uid(config.seed, plan.patient_id, "sop", s_no, i)
+            ds = slice_dataset(study, series, sop_uid, i, z, hu, anatomy.outside_fov)
+            path = folder / f"{random_name(rng, 8)}{extension}"
+            while path.exists():  # never overwrite a slice already written
+                path = folder / f"{random_name(rng, 8)}{extension}"
+            ds.save_as(path, enforce_file_format=True)
+            by_syntax[syntax.name] = by_syntax.get(syntax.name, 0) + 1
+            n_slices += 1
+    return len(phases), n_slices, by_syntax
+
+
+def write_labels(plans: list[PatientPlan], path: Path) -> None:
+    """`labels.csv`: patient_id, label (benign or malignant) and histology."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["patient_id", "label", "histology"])
+        for plan in plans:
+            writer.writerow([plan.patient_id, plan.label, plan.histology])
+
+
+def _write_patient_job(
+    args: tuple[PatientPlan, SynthConfig, str],
+) -> tuple[int, int, dict[str, int]]:
+    plan, config, archive = args
+    return write_patient(plan, config, Path(archive))
+
+
+def synthesize_archive(
+    out_dir: str | os.PathLike[str],
+    config: SynthConfig,
+    jobs: int | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> SynthReport:
+    """Write `OUT/archive/` and `OUT/labels.csv`; deterministic for `config.seed`.
+
+    `progress(done_patients, total_patients, slices_so_far)` is called after each patient.
+    """
+    started = time.perf_counter()
+    out = Path(out_dir)
+    archive = out / "archive"
+    archive.mkdir(parents=True, exist_ok=True)
+    plans = plan_patients(config)
+    write_labels(plans, out / "labels.csv")
+    report = SynthReport(patients=len(plans), benign=sum(p.label == "benign" for p in plans))
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(plans)))
+    work = [(plan, config, str(archive)) for plan in plans]
+    results: list[tuple[int, int, dict[str, int]]]
+    if jobs == 1:
+        results = []
+        for done, item in enumerate(work, start=1):
+            results.append(_write_patient_job(item))
+            report.slices += results[-1][1]
+            if progress:
+                progress(done, len(work), report.slices)
+    else:
+        results = []
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            for done, result in enumerate(pool.map(_write_patient_job, work), start=1):
+                results.append(result)
+                report.slices += result[1]
+                if progress:
+                    progress(done, len(work), report.slices)
+    report.slices = 0
+    for series, slices, by_syntax in results:
+        report.series += series
+        report.slices += slices
+        for name, count in by_syntax.items():
+            report.by_syntax[name] = report.by_syntax.get(name, 0) + count
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def archive_digest(archive: str | os.PathLike[str]) -> str:
+    """SHA-256 over every file's relative path and bytes (for determinism checks)."""
+    digest = hashlib.sha256()
+    root = Path(archive)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
