@@ -5,21 +5,23 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
-from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
-from prefect.states import State
-from prefect.tasks import Task
-from prefect_dask import DaskTaskRunner
 
-from renalflow.tasks.config import PreprocessConfig
+from renalflow.flows.fanout import (
+    TASK_OPTIONS,
+    Opaque,
+    announce_run,
+    attempts,
+    balanced,
+    cluster_threads,
+    worker_died,
+)
+from renalflow.tasks.config import DEVELOPMENT, PreprocessConfig
 from renalflow.tasks.dicom import RejectReason
-from renalflow.tasks.errors import is_transient_io
 from renalflow.tasks.ingest import (
     BatchReport,
     StagedBatch,
@@ -32,8 +34,6 @@ from renalflow.tasks.ingest import (
 )
 from renalflow.tasks.store import SLICES, check_manifest, clear_staging, read_ledger, read_table
 
-T = TypeVar("T")
-
 
 def dask_setup(worker: object) -> None:
     """Dask preload hook (`--preload renalflow.flows.ingest`): a worker on another machine loads
@@ -43,47 +43,7 @@ def dask_setup(worker: object) -> None:
     load_s3_credentials()
 
 
-def retry_on_transient_io(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Prefect retry condition: only transient I/O errors, never a file's own defects."""
-    try:
-        state.result()
-    except Exception as err:
-        return is_transient_io(err)
-    return False
-
-
-class Opaque(Generic[T]):
-    """A task argument Prefect passes along without walking through it.
-
-    Prefect visits every element of list, dict and dataclass arguments looking for
-    futures; for batches of hundreds of headers that costs more than the work.
-    (`prefect.utilities.annotations.quote` does the same but does not survive the
-    trip through Dask.)
-    """
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: T) -> None:
-        self.value = value
-
-    def __getstate__(self) -> T:
-        return self.value
-
-    def __setstate__(self, value: T) -> None:
-        self.value = value
-
-
-# Caching is the store's job: its ledger says which files are done, so Prefect's
-# input-hash cache is switched off (hashing thousands of URIs per task buys nothing).
-_TASK_OPTIONS: dict[str, Any] = {
-    "cache_policy": NO_CACHE,
-    "retries": 2,
-    "retry_delay_seconds": 5,
-    "retry_condition_fn": retry_on_transient_io,
-}
-
-
-@task(name="convert-slices", **_TASK_OPTIONS)
+@task(name="convert-slices", **TASK_OPTIONS)
 def convert_batch(
     store: str,
     uris: Opaque[list[str]],
@@ -133,7 +93,7 @@ def ingest_flow(
     archive: str,
     store: str,
     labels: str | None = None,
-    cohort: str = "development",
+    cohort: str = DEVELOPMENT,
     preprocess: PreprocessConfig | None = None,
     batch_size: int = 512,
 ) -> IngestSummary:
@@ -142,6 +102,7 @@ def ingest_flow(
     Files already in the store (as a slice or a reject) are skipped, so a rerun after
     a crash or after the archive grew does only the missing work.
     """
+    announce_run("ingest")
     run_id = str(flow_run.get_id() or "local")
     return run_ingest(archive, store, labels, cohort, preprocess, batch_size, run_id)
 
@@ -181,12 +142,12 @@ def run_ingest(
         len(pending),
     )
 
-    threads = _cluster_threads()
+    threads = cluster_threads()
     summary.workers = threads
     work_started = time.perf_counter()
     # Each Prefect task run costs ~0.1 s of client set-up on its worker, so batches are
     # large: about three tasks per worker thread, at most `batch_size` files each.
-    batches = group_files(pending, _balanced(len(pending), threads * 3, 32, batch_size))
+    batches = group_files(pending, balanced(len(pending), threads * 3, 32, batch_size))
 
     def submit(files: list[str]) -> Any:
         return convert_batch.submit(store, Opaque(files), config, cohort, Opaque(label_map), run_id)
@@ -206,7 +167,7 @@ def run_ingest(
             try:
                 staged = future.result()
             except Exception as err:
-                if not _worker_died(err):
+                if not worker_died(err):
                     raise
                 files = files_of[id(future)]
                 if len(files) > 1:
@@ -216,13 +177,13 @@ def run_ingest(
                         "the worker converting a batch of %d files died %d times; converting "
                         "them one by one to find the file that kills it",
                         len(files),
-                        _attempts(),
+                        attempts(),
                     )
                     work += [(submit([uri]), [uri]) for uri in files]
                     summary.convert_tasks += len(files)
                 else:
                     logger.error("quarantined %s: it kills the worker converting it", files[0])
-                    quarantine(store, files[0], _attempts(), cohort, run_id, config.version)
+                    quarantine(store, files[0], attempts(), cohort, run_id, config.version)
                     summary.rejects[RejectReason.CRASHED_WORKER.value] += 1
                     files_done += 1
                 continue
@@ -257,37 +218,6 @@ def run_ingest(
         summary.seconds,
     )
     return summary
-
-
-def _worker_died(err: BaseException) -> bool:
-    """Whether a task failed because the worker processes running it kept dying."""
-    try:
-        from distributed.scheduler import KilledWorker
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return False
-    return isinstance(err, KilledWorker)
-
-
-def _attempts() -> int:
-    """How many worker deaths Dask allows a task before giving up on it."""
-    import dask
-
-    return int(dask.config.get("distributed.scheduler.allowed-failures", 3)) + 1
-
-
-def _cluster_threads() -> int:
-    """Worker threads of the Dask cluster this flow runs on (1 without a cluster)."""
-    context = FlowRunContext.get()
-    runner = context.task_runner if context else None
-    if not isinstance(runner, DaskTaskRunner):
-        return 1
-    workers = runner.client.scheduler_info().get("workers", {})
-    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
-
-
-def _balanced(n_items: int, n_tasks: int, smallest: int, largest: int) -> int:
-    """Batch size giving about `n_tasks` tasks, within [smallest, largest]."""
-    return max(min(smallest, largest), min(largest, -(-n_items // max(1, n_tasks))))
 
 
 def _patients_in_store(store: str) -> set[str]:
@@ -338,7 +268,7 @@ def format_summary(summary: IngestSummary) -> str:
             "slices in the store"
         )
     lines.append(
-        "  read with: duckdb -c \"select count(*) from '"
-        f"{summary.store.rstrip('/')}/slices/*.parquet'\""
+        '  read with: python -c "import duckdb; duckdb.sql(\\"select count(*) from \''
+        f'{summary.store.rstrip("/")}/slices/*.parquet\'\\").show()"'
     )
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -109,7 +110,8 @@ def dask_task_runner(
         "n_workers": n_workers,
         "threads_per_worker": 1,
         "processes": True,
-        "dashboard_address": None,
+        # A free loopback port: never a clash with another cluster, never on the network.
+        "dashboard_address": "127.0.0.1:0",
         # Workers import renalflow (and Prefect) while the cluster starts, not on their
         # first task.
         "preload": ["renalflow.flows.ingest"],
@@ -119,10 +121,35 @@ def dask_task_runner(
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
 
 
-def configure_logging(verbose: bool) -> None:
-    """Quiet by default: only warnings from Prefect and Dask; `verbose` shows their INFO."""
-    import logging
+class _UserMistakes(logging.Filter):
+    """Drop log records that carry a RenalflowError: the CLI reports those itself, in
+    one line; Prefect's "Encountered exception" traceback would only bury it."""
 
-    level = logging.INFO if verbose else logging.WARNING
-    for name in ("distributed", "prefect", "prefect_dask"):
-        logging.getLogger(name).setLevel(level)
+    def filter(self, record: logging.LogRecord) -> bool:
+        from renalflow.tasks.errors import RenalflowError
+
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, RenalflowError)
+
+
+def configure_logging(verbose: bool) -> None:
+    """Quiet by default: warnings and errors from Prefect and Dask on the console, and
+    no traceback for a user's mistake. `verbose` shows their INFO logs. Logs shipped to
+    the Prefect API (the UI) keep every level either way.
+
+    Set for this process and, through the environment, for the worker processes it starts.
+    """
+    level = "INFO" if verbose else "WARNING"
+    # Children (Dask workers, a temporary Prefect server) read these when they start.
+    os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = level
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = level.lower()
+    import dask
+
+    dask.config.set({"logging.distributed": level.lower()})
+    logging.getLogger("distributed").setLevel(level)
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler":
+            handler.setLevel(level)
+            if not verbose and not any(isinstance(f, _UserMistakes) for f in handler.filters):
+                handler.addFilter(_UserMistakes())

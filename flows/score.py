@@ -20,7 +20,9 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
-from renalflow.flows.ingest import _TASK_OPTIONS, Opaque, _balanced, _cluster_threads, run_ingest
+from renalflow.flows.fanout import TASK_OPTIONS, Opaque, announce_run, balanced, cluster_threads
+from renalflow.flows.ingest import run_ingest
+from renalflow.tasks.config import SCREENING
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.model_dir import read_model_info
 from renalflow.tasks.pseudonym import NO_KEY_HELP, check_key, key_from_env, key_id
@@ -65,7 +67,7 @@ def resolve_key(key_secret: str | None = None) -> bytes:
     raise InputError(NO_KEY_HELP)
 
 
-@task(name="score-slices", **_TASK_OPTIONS)
+@task(name="score-slices", **TASK_OPTIONS)
 def score_task(
     store: str,
     parts: Opaque[dict[str, list[str]]],
@@ -128,7 +130,7 @@ def score_flow(
     model_dir: str,
     results: str,
     store: str | None = None,
-    cohort: str = "screening",
+    cohort: str = SCREENING,
     config: ScoreConfig | None = None,
     key_secret: str | None = None,
     gpu: bool = False,
@@ -141,6 +143,7 @@ def score_flow(
     was trained on); per-image probabilities go to R/slice_scores and one 51% vote per
     study to R/patient_votes, pseudonymised with the department's key.
     """
+    announce_run("score")
     logger = get_run_logger()
     started = time.perf_counter()
     config = config or ScoreConfig()
@@ -177,10 +180,10 @@ def score_flow(
         summary.seconds = time.perf_counter() - started
         return summary
 
-    threads = _cluster_threads()
+    threads = cluster_threads()
     summary.workers = threads
     cpu_threads = _cores_per_worker_thread()
-    target = _balanced(len(plan.slices), threads * 2, 64, 2048)
+    target = balanced(len(plan.slices), threads * 2, 64, 2048)
     batches = score_batches(plan.slices, target)
     inference_started = time.perf_counter()
     annotations = {"resources": {"GPU": 1}} if gpu else {}

@@ -85,7 +85,7 @@ def save_uploads(files: list[tuple[str, bytes]], folder: Path, config: WebConfig
 def score_upload(paths: list[Path], config: WebConfig) -> dict[str, Any]:
     """Convert, score and vote one upload; a JSON-ready result for the page."""
     from renalflow.tasks.convert import convert_file
-    from renalflow.tasks.ingest import _as_reject
+    from renalflow.tasks.ingest import as_reject
 
     info = read_model_info(config.model_dir)
     converted, rejects = [], []
@@ -93,7 +93,7 @@ def score_upload(paths: list[Path], config: WebConfig) -> dict[str, Any]:
         try:
             converted.append((path, convert_file(str(path), info.preprocess)))
         except Exception as err:  # every file gets a verdict; none fails the upload
-            reject = _as_reject(str(path), err)
+            reject = as_reject(str(path), err)
             rejects.append(
                 {"file": path.name.split("-", 1)[-1], "code": reject.code.value,
                  "reason": reject.reason}

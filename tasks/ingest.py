@@ -138,7 +138,8 @@ def quarantine(
     write_rejects(store_uri, [reject], cohort, run_id, version, f"crash-{run_id[:8]}-{digest}")
 
 
-def _as_reject(source_uri: str, err: Exception) -> Reject:
+def as_reject(source_uri: str, err: Exception) -> Reject:
+    """The reject row for a file that failed conversion, with its reason."""
     if isinstance(err, RejectedFile):
         return Reject(source_uri, err.code, err.reason)
     text = str(err) or type(err).__name__
@@ -250,7 +251,7 @@ def convert_files(
         except (TimeoutError, ConnectionError):
             raise
         except Exception as err:  # one bad file never fails the batch
-            rejects.append(_as_reject(uri, err))
+            rejects.append(as_reject(uri, err))
             continue
         label = labels.get(converted.header.patient_id)
         rows.append(_slice_row(uri, converted, cohort, label, run_id, config.version))

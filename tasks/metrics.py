@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from renalflow.tasks.config import SEED
+
 
 def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties); NaN if one class."""
@@ -77,7 +79,7 @@ def bootstrap_auc_ci(
     scores: np.ndarray,
     groups: np.ndarray,
     n_boot: int = 1000,
-    seed: int = 2020,
+    seed: int = SEED,
     level: float = 0.95,
 ) -> tuple[float, float]:
     """Percentile CI of the image-level AUC, resampling patients (groups), not images.

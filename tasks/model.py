@@ -12,18 +12,12 @@ import os
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
+from renalflow.tasks.config import SEED, Profile, Schedule
 from renalflow.tasks.errors import ModelError
-
-
-class Profile(StrEnum):
-    PAPER = "paper"
-    CPU_DEMO = "cpu-demo"
-
 
 NOT_PAPER_NOTE = (
     "cpu-demo profile: a small network trained briefly so the pipeline can be shown on a "
@@ -78,7 +72,7 @@ class TrainConfig:
     mixed_precision: str | None = None
     oversample: bool = True
     augment: bool = False
-    seed: int = 2020
+    seed: int = SEED
     input_size: int = 224
 
     def __post_init__(self) -> None:
@@ -107,7 +101,7 @@ class TrainConfig:
         return out
 
 
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = tuple(s.value for s in Schedule)
 
 
 def check_region(values: Any) -> tuple[float, float, float, float]:

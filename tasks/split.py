@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from renalflow.tasks.config import SEED, Split
 from renalflow.tasks.errors import InputError
 
-TRAIN, VALIDATION, TEST = "train", "validation", "test"
+TRAIN, VALIDATION, TEST = (split.value for split in Split)
 SPLITS = (TRAIN, VALIDATION, TEST)
 
 
@@ -21,7 +22,7 @@ class SplitConfig:
     train: float = 0.70
     validation: float = 0.10
     test: float = 0.20
-    seed: int = 2020
+    seed: int = SEED
 
     def __post_init__(self) -> None:
         total = self.train + self.validation + self.test

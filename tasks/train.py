@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from renalflow.tasks.config import DEVELOPMENT, Profile
 from renalflow.tasks.dataset import SliceSet, iterate_batches, load_slices
 from renalflow.tasks.errors import InputError, ModelError, StoreError
-from renalflow.tasks.model import NOT_PAPER_NOTE, Profile, TrainConfig, build_model
+from renalflow.tasks.model import NOT_PAPER_NOTE, TrainConfig, build_model
 from renalflow.tasks.model_dir import PAPER_NOTE, ModelDir
 from renalflow.tasks.split import (
     TEST,
@@ -34,8 +35,6 @@ from renalflow.tasks.split import (
     split_patients,
 )
 from renalflow.tasks.store import read_manifest
-
-DEVELOPMENT = "development"
 
 
 @dataclass

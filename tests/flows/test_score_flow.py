@@ -347,7 +347,7 @@ def web(trained, tmp_path):
 
     port = free_port()
     args = ["web", "--model-dir", trained["model"], "--port", str(port)]
-    args += ["--workdir", str(tmp_path / "web")]
+    args += ["--out", str(tmp_path / "web")]
     proc = cli(*args, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120

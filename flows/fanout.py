@@ -1,0 +1,118 @@
+"""How renalflow's flows fan work out over Dask: the task options every fanned-out task
+shares, the batch sizing, and how a dead worker is recognised.
+
+Wiring only: ingest and scoring both use these, so neither imports the other's helpers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.context import FlowRunContext
+from prefect.states import State
+from prefect.tasks import Task
+from prefect_dask import DaskTaskRunner
+
+from renalflow.tasks.errors import is_transient_io
+
+T = TypeVar("T")
+
+
+def retry_on_transient_io(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect retry condition: only transient I/O errors, never a file's own defects."""
+    try:
+        state.result()
+    except Exception as err:
+        return is_transient_io(err)
+    return False
+
+
+class Opaque(Generic[T]):
+    """A task argument Prefect passes along without walking through it.
+
+    Prefect visits every element of list, dict and dataclass arguments looking for
+    futures; for batches of hundreds of headers that costs more than the work.
+    (`prefect.utilities.annotations.quote` does the same but does not survive the
+    trip through Dask.)
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def __getstate__(self) -> T:
+        return self.value
+
+    def __setstate__(self, value: T) -> None:
+        self.value = value
+
+
+# Caching is the store's job: its ledger says which files are done, so Prefect's
+# input-hash cache is switched off (hashing thousands of URIs per task buys nothing).
+TASK_OPTIONS: dict[str, Any] = {
+    "cache_policy": NO_CACHE,
+    "retries": 2,
+    "retry_delay_seconds": 5,
+    "retry_condition_fn": retry_on_transient_io,
+}
+
+
+def worker_died(err: BaseException) -> bool:
+    """Whether a task failed because the worker processes running it kept dying."""
+    try:
+        from distributed.scheduler import KilledWorker
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return False
+    return isinstance(err, KilledWorker)
+
+
+def attempts() -> int:
+    """How many worker deaths Dask allows a task before giving up on it."""
+    import dask
+
+    return int(dask.config.get("distributed.scheduler.allowed-failures", 3)) + 1
+
+
+def cluster_threads() -> int:
+    """Worker threads of the Dask cluster this flow runs on (1 without a cluster)."""
+    context = FlowRunContext.get()
+    runner = context.task_runner if context else None
+    if not isinstance(runner, DaskTaskRunner):
+        return 1
+    workers = runner.client.scheduler_info().get("workers", {})
+    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+
+
+def balanced(n_items: int, n_tasks: int, smallest: int, largest: int) -> int:
+    """Batch size giving about `n_tasks` tasks, within [smallest, largest]."""
+    return max(min(smallest, largest), min(largest, -(-n_items // max(1, n_tasks))))
+
+
+def run_links() -> dict[str, str]:
+    """Where to watch the running flow: its Prefect UI page and, when the cluster serves
+    one (bokeh installed), the Dask dashboard."""
+    import importlib.util
+
+    from prefect.runtime import flow_run
+
+    links: dict[str, str] = {}
+    url = flow_run.ui_url
+    if url:
+        links["Prefect run"] = str(url)
+    context = FlowRunContext.get()
+    runner = context.task_runner if context else None
+    if isinstance(runner, DaskTaskRunner) and importlib.util.find_spec("bokeh") is not None:
+        links["Dask dashboard"] = str(runner.client.dashboard_link)
+    return links
+
+
+def announce_run(what: str) -> None:
+    """One line per link on stderr as the work starts (not a log record: it shows in
+    quiet mode too, and stays out of the flow's logs)."""
+    import sys
+
+    for name, link in run_links().items():
+        print(f"{what}: {name} {link}", file=sys.stderr, flush=True)
