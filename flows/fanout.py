@@ -98,8 +98,14 @@ def run_links() -> dict[str, str]:
 
     from prefect.runtime import flow_run
 
+    import os
+
     links: dict[str, str] = {}
     url = flow_run.ui_url
+    api = os.environ.get("PREFECT_API_URL", "")
+    if not url and api.endswith("/api") and flow_run.id:
+        # A self-hosted server (the temporary one included) serves its UI beside its API.
+        url = f"{api.removesuffix('/api')}/runs/flow-run/{flow_run.id}"
     if url:
         links["Prefect run"] = str(url)
     context = FlowRunContext.get()
@@ -114,5 +120,7 @@ def announce_run(what: str) -> None:
     quiet mode too, and stays out of the flow's logs)."""
     import sys
 
+    # sys.stderr.write, not print: a flow with log_prints turns print into log records.
     for name, link in run_links().items():
-        print(f"{what}: {name} {link}", file=sys.stderr, flush=True)
+        sys.stderr.write(f"{what}: {name} {link}\n")
+    sys.stderr.flush()
