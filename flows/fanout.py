@@ -6,11 +6,15 @@ Wiring only: ingest and scoring both use these, so neither imports the other's h
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 from typing import Any, Generic, TypeVar
 
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import FlowRunContext
+from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.tasks import Task
 from prefect_dask import DaskTaskRunner
@@ -94,12 +98,6 @@ def balanced(n_items: int, n_tasks: int, smallest: int, largest: int) -> int:
 def run_links() -> dict[str, str]:
     """Where to watch the running flow: its Prefect UI page and, when the cluster serves
     one (bokeh installed), the Dask dashboard."""
-    import importlib.util
-
-    from prefect.runtime import flow_run
-
-    import os
-
     links: dict[str, str] = {}
     url = flow_run.ui_url
     api = os.environ.get("PREFECT_API_URL", "")
@@ -118,8 +116,6 @@ def run_links() -> dict[str, str]:
 def announce_run(what: str) -> None:
     """One line per link on stderr as the work starts (not a log record: it shows in
     quiet mode too, and stays out of the flow's logs)."""
-    import sys
-
     # sys.stderr.write, not print: a flow with log_prints turns print into log records.
     for name, link in run_links().items():
         sys.stderr.write(f"{what}: {name} {link}\n")
