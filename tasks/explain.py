@@ -186,23 +186,64 @@ def _to_slices(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def write_overlay(image: np.ndarray, heat: np.ndarray, caption: str, path: Any) -> Any:
-    """A PNG of the slice in grey with the heat map in colour over it and a caption
-    (patient key, probability) in the corner; `path` is a file name or a binary file."""
+_METHOD_NAMES = {"grad-cam": "Grad-CAM", "occlusion": "Occlusion"}
+
+
+def _blend(grey: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """Grey values (..., 3) with the heat map in colour over them, as uint8 RGB."""
     from matplotlib import colormaps
+
+    colour = colormaps["jet"](heat)[..., :3] * 255.0
+    alpha = (0.55 * heat)[..., None]
+    return (grey * (1 - alpha) + colour * alpha).clip(0, 255).astype(np.uint8)
+
+
+def write_overlay(
+    image: np.ndarray,
+    heat: np.ndarray,
+    caption: str,
+    path: Any,
+    *,
+    phase: str | None = None,
+    z: float | None = None,
+    method: str = "grad-cam",
+    target: str = "malignant",
+) -> Any:
+    """A PNG of the slice in grey with the heat map in colour over it; `path` is a file
+    name or a binary file.
+
+    Top left: the caption (patient key, probability), then the slice's phase and z (mm)
+    when given. Bottom left: the colour bar, as the colours look over mid-grey, from low
+    to high contribution to `target` according to `method` (how the map was made).
+    """
     from PIL import Image, ImageDraw
 
     grey = np.repeat(image[..., None].astype(np.float32), 3, axis=2)
-    colour = colormaps["jet"](heat)[..., :3] * 255.0
-    alpha = (0.55 * heat)[..., None]
-    blended = (grey * (1 - alpha) + colour * alpha).clip(0, 255).astype(np.uint8)
+    blended = _blend(grey, heat)
     scale = max(1, 448 // max(image.shape))
     picture = Image.fromarray(blended).resize(
         (image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.NEAREST
     )
+    where = [f"{phase} phase"] if phase else []
+    if z is not None:
+        where.append(f"z {z:.1f} mm")
+    text = caption + ("\n" + ", ".join(where) if where else "")
     draw = ImageDraw.Draw(picture)
-    box = draw.textbbox((4, 4), caption)
+    box = draw.multiline_textbbox((4, 4), text)
     draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0))
-    draw.text((4, 4), caption, fill=(255, 255, 255))
+    draw.multiline_text((4, 4), text, fill=(255, 255, 255))
+    # The colour bar, in the bottom-left corner (air outside the body on a CT slice).
+    label = f"{_METHOD_NAMES.get(method, method)}: contribution to {target}"
+    low, high = (round(draw.textlength(word)) + 4 for word in ("low", "high"))
+    width = max(round(draw.textlength(label)), 120)
+    bar_w = width - low - high
+    top = picture.height - 34
+    draw.rectangle((2, top - 2, width + 6, picture.height - 2), fill=(0, 0, 0))
+    draw.text((4, top), label, fill=(255, 255, 255))
+    ramp = np.linspace(0.0, 1.0, bar_w, dtype=np.float32)[None, :].repeat(10, axis=0)
+    bar = _blend(np.full((*ramp.shape, 3), 128.0, np.float32), ramp)
+    picture.paste(Image.fromarray(bar), (4 + low, top + 17))
+    draw.text((4, top + 16), "low", fill=(255, 255, 255))
+    draw.text((4 + low + bar_w + 4, top + 16), "high", fill=(255, 255, 255))
     picture.save(path, format="PNG")
     return path

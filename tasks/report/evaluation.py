@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from renalflow.tasks.report.plots import calibration_plot, confusion_plot, embed_file, tradeoff_plot
-from renalflow.tasks.report.render import percent, render  # noqa: F401
+from renalflow.tasks.report.render import render
 
 
 def vote_tradeoff(patients: pd.DataFrame, thresholds: np.ndarray) -> pd.DataFrame:
