@@ -351,25 +351,20 @@ def cmd_synth(params: SynthParams) -> int:
 
 def cmd_ingest(params: IngestParams) -> int:
     from renalflow.flows.ingest import format_summary
-    from renalflow.flows.jobs import ingest_job, preflight_ingest
-    from renalflow.flows.runtime import prefect_api
+    from renalflow.flows.jobs import ingest_job, launch, preflight_ingest
 
     # Fail fast, before a server and a cluster are started, on inputs that cannot work.
     params.preprocess_config()
     preflight_ingest(params, remote=False)
-    with prefect_api():
-        summary = ingest_job(params)
-    print(format_summary(summary))
+    print(format_summary(launch(ingest_job, params)))
     return EXIT_OK
 
 
 def cmd_train(params: TrainParams) -> int:
-    from renalflow.flows.jobs import train_config, train_job
-    from renalflow.flows.runtime import prefect_api
+    from renalflow.flows.jobs import launch, train_config, train_job
 
     train_config(params)  # contradicting settings end here, before anything starts
-    with prefect_api():
-        result = train_job(params)
+    result = launch(train_job, params)
     print(
         f"model {result.model_dir} (version {result.model_version}, "
         f"epoch {result.selected_epoch}) in {result.seconds:.0f} s, "
@@ -379,11 +374,9 @@ def cmd_train(params: TrainParams) -> int:
 
 
 def cmd_evaluate(params: EvaluateParams) -> int:
-    from renalflow.flows.jobs import evaluate_job
-    from renalflow.flows.runtime import prefect_api
+    from renalflow.flows.jobs import evaluate_job, launch
 
-    with prefect_api():
-        metrics = evaluate_job(params)
+    metrics = launch(evaluate_job, params)
     image, patient = metrics["image"], metrics["patient"]
     print(
         f"{metrics['evaluated']}: image AUC {image['auc']:.3f} "
@@ -398,14 +391,11 @@ def cmd_evaluate(params: EvaluateParams) -> int:
 
 
 def cmd_score(params: ScoreParams) -> int:
-    from renalflow.flows.jobs import preflight_score, score_job
-    from renalflow.flows.runtime import prefect_api
+    from renalflow.flows.jobs import launch, preflight_score, score_job
     from renalflow.flows.score import format_summary
 
     preflight_score(params, remote=False)
-    with prefect_api():
-        summary = score_job(params)
-    print(format_summary(summary))
+    print(format_summary(launch(score_job, params)))
     return EXIT_OK
 
 
@@ -501,11 +491,10 @@ def cmd_web(params: WebParams) -> int:
 
 def cmd_demo(params: DemoParams) -> int:
     from renalflow.flows.demo import check_demo_folder, demo_flow
-    from renalflow.flows.runtime import prefect_api
+    from renalflow.flows.jobs import launch
 
     check_demo_folder(params)
-    with prefect_api():
-        demo_flow(params)
+    launch(demo_flow, params)
     return EXIT_OK
 
 

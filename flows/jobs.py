@@ -237,6 +237,15 @@ def score_job(params: ScoreParams) -> "ScoreSummary":
     return summary
 
 
+def launch(job: Any, params: Any) -> Any:
+    """Run a job from a command line: with the Prefect API the flow and its workers share
+    (the one at PREFECT_API_URL, or a temporary one for this command)."""
+    from renalflow.flows.runtime import prefect_api
+
+    with prefect_api():
+        return job(params)
+
+
 JOBS = {
     IngestParams: ingest_job,
     TrainParams: train_job,

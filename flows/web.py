@@ -126,9 +126,11 @@ def score_upload(paths: list[Path], config: WebConfig) -> dict[str, Any]:
     for i, heat in zip(picks, maps, strict=True):
         buffer = io.BytesIO()
         header = slices[i].header
-        z = f"z {header.z:.1f} mm" if header.z is not None else "z unknown"
-        caption = f"{header.phase} phase, {z}  P(malignant) {probabilities[i]:.2f}"
-        write_overlay(images[i], heat, caption, buffer)
+        caption = f"P(malignant) {probabilities[i]:.2f}"
+        write_overlay(
+            images[i], heat, caption, buffer,
+            phase=str(header.phase), z=header.z, method=method, target=decided,
+        )  # fmt: skip
         pictures.append(
             {
                 "probability": float(probabilities[i]),
@@ -168,13 +170,11 @@ def create_app(config: WebConfig) -> Any:
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        from renalflow.flows.web_page import PAGE
+        from renalflow.flows.web_page import render_page
 
-        text = PAGE
         note = "" if info.profile == "paper" else "cpu-demo model: not the paper's network."
-        return text.replace("{{MODEL}}", f"{info.model_version} ({info.profile})").replace(
-            "{{NOTE}}", note
-        )
+        model = f"{info.model_version} ({info.profile})"
+        return render_page(model, note, config.score.vote_threshold)
 
     @app.post("/api/score")
     async def score(files: list[UploadFile] = File(...)) -> Any:  # noqa: B008

@@ -14,11 +14,3 @@ def render_page(model: str, note: str = "", vote_threshold: float = VOTE_THRESHO
     """The page, naming the model (`version (profile)`) and a note under it; both are
     shown as text, whatever they contain."""
     return render("web_page.html.j2", model=model, note=note, vote_threshold=vote_threshold)
-
-
-def __getattr__(name: str) -> str:
-    # `PAGE` with `{{MODEL}}` and `{{NOTE}}` left for str.replace: what flows/web.py
-    # used before render_page; kept until it calls render_page (which escapes them).
-    if name == "PAGE":
-        return render_page("{{MODEL}}", "{{NOTE}}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

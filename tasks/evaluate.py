@@ -161,8 +161,15 @@ def _explain_misclassified(
         paths = []
         for k, (i, heat) in enumerate(zip(chosen, maps, strict=True)):
             name = f"{row.patient_id}-{k + 1}.png"
-            caption = f"{row.patient_id}  P(malignant) {probabilities[i]:.2f}  ({target} map)"
-            write_overlay(slices.images[i], heat, caption, str(folder / name))
+            caption = f"{row.patient_id}  P(malignant) {probabilities[i]:.2f}"
+            meta = slices.meta.iloc[i]
+            z = meta.get("z")
+            write_overlay(
+                slices.images[i], heat, caption, str(folder / name),
+                phase=str(meta.get("phase") or "unknown"),
+                z=None if z is None or pd.isna(z) else float(z),
+                method=method, target=target,
+            )  # fmt: skip
             paths.append(f"heatmaps/{name}")
         written[str(row.patient_id)] = paths
     return {"method": method, "per_side": per_side, "patients": written}

@@ -252,11 +252,11 @@ def explain_slices(
         uids, images = read_part_slices(fs, part, wanted)
         for target in sorted({targets[u] for u in uids}):
             index = [i for i, u in enumerate(uids) if targets[u] == target]
-            maps, _ = heatmaps(model, images[index], target)
+            maps, method = heatmaps(model, images[index], target)
             for i, heat in zip(index, maps, strict=True):
                 uri, caption = outputs[uids[i]]
                 buffer = io.BytesIO()
-                write_overlay(images[i], heat, caption, buffer)
+                write_overlay(images[i], heat, caption, buffer, method=method, target=target)
                 out_fs, path = fsspec.core.url_to_fs(uri)
                 out_fs.makedirs(posixpath.dirname(path), exist_ok=True)
                 with out_fs.open(path, "wb") as handle:

@@ -145,12 +145,6 @@ def test_web_page_names_the_model_as_text():
     assert 'fetch("/api/score"' in page and "const esc = (s) =>" in page  # the script, unescaped
 
 
-def test_web_page_placeholders_stay_for_callers_that_replace_them():
-    from renalflow.flows.web_page import PAGE
-
-    assert PAGE.count("{{MODEL}}") == 1 and PAGE.count("{{NOTE}}") == 1
-
-
 def test_a_template_variable_nobody_passed_is_an_error():
     import jinja2
 
