@@ -447,10 +447,43 @@ def load_s3_credentials() -> list[str]:
         if value.get(key):
             os.environ[variable] = str(value[key])
             set_names.append(variable)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs = sys.modules.get("s3fs")
+    if s3fs is not None:  # filesystems made before these credentials must not be reused
+        s3fs.S3FileSystem.clear_instance_cache()
     return set_names
+
+
+# --- optional features ---------------------------------------------------------------
+
+# The modules each extra in pyproject.toml installs: what require_extra looks for.
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "s3": ("s3fs",),
+    "web": ("fastapi", "python_multipart"),
+    "hpc": ("dask_jobqueue",),
+    "kubernetes": ("dask_kubernetes",),
+    "jax": ("jax",),
+}
+
+
+def require_extra(extra: str, what: str) -> None:
+    """Refuse in one line when `extra` is not installed, e.g. "s3:// needs the s3 extra:
+    pip install 'renalflow[s3]'" (an InputError: the CLI prints it, exit code 2)."""
+    from renalflow.tasks.errors import InputError
+
+    if any(importlib.util.find_spec(module) is None for module in EXTRAS[extra]):
+        raise InputError(f"{what} needs the {extra} extra: pip install 'renalflow[{extra}]'")
+
+
+def require_extras_for(*locations: str | None) -> None:
+    """Check, before any work starts, that the extras a command's locations and this
+    process's settings need are installed: s3:// URIs need `s3`, KERAS_BACKEND=jax
+    needs `jax`. Local paths and None are fine."""
+    for location in locations:
+        if location and location.split("://", 1)[0].lower() in ("s3", "s3a"):
+            require_extra("s3", "s3://")
+            break
+    if os.environ.get("KERAS_BACKEND", "").strip().lower() == "jax":
+        require_extra("jax", "KERAS_BACKEND=jax")
 
 
 def dask_task_runner(

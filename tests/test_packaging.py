@@ -15,12 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 UV = Path(sys.executable).with_name("uv")
 
 CHECK = """
-import importlib.util, sys, renalflow.flows.cli, renalflow.tasks.config, tasks, flows
+import importlib.metadata, sys, renalflow.flows.cli, renalflow.tasks.config, tasks, flows
 target = sys.argv[1]
 assert renalflow.tasks.config.__file__.startswith(target), renalflow.tasks.config.__file__
 assert renalflow.flows.cli.__file__.startswith(target), renalflow.flows.cli.__file__
 assert tasks.OWNER == "another project" and flows.OWNER == "another project"
 assert renalflow.flows.cli.build_parser().prog == "renalflow"
+# The console script `renalflow` of the installed distribution resolves to the CLI in DIR.
+(dist,) = [d for d in importlib.metadata.distributions(path=[target])
+           if d.metadata["Name"] == "renalflow"]
+(script,) = dist.entry_points.select(group="console_scripts", name="renalflow")
+assert script.value == "renalflow.flows.cli:main", script.value
+assert script.load() is renalflow.flows.cli.main
 print("ok")
 """
 
@@ -66,17 +72,38 @@ def test_console_script_and_extras_are_declared():
         assert "<" in requirement, f"{requirement} has no upper bound"
 
 
-def test_every_direct_dependency_is_pinned_in_the_lock():
+def _pins(lock: str) -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / lock).read_text().splitlines():
+        if "==" in line and not line.lstrip().startswith("#"):
+            name, version = line.split("==", 1)
+            pins[canonicalize_name(name.strip())] = version.split()[0].split(";")[0]
+    return pins
+
+
+@pytest.mark.parametrize(
+    ("lock", "groups"),
+    [("requirements.lock", ["s3", "web"]), ("requirements-dev.lock", ["s3", "web", "dev"])],
+)
+def test_the_locks_pin_every_direct_dependency_within_its_bounds(lock, groups):
+    """pyproject's ranges hold the versions the tests run: a bound raised past the lock, or
+    a dependency added without a pin, fails here."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pinned = {
-        line.split("==")[0].lower()
-        for line in (ROOT / "requirements.lock").read_text().splitlines()
-        if "==" in line
-    }
-    wanted = [*project["dependencies"], *project["optional-dependencies"]["s3"],
-              *project["optional-dependencies"]["web"]]  # fmt: skip
-    for requirement in wanted:
-        name = requirement.split(";")[0].split("[")[0].split(">")[0].split("<")[0].strip()
-        if "platform_machine != 'x86_64'" in requirement:
+    pins = _pins(lock)
+    wanted = [*project["dependencies"]]
+    for group in groups:
+        wanted += project["optional-dependencies"][group]
+    for line in wanted:
+        requirement = Requirement(line)
+        if requirement.marker and not requirement.marker.evaluate({"platform_machine": "x86_64"}):
             continue  # the other architecture's TensorFlow
-        assert name.lower() in pinned, f"{name} is not pinned in requirements.lock"
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement.name} is not pinned in {lock}"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"{lock} pins {requirement.name}=={pins[name]}, outside pyproject's {line!r}"
+        )

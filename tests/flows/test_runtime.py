@@ -228,3 +228,45 @@ def _servers_of(home: Path) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def test_a_missing_extra_is_refused_in_one_line_naming_it(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    absent = {"s3fs", "python_multipart", "jax"}
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name in absent else real_find_spec(name, *args),
+    )
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    runtime.require_extras_for("/data/archive", None, "file:///data/store")  # local: fine
+    with pytest.raises(
+        InputError, match=r"^s3:// needs the s3 extra: pip install 'renalflow\[s3\]'$"
+    ):
+        runtime.require_extras_for("/data/archive", "s3://bucket/store")
+    with pytest.raises(InputError, match=r"^the upload page needs the web extra: .*\[web\]'$"):
+        runtime.require_extra("web", "the upload page")
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    with pytest.raises(InputError, match=r"^KERAS_BACKEND=jax needs the jax extra"):
+        runtime.require_extras_for()
+    monkeypatch.delenv("KERAS_BACKEND")
+    absent.clear()
+    runtime.require_extras_for("s3://bucket/store")  # installed: no complaint
+
+
+def test_s3_credentials_need_no_s3fs_when_none_was_imported(monkeypatch):
+    class Block:
+        def get(self):
+            return {"aws_access_key_id": "AKIA", "aws_secret_access_key": "secret"}
+
+    from prefect.blocks.system import Secret
+
+    monkeypatch.setenv(runtime.S3_CREDENTIALS_BLOCK_ENV, "renalflow-s3")
+    monkeypatch.setattr(Secret, "load", classmethod(lambda cls, name: Block()))
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # `import s3fs` would fail
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+    assert runtime.load_s3_credentials() == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == "secret"
