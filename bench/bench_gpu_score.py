@@ -2,7 +2,7 @@
 
 Runs the paper's ResNet50V2 (random weights) in inference and prints images/s for
   1. synthetic uint8 batches already in memory (the ceiling), and
-  2. the scoring path of `renalflow score`: `tasks.score.score_slices` reading the
+  2. the scoring path of `renalflow score`: `tasks.inference.score_slices` reading the
      slices of every part of a Parquet slice store, as a score task does on a GPU
      Dask worker.
 Target: (2) at least 8,000 images/s on an H200 in bf16.
@@ -45,8 +45,8 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_input import build_store
 
+    from renalflow.tasks.inference import score_slices
     from renalflow.tasks.model import TrainConfig, build_model
-    from renalflow.tasks.score import score_slices
     from renalflow.tasks.store import SLICES, list_parts
     from renalflow.tasks.train import file_digest
 
@@ -104,9 +104,9 @@ def main() -> int:
     # the model alone on the slices already read.
     from concurrent.futures import ThreadPoolExecutor
 
+    from renalflow.tasks.inference import cached_model
     from renalflow.tasks.model import predict_probabilities
-    from renalflow.tasks.score import cached_model, read_part_slices
-    from renalflow.tasks.store import open_store
+    from renalflow.tasks.store import open_store, read_part_slices
 
     fs, _ = open_store(store)
     started = time.perf_counter()

@@ -92,7 +92,7 @@ def flow_run(archive: str, store: str, model_path: str, results: str, cluster: o
 
 
 def _load_model(path: str, version: str) -> None:
-    from renalflow.tasks.score import cached_model
+    from renalflow.tasks.inference import cached_model
 
     cached_model(path, version)  # kept in the worker process; nothing sent back
 

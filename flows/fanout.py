@@ -11,6 +11,8 @@ import os
 import sys
 from typing import Any, Generic, TypeVar
 
+import dask
+from distributed.scheduler import KilledWorker
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import FlowRunContext
@@ -66,17 +68,11 @@ TASK_OPTIONS: dict[str, Any] = {
 
 def worker_died(err: BaseException) -> bool:
     """Whether a task failed because the worker processes running it kept dying."""
-    try:
-        from distributed.scheduler import KilledWorker
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return False
     return isinstance(err, KilledWorker)
 
 
 def attempts() -> int:
     """How many worker deaths Dask allows a task before giving up on it."""
-    import dask
-
     return int(dask.config.get("distributed.scheduler.allowed-failures", 3)) + 1
 
 
@@ -88,6 +84,22 @@ def cluster_threads() -> int:
         return 1
     workers = runner.client.scheduler_info().get("workers", {})
     return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+
+
+def cores_per_worker_thread() -> int | None:
+    """When the workers run on this machine, its cores shared out among their threads
+    (TensorFlow would otherwise give every worker process every core); for workers on
+    other machines, no limit."""
+    context = FlowRunContext.get()
+    runner = context.task_runner if context else None
+    if not isinstance(runner, DaskTaskRunner):
+        return None
+    workers = runner.client.scheduler_info(n_workers=-1).get("workers", {})
+    local = [w for w in workers.values() if str(w.get("host", "")).startswith("127.")]
+    if not local or len(local) != len(workers):
+        return None
+    threads = sum(int(w.get("nthreads", 1)) for w in local)
+    return max(1, (os.cpu_count() or 1) // max(1, threads))
 
 
 def balanced(n_items: int, n_tasks: int, smallest: int, largest: int) -> int:

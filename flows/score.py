@@ -7,43 +7,53 @@ archive that grew by 50 studies does the work of 50 studies.
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import dask
 from prefect import flow, get_run_logger, task
+from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
-from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
-from prefect_dask import DaskTaskRunner
 
-from renalflow.flows.fanout import TASK_OPTIONS, Opaque, announce_run, balanced, cluster_threads
+from renalflow.flows.fanout import (
+    TASK_OPTIONS,
+    Opaque,
+    announce_run,
+    balanced,
+    cluster_threads,
+    cores_per_worker_thread,
+)
 from renalflow.flows.ingest import run_ingest
 from renalflow.tasks.config import SCREENING
 from renalflow.tasks.errors import InputError
+from renalflow.tasks.inference import ScoredBatch, explain_slices, score_slices
 from renalflow.tasks.model_dir import read_model_info
 from renalflow.tasks.pseudonym import NO_KEY_HELP, check_key, key_from_env, key_id
 from renalflow.tasks.results import (
-    PATIENT_VOTES,
-    SLICE_SCORES,
     ensure_tables,
-    merge_rows,
+    result_rows,
     scored_studies,
+    tally_votes,
+    write_results,
 )
 from renalflow.tasks.score import (
     ScoreConfig,
-    ScoredBatch,
-    explain_slices,
-    inventory,
+    ScoreSummary,
+    batch_parts,
+    default_heatmap_dir,
+    default_store,
+    format_summary,
     plan_explanations,
     plan_scoring,
-    result_rows,
     score_batches,
-    score_slices,
+    summary_dict,
 )
+from renalflow.tasks.store import read_inventory
+
+# The summary and its formats live with the scoring logic; callers import them from here.
+__all__ = ["ScoreSummary", "default_store", "format_summary", "score_flow", "summary_dict"]
 
 
 def resolve_key(key_secret: str | None = None) -> bytes:
@@ -53,8 +63,6 @@ def resolve_key(key_secret: str | None = None) -> bytes:
     if from_env is not None:
         return from_env
     if key_secret:
-        from prefect.blocks.system import Secret
-
         try:
             block: Any = Secret.load(key_secret)
             value = block.get()
@@ -94,36 +102,6 @@ def explain_task(
     )
 
 
-@dataclass
-class ScoreSummary:
-    """What a scoring run did."""
-
-    archive: str
-    results: str
-    store: str
-    model_version: str
-    run_id: str
-    files_new: int = 0
-    studies_in_archive: int = 0
-    already_scored: int = 0
-    rescored: int = 0
-    studies_scored: int = 0
-    images_scored: int = 0
-    votes: dict[str, int] = field(default_factory=dict)
-    qc_flagged: dict[str, int] = field(default_factory=dict)
-    slice_rows_inserted: int = 0
-    vote_rows_inserted: int = 0
-    vote_rows_updated: int = 0
-    seconds: float = 0.0
-    inference_seconds: float = 0.0
-    busy_seconds: float = 0.0
-    workers: int = 0
-    score_tasks: int = 0
-    key_id: str = ""
-    heatmaps: int = 0
-    heatmap_dir: str = ""
-
-
 @flow(name="score", log_prints=True)
 def score_flow(
     archive: str,
@@ -159,14 +137,11 @@ def score_flow(
 
     ensure_tables(results)
     plan = plan_scoring(
-        inventory(store, archive, info.preprocess.version),
+        read_inventory(store, archive, info.preprocess.version),
         scored_studies(results, info.model_version),
         key,
     )
-    summary.studies_in_archive = plan.studies_in_archive
-    summary.already_scored = plan.already_scored
-    summary.rescored = plan.rescored
-    summary.studies_scored = plan.studies
+    summary.add_plan(plan)
     logger.info(
         "%d studies in %s: %d already scored by model %s, %d to score (%d images)",
         plan.studies_in_archive,
@@ -180,23 +155,16 @@ def score_flow(
         summary.seconds = time.perf_counter() - started
         return summary
 
-    threads = cluster_threads()
-    summary.workers = threads
-    cpu_threads = _cores_per_worker_thread()
-    target = balanced(len(plan.slices), threads * 2, 64, 2048)
-    batches = score_batches(plan.slices, target)
+    summary.workers = cluster_threads()
+    cpu_threads = cores_per_worker_thread()
+    batches = score_batches(plan.slices, balanced(len(plan.slices), summary.workers * 2, 64, 2048))
     inference_started = time.perf_counter()
     annotations = {"resources": {"GPU": 1}} if gpu else {}
     with dask.annotate(**annotations):
         futures = [
             score_task.submit(
                 store,
-                Opaque(
-                    {
-                        str(part): group["sop_instance_uid"].tolist()
-                        for part, group in batch.groupby("part")
-                    }
-                ),
+                Opaque(batch_parts(batch)),
                 info.model_dir,
                 info.model_version,
                 config.batch_size,
@@ -224,7 +192,7 @@ def score_flow(
 
     heatmap_uris: dict[str, str] = {}
     if config.explain:
-        out_dir = explain_dir or results.rstrip("/") + ".heatmaps"
+        out_dir = explain_dir or default_heatmap_dir(results)
         parts, targets, outputs = plan_explanations(
             plan.slices, probabilities, key, config, out_dir
         )
@@ -247,32 +215,13 @@ def score_flow(
         summary.heatmap_dir = out_dir
         logger.info("%d heat maps of deciding slices in %s", len(heatmap_uris), out_dir)
     slice_rows, vote_rows = result_rows(
-        plan.slices,
-        probabilities,
-        key,
-        info,
-        config,
-        archive,
-        run_id,
-        heatmap_uris=heatmap_uris,
+        plan.slices, probabilities, key, info, config, archive, run_id, heatmap_uris=heatmap_uris
     )
-    # Image scores first, then votes: a vote in R always has its image scores.
-    written = merge_rows(results, SLICE_SCORES, slice_rows, run_id=run_id)
-    summary.slice_rows_inserted = written["inserted"]
-    written = merge_rows(
-        results,
-        PATIENT_VOTES,
-        vote_rows,
-        replace_when="t.n_images <> s.n_images",
-        run_id=run_id,
-    )
-    summary.vote_rows_inserted = written["inserted"]
-    summary.vote_rows_updated = written["updated"]
-    votes = vote_rows.column("vote").to_pylist()
-    summary.votes = {v: votes.count(v) for v in sorted(set(votes))}
-    for flags in vote_rows.column("qc_flags").to_pylist():
-        for flag in filter(None, flags.split(",")):
-            summary.qc_flagged[flag] = summary.qc_flagged.get(flag, 0) + 1
+    written = write_results(results, slice_rows, vote_rows, run_id)
+    summary.slice_rows_inserted = written["slice_rows_inserted"]
+    summary.vote_rows_inserted = written["vote_rows_inserted"]
+    summary.vote_rows_updated = written["vote_rows_updated"]
+    summary.votes, summary.qc_flagged = tally_votes(vote_rows)
     summary.seconds = time.perf_counter() - started
     logger.info(
         "scoring finished: %d studies, %d images in %.1f s",
@@ -281,64 +230,3 @@ def score_flow(
         summary.seconds,
     )
     return summary
-
-
-def _cores_per_worker_thread() -> int | None:
-    """When the workers run on this machine, its cores shared out among their threads
-    (TensorFlow would otherwise give every worker process every core); for workers on
-    other machines, no limit."""
-    context = FlowRunContext.get()
-    runner = context.task_runner if context else None
-    if not isinstance(runner, DaskTaskRunner):
-        return None
-    workers = runner.client.scheduler_info(n_workers=-1).get("workers", {})
-    local = [w for w in workers.values() if str(w.get("host", "")).startswith("127.")]
-    if not local or len(local) != len(workers):
-        return None
-    threads = sum(int(w.get("nthreads", 1)) for w in local)
-    return max(1, (os.cpu_count() or 1) // max(1, threads))
-
-
-def default_store(results: str) -> str:
-    """The slice store beside R (`R.slices`): it holds identifiers and pixels, so it
-    stays inside the department, unlike R."""
-    return results.rstrip("/") + ".slices"
-
-
-def summary_dict(summary: ScoreSummary) -> dict[str, Any]:
-    return asdict(summary)
-
-
-def format_summary(summary: ScoreSummary) -> str:
-    lines = [
-        f"score run {summary.run_id}  (model_version {summary.model_version}, "
-        f"key id {summary.key_id})",
-        f"  archive            {summary.archive}",
-        f"  slice store        {summary.store}",
-        f"  results            {summary.results}",
-        f"  new files          {summary.files_new:>8,}",
-        f"  studies in archive {summary.studies_in_archive:>8,}",
-        f"  already scored     {summary.already_scored:>8,}",
-        f"  scored now         {summary.studies_scored:>8,}"
-        + (f"  ({summary.rescored} rescored: images added)" if summary.rescored else ""),
-        f"  images scored      {summary.images_scored:>8,}",
-    ]
-    for vote, count in summary.votes.items():
-        lines.append(f"    vote {vote:<13} {count:>8,}")
-    for flag, count in sorted(summary.qc_flagged.items()):
-        lines.append(f"    QC {flag:<15} {count:>8,}")
-    lines.append(
-        f"  rows written       {summary.slice_rows_inserted:,} slice_scores, "
-        f"{summary.vote_rows_inserted:,} patient_votes"
-        + (f" ({summary.vote_rows_updated} updated)" if summary.vote_rows_updated else "")
-    )
-    if summary.heatmaps:
-        lines.append(f"  heat maps          {summary.heatmaps:>8,}  in {summary.heatmap_dir}")
-    lines.append(f"  wall time          {summary.seconds:>8.1f} s")
-    if summary.inference_seconds and summary.workers:
-        rate = summary.images_scored / summary.inference_seconds
-        lines.append(
-            f"  inference          {summary.inference_seconds:>8.1f} s  ({rate:,.0f} images/s, "
-            f"{rate / summary.workers:,.0f} per worker thread, {summary.score_tasks} tasks)"
-        )
-    return "\n".join(lines)

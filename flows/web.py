@@ -21,11 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from renalflow.flows.web_page import render_page
+from renalflow.tasks.convert import convert_file
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.explain import heatmaps, write_overlay
+from renalflow.tasks.inference import cached_model
+from renalflow.tasks.ingest import as_reject
 from renalflow.tasks.model import predict_probabilities
 from renalflow.tasks.model_dir import read_model_info
-from renalflow.tasks.score import ScoreConfig, cached_model
+from renalflow.tasks.score import ScoreConfig
 from renalflow.tasks.vote import deciding_slices, malignant_images, vote
 
 
@@ -84,9 +88,6 @@ def save_uploads(files: list[tuple[str, bytes]], folder: Path, config: WebConfig
 
 def score_upload(paths: list[Path], config: WebConfig) -> dict[str, Any]:
     """Convert, score and vote one upload; a JSON-ready result for the page."""
-    from renalflow.tasks.convert import convert_file
-    from renalflow.tasks.ingest import as_reject
-
     info = read_model_info(config.model_dir)
     converted, rejects = [], []
     for path in paths:
@@ -160,6 +161,7 @@ def score_upload(paths: list[Path], config: WebConfig) -> dict[str, Any]:
 
 def create_app(config: WebConfig) -> Any:
     """The FastAPI application (pages and API); nothing is loaded until it is asked."""
+    # FastAPI comes with the `web` extra: only `renalflow web` needs it.
     from fastapi import FastAPI, File, UploadFile
     from fastapi.responses import HTMLResponse, JSONResponse
 
@@ -170,8 +172,6 @@ def create_app(config: WebConfig) -> Any:
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        from renalflow.flows.web_page import render_page
-
         note = "" if info.profile == "paper" else "cpu-demo model: not the paper's network."
         model = f"{info.model_version} ({info.profile})"
         return render_page(model, note, config.score.vote_threshold)

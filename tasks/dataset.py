@@ -12,29 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pds
 
-from renalflow.tasks.errors import StoreError
+from renalflow.tasks.config import Label
 from renalflow.tasks.model import with_channel
-from renalflow.tasks.store import SLICES, list_parts, open_store
-
-# Rows come back in this order: patient, study, series, position along the body.
-SLICE_ORDER = ("patient_id", "study_instance_uid", "series_instance_uid", "z", "sop_instance_uid")
-META_COLUMNS = [
-    "patient_id",
-    "study_instance_uid",
-    "series_instance_uid",
-    "sop_instance_uid",
-    "z",
-    "phase",
-    "manufacturer",
-    "study_date",
-    "cohort",
-    "label",
-    "preprocess_version",
-]
+from renalflow.tasks.store import read_slices
 
 
 @dataclass
@@ -55,25 +36,6 @@ class SliceSet:
         )
 
 
-def pixels_to_array(column: pa.ChunkedArray | pa.Array, height: int, width: int) -> np.ndarray:
-    """Binary pixel column -> (N, height, width) uint8 without a Python loop."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    n = len(array)
-    if n == 0:
-        return np.zeros((0, height, width), dtype=np.uint8)
-    if array.null_count:
-        raise StoreError("slice store has rows without pixels; re-ingest the affected files")
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset : array.offset + n + 1]
-    size = height * width
-    if not np.all(np.diff(offsets) == size):
-        raise StoreError(
-            f"slices in the store are not all {height}x{width}; a store holds one image size "
-            "(see its preprocess_version)"
-        )
-    data = np.frombuffer(array.buffers()[2], dtype=np.uint8)
-    return data[offsets[0] : offsets[0] + n * size].reshape(n, height, width)
-
-
 def load_slices(
     store_uri: str,
     *,
@@ -82,49 +44,12 @@ def load_slices(
     labelled_only: bool = False,
 ) -> SliceSet:
     """Read slices (pixels and metadata) from a store, filtered by cohort and patient."""
-    parts = list_parts(store_uri, SLICES)
-    if not parts:
-        raise StoreError(
-            f"no slices in {store_uri}; create the store with `renalflow ingest ARCHIVE "
-            "--store STORE --labels labels.csv`"
-        )
-    fs, _ = open_store(store_uri)
-    dataset = pds.dataset(parts, format="parquet", filesystem=fs)
-    expression = None
-    if cohorts:
-        expression = pc.field("cohort").isin(cohorts)
-    if patients is not None:
-        clause = pc.field("patient_id").isin(sorted(patients))
-        expression = clause if expression is None else expression & clause
-    if labelled_only:
-        clause = pc.field("label").is_valid()
-        expression = clause if expression is None else expression & clause
-    table = dataset.to_table(
-        columns=[*META_COLUMNS, "height", "width", "pixels"], filter=expression
+    meta, images = read_slices(
+        store_uri, cohorts=cohorts, patients=patients, labelled_only=labelled_only
     )
-    if table.num_rows == 0:
-        return SliceSet(
-            np.zeros((0, 224, 224), np.uint8),
-            np.zeros(0, np.int8),
-            pd.DataFrame(columns=META_COLUMNS),
-        )
-    heights = pc.unique(table.column("height")).to_pylist()
-    widths = pc.unique(table.column("width")).to_pylist()
-    if len(heights) != 1 or len(widths) != 1:
-        raise StoreError(f"store {store_uri} mixes image sizes {heights}x{widths}")
-    # One order whatever the store's part files: training shuffles by index, so two
-    # stores of the same archive train the same model from the same seed.
-    order = pc.sort_indices(table, sort_keys=[(key, "ascending") for key in SLICE_ORDER])
-    table = table.take(order)
-    meta = table.select(META_COLUMNS).to_pandas()
-    # Concurrent ingests of the same files can both store a slice: keep one copy.
-    unique = ~meta["sop_instance_uid"].duplicated().to_numpy()
-    if not unique.all():
-        table = table.filter(pa.array(unique))
-        meta = meta[unique].reset_index(drop=True)
-    images = pixels_to_array(table.column("pixels"), heights[0], widths[0])
+    label = meta["label"]
     labels = np.where(
-        meta["label"] == "malignant", 1, np.where(meta["label"] == "benign", 0, -1)
+        label == Label.MALIGNANT.value, 1, np.where(label == Label.BENIGN.value, 0, -1)
     ).astype(np.int8)
     return SliceSet(images=images, labels=labels, meta=meta)
 

@@ -31,9 +31,10 @@ from renalflow.tasks.store import (
     SLICES,
     STAGING,
     move_part,
-    now_utc,
     read_part,
+    reject_row,
     remove_part,
+    slice_row,
     write_part,
 )
 
@@ -105,23 +106,21 @@ def _open(source_uri: str) -> IO[bytes] | str:
     return io.BytesIO(fs.cat_file(path))
 
 
-def _reject_row(reject: Reject, cohort: str, run_id: str, version: str) -> dict[str, Any]:
-    return {
-        "source_uri": reject.source_uri,
-        "reason_code": reject.code.value,
-        "reason": reject.reason,
-        "sop_instance_uid": reject.sop_instance_uid,
-        "cohort": cohort,
-        "ingest_run_id": run_id,
-        "preprocess_version": version,
-        "rejected_at": now_utc(),
-    }
-
-
 def write_rejects(
     store_uri: str, rejects: list[Reject], cohort: str, run_id: str, version: str, part: str
 ) -> None:
-    rows = [_reject_row(r, cohort, run_id, version) for r in rejects]
+    rows = [
+        reject_row(
+            r.source_uri,
+            r.code,
+            r.reason,
+            r.sop_instance_uid,
+            cohort=cohort,
+            run_id=run_id,
+            version=version,
+        )
+        for r in rejects
+    ]
     write_part(store_uri, REJECTS, rows, part)
 
 
@@ -144,47 +143,6 @@ def as_reject(source_uri: str, err: Exception) -> Reject:
         return Reject(source_uri, err.code, err.reason)
     text = str(err) or type(err).__name__
     return Reject(source_uri, RejectReason.UNREADABLE, f"cannot read the file: {text}")
-
-
-def _slice_row(
-    source_uri: str,
-    converted: ConvertedSlice,
-    cohort: str,
-    label: str | None,
-    run_id: str,
-    version: str,
-) -> dict[str, Any]:
-    h = converted.header
-    return {
-        "source_uri": source_uri,
-        "patient_id": h.patient_id,
-        "study_instance_uid": h.study_instance_uid,
-        "series_instance_uid": h.series_instance_uid,
-        "sop_instance_uid": h.sop_instance_uid,
-        "instance_number": h.instance_number,
-        "z": h.z,
-        "phase": h.phase,
-        "slice_thickness": h.slice_thickness,
-        "pixel_spacing": list(h.pixel_spacing) if h.pixel_spacing else None,
-        "manufacturer": h.manufacturer,
-        "transfer_syntax": h.transfer_syntax,
-        "study_date": h.study_date,
-        "series_description": h.series_description,
-        "kvp": h.kvp,
-        "photometric_interpretation": h.photometric_interpretation,
-        "rows": h.rows,
-        "columns": h.columns,
-        "window_center": converted.window_center,
-        "window_width": converted.window_width,
-        "height": int(converted.pixels.shape[0]),
-        "width": int(converted.pixels.shape[1]),
-        "pixels": converted.pixels.tobytes(),
-        "cohort": cohort,
-        "label": label,
-        "ingest_run_id": run_id,
-        "preprocess_version": version,
-        "ingested_at": now_utc(),
-    }
 
 
 def group_files(source_uris: list[str], batch_size: int) -> list[list[str]]:
@@ -243,7 +201,7 @@ def convert_files(
     across batches have been resolved.
     """
     started = time.perf_counter()
-    rows: list[dict[str, Any]] = []
+    converted_files: list[tuple[str, ConvertedSlice]] = []
     rejects: list[Reject] = []
     for uri in source_uris:
         try:
@@ -253,9 +211,20 @@ def convert_files(
         except Exception as err:  # one bad file never fails the batch
             rejects.append(as_reject(uri, err))
             continue
-        label = labels.get(converted.header.patient_id)
-        rows.append(_slice_row(uri, converted, cohort, label, run_id, config.version))
-    rows.sort(key=lambda r: (r["series_instance_uid"], r["z"] if r["z"] is not None else 0.0))
+        converted_files.append((uri, converted))
+    # Sorted by series and position along the body: a part reads back in slice order.
+    converted_files.sort(key=lambda item: _series_and_z(item[1]))
+    rows = [
+        slice_row(
+            uri,
+            converted,
+            cohort=cohort,
+            label=labels.get(converted.header.patient_id),
+            run_id=run_id,
+            version=config.version,
+        )
+        for uri, converted in converted_files
+    ]
     # Named after its files: a batch run again (a retry, or a worker lost after writing)
     # overwrites its own parts instead of adding a second copy.
     batch_id = hashlib.sha256("\n".join(source_uris).encode()).hexdigest()[:12]
@@ -269,9 +238,13 @@ def convert_files(
         seconds=time.perf_counter() - started,
         worker=worker_name(),
     )
-    return StagedBatch(
-        staged, part, [(r["sop_instance_uid"], r["source_uri"]) for r in rows], report
-    )
+    sops = [(converted.header.sop_instance_uid, uri) for uri, converted in converted_files]
+    return StagedBatch(staged, part, sops, report)
+
+
+def _series_and_z(converted: ConvertedSlice) -> tuple[str, float]:
+    header = converted.header
+    return header.series_instance_uid, header.z if header.z is not None else 0.0
 
 
 def commit_batch(

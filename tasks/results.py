@@ -20,14 +20,28 @@ import os
 import random
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import fsspec
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable
+from deltalake.exceptions import CommitFailedError
 
+from renalflow.tasks.config import Phase
 from renalflow.tasks.errors import InputError, StoreError
+from renalflow.tasks.pseudonym import key_id, pseudonym
+from renalflow.tasks.store import now_utc
+from renalflow.tasks.vote import malignant_images, vote
+
+if TYPE_CHECKING:  # types only: R's rows take what scoring hands over
+    from renalflow.tasks.model_dir import ModelInfo
+    from renalflow.tasks.score import ScoreConfig
 
 SLICE_SCORES = "slice_scores"
 PATIENT_VOTES = "patient_votes"
@@ -143,8 +157,6 @@ def _is_table(uri: str) -> bool:
     deltalake's listing of a prefix that does not exist so that its client waits
     until it times out.
     """
-    import fsspec
-
     fs, path = fsspec.core.url_to_fs(uri)
     log = f"{path.rstrip('/')}/_delta_log"
     fs.invalidate_cache(log)
@@ -156,8 +168,6 @@ def _is_table(uri: str) -> bool:
 
 def open_table(results: str, name: str, version: int | datetime | None = None) -> Any:
     """The Delta table `name` of R, at its latest version or at `version`."""
-    from deltalake import DeltaTable
-
     uri = table_uri(results, name)
     if not _is_table(uri):
         raise StoreError(
@@ -185,8 +195,6 @@ def open_table(results: str, name: str, version: int | datetime | None = None) -
 
 def ensure_tables(results: str) -> None:
     """Create both tables, empty, if they do not exist (safe when runs race to do it)."""
-    from deltalake import DeltaTable
-
     for name, schema in SCHEMAS.items():
         uri = table_uri(results, name)
         for attempt in range(5):
@@ -242,9 +250,6 @@ def merge_rows(
 
     Returns the number of rows inserted and updated.
     """
-    from deltalake import CommitProperties, DeltaTable
-    from deltalake.exceptions import CommitFailedError
-
     rows = check_rows(rows, name)
     if rows.num_rows == 0:
         return {"inserted": 0, "updated": 0}
@@ -349,3 +354,146 @@ def tables_as_of(results: str, as_of: int | datetime | None) -> dict[str, Any]:
         scores.to_pyarrow_dataset() if scores is not None else SLICE_SCORES_SCHEMA.empty_table()
     )
     return out
+
+
+def _year_month(study_date: Any) -> str | None:
+    text = str(study_date or "")
+    return f"{text[:4]}-{text[4:6]}" if len(text) >= 6 and text[:6].isdigit() else None
+
+
+def _joined(values: pd.Series) -> str:
+    return ",".join(sorted({str(v) for v in values if v is not None and str(v)}))
+
+
+def result_rows(
+    slices: pd.DataFrame,
+    probabilities: dict[str, float],
+    key: bytes,
+    info: ModelInfo,
+    config: ScoreConfig,
+    archive_uri: str,
+    run_id: str,
+    scored_at: datetime | None = None,
+    heatmap_uris: dict[str, str] | None = None,
+) -> tuple[pa.Table, pa.Table]:
+    """(slice_scores rows, patient_votes rows) of scored store slices (the inventory
+    rows of tasks.store), pseudonymised: no identifier leaves here."""
+    scored_at = scored_at or now_utc()
+    frame = slices.copy()
+    missing = set(frame["sop_instance_uid"]) - set(probabilities)
+    if missing:
+        raise StoreError(f"{len(missing)} slices were planned but never scored")
+    frame["probability"] = frame["sop_instance_uid"].map(probabilities).astype(np.float32)
+    frame["malignant"] = malignant_images(frame["probability"].to_numpy(), config.image_threshold)
+    kid = key_id(key)
+    patient_key = {p: pseudonym(key, p) for p in frame["patient_id"].unique()}
+    study_key = {s: pseudonym(key, s) for s in frame["study_instance_uid"].unique()}
+    series_key = {s: pseudonym(key, s) for s in frame["series_instance_uid"].unique()}
+    n = len(frame)
+    slice_rows = pa.table(
+        {
+            "image_key": [pseudonym(key, s) for s in frame["sop_instance_uid"]],
+            "series_key": frame["series_instance_uid"].map(series_key).tolist(),
+            "study_key": frame["study_instance_uid"].map(study_key).tolist(),
+            "patient_key": frame["patient_id"].map(patient_key).tolist(),
+            "key_id": [kid] * n,
+            "cohort": frame["cohort"].tolist(),
+            "phase": frame["phase"].tolist(),
+            "instance_number": pa.array(frame["instance_number"].tolist(), pa.int32()),
+            "z": pa.array(frame["z"].tolist(), pa.float64()),
+            "probability": pa.array(frame["probability"].to_numpy(), pa.float32()),
+            "malignant": pa.array(frame["malignant"].to_numpy()),
+            "image_threshold": [config.image_threshold] * n,
+            "model_version": [info.model_version] * n,
+            "preprocess_version": [info.preprocess.version] * n,
+            "scored_at": pa.array([scored_at] * n, _TIMESTAMP),
+            "flow_run_id": [run_id] * n,
+            "heatmap_uri": pa.array(
+                [(heatmap_uris or {}).get(u) for u in frame["sop_instance_uid"]], pa.string()
+            ),
+        }
+    )
+    votes = []
+    for study_uid, group in frame.groupby("study_instance_uid", sort=True):
+        n_images = len(group)
+        outcome = vote(
+            group["probability"].to_numpy(), config.image_threshold, config.vote_threshold
+        )
+        phases = {str(p) for p in group["phase"]}
+        too_few = n_images < config.min_images
+        noncontrast_only = phases == {Phase.NONCONTRAST.value}
+        flags = []
+        if too_few:
+            flags.append("too_few_images")
+        if noncontrast_only:
+            flags.append("noncontrast_only")
+        if Phase.UNKNOWN.value in phases:
+            flags.append("unknown_phase")
+        if group["manufacturer"].nunique() > 1:
+            flags.append("mixed_scanners")
+        labels = {str(v) for v in group["label"] if v is not None and str(v) not in ("", "nan")}
+        votes.append(
+            {
+                "patient_key": patient_key[group["patient_id"].iloc[0]],
+                "study_key": study_key[study_uid],
+                "key_id": kid,
+                "study_year_month": _year_month(group["study_date"].iloc[0]),
+                "cohort": str(group["cohort"].iloc[0]),
+                "manufacturer": _joined(group["manufacturer"]),
+                "phases": _joined(group["phase"]),
+                "n_series": int(group["series_instance_uid"].nunique()),
+                "n_images": n_images,
+                "n_malignant": outcome.n_malignant,
+                "fraction_malignant": outcome.fraction_malignant,
+                "vote": outcome.vote.value,
+                "vote_threshold": config.vote_threshold,
+                "image_threshold": config.image_threshold,
+                "mean_probability": float(group["probability"].mean()),
+                "reference_label": labels.pop() if len(labels) == 1 else None,
+                "qc_too_few_images": too_few,
+                "qc_noncontrast_only": noncontrast_only,
+                "qc_flags": ",".join(flags),
+                "model_version": info.model_version,
+                "model_profile": info.profile,
+                "preprocess_version": info.preprocess.version,
+                "scored_at": scored_at,
+                "flow_run_id": run_id,
+                "archive_uri": archive_uri,
+            }
+        )
+    vote_rows = pa.Table.from_pylist(votes, schema=PATIENT_VOTES_SCHEMA)
+    return slice_rows, vote_rows
+
+
+def write_results(
+    results: str, slice_rows: pa.Table, vote_rows: pa.Table, run_id: str
+) -> dict[str, int]:
+    """Merge a run's rows into R: image scores first, then votes, so a vote in R always
+    has its image scores. A study whose image count changed gets its vote replaced.
+
+    Returns the slice_scores rows inserted and the patient_votes rows inserted and updated.
+    """
+    scores = merge_rows(results, SLICE_SCORES, slice_rows, run_id=run_id)
+    votes = merge_rows(
+        results,
+        PATIENT_VOTES,
+        vote_rows,
+        replace_when="t.n_images <> s.n_images",
+        run_id=run_id,
+    )
+    return {
+        "slice_rows_inserted": scores["inserted"],
+        "vote_rows_inserted": votes["inserted"],
+        "vote_rows_updated": votes["updated"],
+    }
+
+
+def tally_votes(vote_rows: pa.Table) -> tuple[dict[str, int], dict[str, int]]:
+    """How many studies of `vote_rows` got each vote, and each QC flag."""
+    votes = Counter(vote_rows.column("vote").to_pylist())
+    flags = Counter(
+        flag
+        for text in vote_rows.column("qc_flags").to_pylist()
+        for flag in filter(None, text.split(","))
+    )
+    return dict(sorted(votes.items())), dict(flags)

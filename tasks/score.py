@@ -1,53 +1,23 @@
-"""Retrospective scoring: which studies a model has not scored yet, per-image
-probabilities, and the patient vote per study, pseudonymised for the results table.
+"""Retrospective scoring, the planning side: the settings, which studies a model has not
+scored yet, how they are cut into tasks, which slices to explain, and the run's summary.
 
-The flow (flows/score.py) strings these together: ingest what is new, `plan_scoring`,
-`score_slices` on the workers, then `result_rows` and the two merges into R.
+The flow (flows/score.py) strings the pieces together: ingest what is new, read the
+store's inventory (tasks.store.read_inventory), `plan_scoring`, score the batches on the
+workers (tasks.inference), then build and write R's rows (tasks.results).
 """
 
 from __future__ import annotations
 
-import posixpath
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pds
-import pyarrow.parquet as pq
 
-from renalflow.tasks.config import (
-    IMAGE_THRESHOLD,
-    MIN_IMAGES,
-    VOTE_THRESHOLD,
-    Phase,
-)
-from renalflow.tasks.dataset import META_COLUMNS, pixels_to_array
-from renalflow.tasks.dicom import RejectReason
-from renalflow.tasks.errors import StoreError
-from renalflow.tasks.ingest import worker_name
-from renalflow.tasks.model import predict_probabilities
-from renalflow.tasks.model_dir import ModelInfo, load_model
-from renalflow.tasks.pseudonym import key_id, pseudonym
-from renalflow.tasks.store import (
-    REJECTS,
-    SLICE_SCHEMA,
-    SLICES,
-    list_parts,
-    now_utc,
-    open_store,
-    read_table,
-)
-from renalflow.tasks.vote import check_thresholds, deciding_slices, malignant_images, vote
-
-# What the planner reads from the store: everything but the pixels.
-INVENTORY_COLUMNS = ["source_uri", "instance_number", *META_COLUMNS]
+from renalflow.tasks.config import IMAGE_THRESHOLD, MIN_IMAGES, VOTE_THRESHOLD
+from renalflow.tasks.pseudonym import pseudonym
+from renalflow.tasks.vote import check_thresholds, deciding_slices, vote
 
 
 @dataclass(frozen=True)
@@ -76,48 +46,6 @@ class ScoreConfig:
         check_thresholds(self.image_threshold, self.vote_threshold)
         if self.min_images < 1 or self.batch_size < 1:
             raise ValueError("min_images and batch_size must be at least 1")
-
-
-def archive_prefix(archive_uri: str) -> str:
-    """The archive as the `source_uri` prefix its slices carry in the store."""
-    fs, root = fsspec.core.url_to_fs(archive_uri)
-    prefix: str = fs.unstrip_protocol(root.rstrip("/"))
-    return prefix
-
-
-def inventory(store_uri: str, archive_uri: str, preprocess_version: str) -> pa.Table:
-    """Metadata (no pixels) of the store's slices that came from `archive_uri`, each with
-    the part file holding it (`part`)."""
-    prefix = archive_prefix(archive_uri)
-    under = prefix.rstrip("/") + "/"
-    fs, _ = open_store(store_uri)
-    # Files of this archive whose slice the store already had from another path (a copy,
-    # a moved archive, a study in two archives) are duplicates in `rejects`: they count.
-    rejects = read_table(store_uri, REJECTS, ["source_uri", "reason_code", "sop_instance_uid"])
-    rejects = rejects.filter(
-        pc.and_(
-            pc.equal(rejects.column("reason_code"), RejectReason.DUPLICATE.value),
-            pc.starts_with(rejects.column("source_uri"), under),
-        )
-    )
-    copies = pa.array(rejects.column("sop_instance_uid").to_pylist(), pa.string())
-    tables = []
-    for part in list_parts(store_uri, SLICES):
-        table = pds.dataset(part, format="parquet", filesystem=fs).to_table(
-            columns=INVENTORY_COLUMNS,
-            filter=(pc.field("preprocess_version") == preprocess_version),
-        )
-        uris = table.column("source_uri")
-        keep = pc.or_(pc.equal(uris, prefix), pc.starts_with(uris, under))
-        if len(copies):
-            keep = pc.or_(keep, pc.is_in(table.column("sop_instance_uid"), value_set=copies))
-        table = table.filter(keep)
-        if table.num_rows:
-            tables.append(table.append_column("part", pa.array([part] * table.num_rows)))
-    if not tables:
-        empty = SLICE_SCHEMA.empty_table().select(INVENTORY_COLUMNS)
-        return empty.append_column("part", pa.array([], pa.string()))
-    return pa.concat_tables(tables)
 
 
 @dataclass
@@ -165,245 +93,6 @@ def score_batches(slices: pd.DataFrame, target_images: int) -> list[pd.DataFrame
     return batches
 
 
-_MODELS: dict[tuple[str, str], Any] = {}
-
-
-def limit_cpu_threads(threads: int) -> None:
-    """Let TensorFlow use `threads` cores in this process, so worker processes sharing a
-    machine do not each spread over every core. No effect once TensorFlow has started,
-    or on other backends."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        pass  # TensorFlow already initialised in this process
-
-
-def cached_model(model_dir: str, model_version: str, cpu_threads: int | None = None) -> Any:
-    """The Keras model, loaded once per process (workers score many batches)."""
-
-    if cpu_threads:
-        limit_cpu_threads(cpu_threads)
-
-    key = (model_dir, model_version)
-    if key not in _MODELS:
-        _MODELS.clear()
-        _MODELS[key] = load_model(model_dir)
-    return _MODELS[key]
-
-
-@dataclass
-class ScoredBatch:
-    sop_instance_uid: list[str]
-    probability: np.ndarray
-    seconds: float
-    worker: str
-
-
-def read_part_slices(fs: Any, part: str, wanted: list[str]) -> tuple[list[str], np.ndarray]:
-    """The SOPInstanceUIDs and uint8 images of the `wanted` slices of one store part."""
-    # One whole-object read (a single GET on object storage), parsed in memory; a
-    # part is at most a few tens of MB. Usually every slice of a part is wanted, and
-    # then nothing is filtered (no copy of the pixels).
-    with fs.open(part, "rb") as handle:
-        data = handle.read()
-    table = pq.read_table(
-        pa.BufferReader(data), columns=["sop_instance_uid", "height", "width", "pixels"]
-    )
-    keep = pc.is_in(table.column("sop_instance_uid"), value_set=pa.array(wanted, pa.string()))
-    if not pc.all(keep).as_py():
-        table = table.filter(keep)
-    if table.num_rows != len(set(wanted)):
-        raise StoreError(
-            f"{posixpath.basename(part)} holds {table.num_rows} of the {len(set(wanted))} "
-            "slices asked for; was the store changed during scoring?"
-        )
-    height = table.column("height")[0].as_py()
-    width = table.column("width")[0].as_py()
-    uids = table.column("sop_instance_uid").to_pylist()
-    return uids, pixels_to_array(table.column("pixels"), height, width)
-
-
-def explain_slices(
-    store_uri: str,
-    parts: dict[str, list[str]],
-    model_dir: str,
-    model_version: str,
-    targets: dict[str, str],
-    outputs: dict[str, tuple[str, str]],
-    cpu_threads: int | None = None,
-) -> dict[str, str]:
-    """Heat-map overlays of the given slices: `targets` maps a SOPInstanceUID to the
-    class explained, `outputs` to (PNG URI, caption). Returns SOPInstanceUID -> URI."""
-    import io
-
-    from renalflow.tasks.explain import heatmaps, write_overlay
-
-    model = cached_model(model_dir, model_version, cpu_threads)
-    fs, _ = open_store(store_uri)
-    written: dict[str, str] = {}
-    for part, wanted in parts.items():
-        uids, images = read_part_slices(fs, part, wanted)
-        for target in sorted({targets[u] for u in uids}):
-            index = [i for i, u in enumerate(uids) if targets[u] == target]
-            maps, method = heatmaps(model, images[index], target)
-            for i, heat in zip(index, maps, strict=True):
-                uri, caption = outputs[uids[i]]
-                buffer = io.BytesIO()
-                write_overlay(images[i], heat, caption, buffer, method=method, target=target)
-                out_fs, path = fsspec.core.url_to_fs(uri)
-                out_fs.makedirs(posixpath.dirname(path), exist_ok=True)
-                with out_fs.open(path, "wb") as handle:
-                    handle.write(buffer.getvalue())
-                written[uids[i]] = uri
-    return written
-
-
-def score_slices(
-    store_uri: str,
-    parts: dict[str, list[str]],
-    model_dir: str,
-    model_version: str,
-    batch_size: int = 64,
-    cpu_threads: int | None = None,
-) -> ScoredBatch:
-    """P(malignant) of the given slices (SOPInstanceUIDs per part file of the store)."""
-    started = time.perf_counter()
-    model = cached_model(model_dir, model_version, cpu_threads)
-    fs, _ = open_store(store_uri)
-
-    uids: list[str] = []
-    chunks: list[np.ndarray] = []
-    # The next parts are read (I/O and decompression release the GIL) while the model
-    # scores the current one; two readers keep up with a GPU.
-    with ThreadPoolExecutor(max_workers=2) as reader:
-        pending = [
-            reader.submit(read_part_slices, fs, part, wanted) for part, wanted in parts.items()
-        ]
-        for future in pending:
-            part_uids, images = future.result()
-            uids.extend(part_uids)
-            chunks.append(predict_probabilities(model, images, batch_size))
-    probability = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    return ScoredBatch(uids, probability, time.perf_counter() - started, worker_name())
-
-
-def _year_month(study_date: Any) -> str | None:
-    text = str(study_date or "")
-    return f"{text[:4]}-{text[4:6]}" if len(text) >= 6 and text[:6].isdigit() else None
-
-
-def _joined(values: pd.Series) -> str:
-    return ",".join(sorted({str(v) for v in values if v is not None and str(v)}))
-
-
-def result_rows(
-    slices: pd.DataFrame,
-    probabilities: dict[str, float],
-    key: bytes,
-    info: ModelInfo,
-    config: ScoreConfig,
-    archive_uri: str,
-    run_id: str,
-    scored_at: datetime | None = None,
-    heatmap_uris: dict[str, str] | None = None,
-) -> tuple[pa.Table, pa.Table]:
-    """(slice_scores rows, patient_votes rows), pseudonymised: no identifier leaves here."""
-    scored_at = scored_at or now_utc()
-    frame = slices.copy()
-    missing = set(frame["sop_instance_uid"]) - set(probabilities)
-    if missing:
-        raise StoreError(f"{len(missing)} slices were planned but never scored")
-    frame["probability"] = frame["sop_instance_uid"].map(probabilities).astype(np.float32)
-    frame["malignant"] = malignant_images(frame["probability"].to_numpy(), config.image_threshold)
-    kid = key_id(key)
-    patient_key = {p: pseudonym(key, p) for p in frame["patient_id"].unique()}
-    study_key = {s: pseudonym(key, s) for s in frame["study_instance_uid"].unique()}
-    series_key = {s: pseudonym(key, s) for s in frame["series_instance_uid"].unique()}
-    n = len(frame)
-    slice_rows = pa.table(
-        {
-            "image_key": [pseudonym(key, s) for s in frame["sop_instance_uid"]],
-            "series_key": frame["series_instance_uid"].map(series_key).tolist(),
-            "study_key": frame["study_instance_uid"].map(study_key).tolist(),
-            "patient_key": frame["patient_id"].map(patient_key).tolist(),
-            "key_id": [kid] * n,
-            "cohort": frame["cohort"].tolist(),
-            "phase": frame["phase"].tolist(),
-            "instance_number": pa.array(frame["instance_number"].tolist(), pa.int32()),
-            "z": pa.array(frame["z"].tolist(), pa.float64()),
-            "probability": pa.array(frame["probability"].to_numpy(), pa.float32()),
-            "malignant": pa.array(frame["malignant"].to_numpy()),
-            "image_threshold": [config.image_threshold] * n,
-            "model_version": [info.model_version] * n,
-            "preprocess_version": [info.preprocess.version] * n,
-            "scored_at": pa.array([scored_at] * n, pa.timestamp("us", tz="UTC")),
-            "flow_run_id": [run_id] * n,
-            "heatmap_uri": pa.array(
-                [(heatmap_uris or {}).get(u) for u in frame["sop_instance_uid"]], pa.string()
-            ),
-        }
-    )
-    votes = []
-    for study_uid, group in frame.groupby("study_instance_uid", sort=True):
-        n_images = len(group)
-        outcome = vote(
-            group["probability"].to_numpy(), config.image_threshold, config.vote_threshold
-        )
-        phases = {str(p) for p in group["phase"]}
-        too_few = n_images < config.min_images
-        noncontrast_only = phases == {Phase.NONCONTRAST.value}
-        flags = []
-        if too_few:
-            flags.append("too_few_images")
-        if noncontrast_only:
-            flags.append("noncontrast_only")
-        if Phase.UNKNOWN.value in phases:
-            flags.append("unknown_phase")
-        if group["manufacturer"].nunique() > 1:
-            flags.append("mixed_scanners")
-        labels = {str(v) for v in group["label"] if v is not None and str(v) not in ("", "nan")}
-        votes.append(
-            {
-                "patient_key": patient_key[group["patient_id"].iloc[0]],
-                "study_key": study_key[study_uid],
-                "key_id": kid,
-                "study_year_month": _year_month(group["study_date"].iloc[0]),
-                "cohort": str(group["cohort"].iloc[0]),
-                "manufacturer": _joined(group["manufacturer"]),
-                "phases": _joined(group["phase"]),
-                "n_series": int(group["series_instance_uid"].nunique()),
-                "n_images": n_images,
-                "n_malignant": outcome.n_malignant,
-                "fraction_malignant": outcome.fraction_malignant,
-                "vote": outcome.vote.value,
-                "vote_threshold": config.vote_threshold,
-                "image_threshold": config.image_threshold,
-                "mean_probability": float(group["probability"].mean()),
-                "reference_label": labels.pop() if len(labels) == 1 else None,
-                "qc_too_few_images": too_few,
-                "qc_noncontrast_only": noncontrast_only,
-                "qc_flags": ",".join(flags),
-                "model_version": info.model_version,
-                "model_profile": info.profile,
-                "preprocess_version": info.preprocess.version,
-                "scored_at": scored_at,
-                "flow_run_id": run_id,
-                "archive_uri": archive_uri,
-            }
-        )
-    from renalflow.tasks.results import PATIENT_VOTES_SCHEMA
-
-    vote_rows = pa.Table.from_pylist(votes, schema=PATIENT_VOTES_SCHEMA)
-    return slice_rows, vote_rows
-
-
 def _where(row: Any) -> str:
     """A slice's phase and position for a heat map's caption."""
     z = row.get("z")
@@ -440,3 +129,94 @@ def plan_explanations(
                 f"{probabilities[uid]:.2f}  vote {decided.value}",
             )
     return parts, targets, outputs
+
+
+@dataclass
+class ScoreSummary:
+    """What a scoring run did."""
+
+    archive: str
+    results: str
+    store: str
+    model_version: str
+    run_id: str
+    files_new: int = 0
+    studies_in_archive: int = 0
+    already_scored: int = 0
+    rescored: int = 0
+    studies_scored: int = 0
+    images_scored: int = 0
+    votes: dict[str, int] = field(default_factory=dict)
+    qc_flagged: dict[str, int] = field(default_factory=dict)
+    slice_rows_inserted: int = 0
+    vote_rows_inserted: int = 0
+    vote_rows_updated: int = 0
+    seconds: float = 0.0
+    inference_seconds: float = 0.0
+    busy_seconds: float = 0.0
+    workers: int = 0
+    score_tasks: int = 0
+    key_id: str = ""
+    heatmaps: int = 0
+    heatmap_dir: str = ""
+
+    def add_plan(self, plan: ScoringPlan) -> None:
+        self.studies_in_archive = plan.studies_in_archive
+        self.already_scored = plan.already_scored
+        self.rescored = plan.rescored
+        self.studies_scored = plan.studies
+
+
+def batch_parts(batch: pd.DataFrame) -> dict[str, list[str]]:
+    """A task's slices as the scorer reads them: SOPInstanceUIDs per store part file."""
+    return {str(part): group["sop_instance_uid"].tolist() for part, group in batch.groupby("part")}
+
+
+def default_store(results: str) -> str:
+    """The slice store beside R (`R.slices`): it holds identifiers and pixels, so it
+    stays inside the department, unlike R."""
+    return results.rstrip("/") + ".slices"
+
+
+def default_heatmap_dir(results: str) -> str:
+    """Where heat maps go unless told: beside R (`R.heatmaps`)."""
+    return results.rstrip("/") + ".heatmaps"
+
+
+def summary_dict(summary: ScoreSummary) -> dict[str, Any]:
+    return asdict(summary)
+
+
+def format_summary(summary: ScoreSummary) -> str:
+    lines = [
+        f"score run {summary.run_id}  (model_version {summary.model_version}, "
+        f"key id {summary.key_id})",
+        f"  archive            {summary.archive}",
+        f"  slice store        {summary.store}",
+        f"  results            {summary.results}",
+        f"  new files          {summary.files_new:>8,}",
+        f"  studies in archive {summary.studies_in_archive:>8,}",
+        f"  already scored     {summary.already_scored:>8,}",
+        f"  scored now         {summary.studies_scored:>8,}"
+        + (f"  ({summary.rescored} rescored: images added)" if summary.rescored else ""),
+        f"  images scored      {summary.images_scored:>8,}",
+    ]
+    for decided, count in summary.votes.items():
+        lines.append(f"    vote {decided:<13} {count:>8,}")
+    for flag, count in sorted(summary.qc_flagged.items()):
+        lines.append(f"    QC {flag:<15} {count:>8,}")
+    lines.append(
+        f"  rows written       {summary.slice_rows_inserted:,} slice_scores, "
+        f"{summary.vote_rows_inserted:,} patient_votes"
+        + (f" ({summary.vote_rows_updated} updated)" if summary.vote_rows_updated else "")
+    )
+    if summary.heatmaps:
+        lines.append(f"  heat maps          {summary.heatmaps:>8,}  in {summary.heatmap_dir}")
+    lines.append(f"  wall time          {summary.seconds:>8.1f} s")
+    if summary.inference_seconds and summary.workers:
+        rate = summary.images_scored / summary.inference_seconds
+        lines.append(
+            f"  inference          {summary.inference_seconds:>8.1f} s  ({rate:,.0f} images/s, "
+            f"{rate / summary.workers:,.0f} per worker thread, {summary.score_tasks} tasks)"
+        )
+    return "\n".join(lines)

@@ -1,5 +1,8 @@
 """The Parquet slice store: `STORE/slices`, `STORE/rejects` and a small manifest.
 
+This module is the only one that names the store's columns: it builds the rows ingest
+writes and answers the reads training, evaluation and scoring need (by column group).
+
 One `store_uri` works through fsspec for `file://`, `s3://` and `memory://`. Every
 part file is written under a hidden temporary name and then moved into place, so a
 reader (or a rerun after a crash) only ever sees whole parts. A part holds one
@@ -14,15 +17,22 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
+import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from renalflow.tasks.dicom import RejectReason
 from renalflow.tasks.errors import StoreError
+
+if TYPE_CHECKING:  # convert.py's type only: the store does not convert anything
+    from renalflow.tasks.convert import ConvertedSlice
 
 SLICES = "slices"
 REJECTS = "rejects"
@@ -76,6 +86,102 @@ REJECT_SCHEMA = pa.schema(
 )
 
 _SCHEMAS = {SLICES: SLICE_SCHEMA, REJECTS: REJECT_SCHEMA}
+
+# Column groups of `slices`, for readers that need part of a row.
+SLICE_META_COLUMNS: tuple[str, ...] = (
+    "patient_id",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "z",
+    "phase",
+    "manufacturer",
+    "study_date",
+    "cohort",
+    "label",
+    "preprocess_version",
+)
+"""What training, evaluation and scoring know about a slice besides its pixels."""
+
+SLICE_ORDER: tuple[str, ...] = (
+    "patient_id",
+    "study_instance_uid",
+    "series_instance_uid",
+    "z",
+    "sop_instance_uid",
+)
+"""The one order slices are read in: patient, study, series, position along the body."""
+
+INVENTORY_COLUMNS: tuple[str, ...] = ("source_uri", "instance_number", *SLICE_META_COLUMNS)
+"""What the scoring planner reads: everything but the pixels, plus where a slice came from."""
+
+_IMAGE_COLUMNS = ("sop_instance_uid", "height", "width", "pixels")
+
+
+def slice_row(
+    source_uri: str,
+    converted: ConvertedSlice,
+    *,
+    cohort: str,
+    label: str | None,
+    run_id: str,
+    version: str,
+) -> dict[str, Any]:
+    """The `slices` row of a converted file."""
+    h = converted.header
+    return {
+        "source_uri": source_uri,
+        "patient_id": h.patient_id,
+        "study_instance_uid": h.study_instance_uid,
+        "series_instance_uid": h.series_instance_uid,
+        "sop_instance_uid": h.sop_instance_uid,
+        "instance_number": h.instance_number,
+        "z": h.z,
+        "phase": h.phase,
+        "slice_thickness": h.slice_thickness,
+        "pixel_spacing": list(h.pixel_spacing) if h.pixel_spacing else None,
+        "manufacturer": h.manufacturer,
+        "transfer_syntax": h.transfer_syntax,
+        "study_date": h.study_date,
+        "series_description": h.series_description,
+        "kvp": h.kvp,
+        "photometric_interpretation": h.photometric_interpretation,
+        "rows": h.rows,
+        "columns": h.columns,
+        "window_center": converted.window_center,
+        "window_width": converted.window_width,
+        "height": int(converted.pixels.shape[0]),
+        "width": int(converted.pixels.shape[1]),
+        "pixels": converted.pixels.tobytes(),
+        "cohort": cohort,
+        "label": label,
+        "ingest_run_id": run_id,
+        "preprocess_version": version,
+        "ingested_at": now_utc(),
+    }
+
+
+def reject_row(
+    source_uri: str,
+    code: RejectReason,
+    reason: str,
+    sop_instance_uid: str | None,
+    *,
+    cohort: str,
+    run_id: str,
+    version: str,
+) -> dict[str, Any]:
+    """The `rejects` row of a file that is not a usable slice, with its reason."""
+    return {
+        "source_uri": source_uri,
+        "reason_code": code.value,
+        "reason": reason,
+        "sop_instance_uid": sop_instance_uid,
+        "cohort": cohort,
+        "ingest_run_id": run_id,
+        "preprocess_version": version,
+        "rejected_at": now_utc(),
+    }
 
 
 def open_store(store_uri: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -312,3 +418,146 @@ def describe_store(store_uri: str) -> str:
     for label, phase, patients, series, slices in result:
         lines.append(f"  {label:<13} {phase:<12} {patients:>8} {series:>7} {slices:>7}")
     return "\n".join(lines)
+
+
+def read_patients(store_uri: str) -> set[str]:
+    """The PatientIDs the store holds slices of."""
+    table = read_table(store_uri, SLICES, ["patient_id"])
+    return set(table.column("patient_id").to_pylist())
+
+
+def pixels_to_array(column: pa.ChunkedArray | pa.Array, height: int, width: int) -> np.ndarray:
+    """Binary pixel column -> (N, height, width) uint8 without a Python loop."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(array)
+    if n == 0:
+        return np.zeros((0, height, width), dtype=np.uint8)
+    if array.null_count:
+        raise StoreError("slice store has rows without pixels; re-ingest the affected files")
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset : array.offset + n + 1]
+    size = height * width
+    if not np.all(np.diff(offsets) == size):
+        raise StoreError(
+            f"slices in the store are not all {height}x{width}; a store holds one image size "
+            "(see its preprocess_version)"
+        )
+    data = np.frombuffer(array.buffers()[2], dtype=np.uint8)
+    return data[offsets[0] : offsets[0] + n * size].reshape(n, height, width)
+
+
+def read_slices(
+    store_uri: str,
+    *,
+    cohorts: list[str] | None = None,
+    patients: set[str] | None = None,
+    labelled_only: bool = False,
+    empty_size: int = 224,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Metadata (SLICE_META_COLUMNS) and uint8 images (N, H, W) of the store's slices,
+    filtered by cohort and patient, in SLICE_ORDER, one copy of each SOPInstanceUID.
+
+    With nothing to read, the images are (0, empty_size, empty_size).
+    """
+    parts = list_parts(store_uri, SLICES)
+    if not parts:
+        raise StoreError(
+            f"no slices in {store_uri}; create the store with `renalflow ingest ARCHIVE "
+            "--store STORE --labels labels.csv`"
+        )
+    fs, _ = open_store(store_uri)
+    dataset = pds.dataset(parts, format="parquet", filesystem=fs)
+    expression = None
+    if cohorts:
+        expression = pc.field("cohort").isin(cohorts)
+    if patients is not None:
+        clause = pc.field("patient_id").isin(sorted(patients))
+        expression = clause if expression is None else expression & clause
+    if labelled_only:
+        clause = pc.field("label").is_valid()
+        expression = clause if expression is None else expression & clause
+    columns = list(dict.fromkeys([*SLICE_META_COLUMNS, *_IMAGE_COLUMNS]))
+    table = dataset.to_table(columns=columns, filter=expression)
+    if table.num_rows == 0:
+        empty = np.zeros((0, empty_size, empty_size), np.uint8)
+        return pd.DataFrame(columns=list(SLICE_META_COLUMNS)), empty
+    heights = pc.unique(table.column("height")).to_pylist()
+    widths = pc.unique(table.column("width")).to_pylist()
+    if len(heights) != 1 or len(widths) != 1:
+        raise StoreError(f"store {store_uri} mixes image sizes {heights}x{widths}")
+    # One order whatever the store's part files: training shuffles by index, so two
+    # stores of the same archive train the same model from the same seed.
+    order = pc.sort_indices(table, sort_keys=[(key, "ascending") for key in SLICE_ORDER])
+    table = table.take(order)
+    meta = table.select(list(SLICE_META_COLUMNS)).to_pandas()
+    # Concurrent ingests of the same files can both store a slice: keep one copy.
+    unique = ~meta["sop_instance_uid"].duplicated().to_numpy()
+    if not unique.all():
+        table = table.filter(pa.array(unique))
+        meta = meta[unique].reset_index(drop=True)
+    return meta, pixels_to_array(table.column("pixels"), heights[0], widths[0])
+
+
+def read_part_slices(
+    fs: fsspec.AbstractFileSystem, part: str, wanted: list[str]
+) -> tuple[list[str], np.ndarray]:
+    """The SOPInstanceUIDs and uint8 images of the `wanted` slices of one store part."""
+    # One whole-object read (a single GET on object storage), parsed in memory; a
+    # part is at most a few tens of MB. Usually every slice of a part is wanted, and
+    # then nothing is filtered (no copy of the pixels).
+    with fs.open(part, "rb") as handle:
+        data = handle.read()
+    table = pq.read_table(pa.BufferReader(data), columns=list(_IMAGE_COLUMNS))
+    keep = pc.is_in(table.column("sop_instance_uid"), value_set=pa.array(wanted, pa.string()))
+    if not pc.all(keep).as_py():
+        table = table.filter(keep)
+    if table.num_rows != len(set(wanted)):
+        raise StoreError(
+            f"{posixpath.basename(part)} holds {table.num_rows} of the {len(set(wanted))} "
+            "slices asked for; was the store changed during scoring?"
+        )
+    height = table.column("height")[0].as_py()
+    width = table.column("width")[0].as_py()
+    uids = table.column("sop_instance_uid").to_pylist()
+    return uids, pixels_to_array(table.column("pixels"), height, width)
+
+
+def archive_prefix(archive_uri: str) -> str:
+    """The archive as the `source_uri` prefix its slices carry in the store."""
+    fs, root = fsspec.core.url_to_fs(archive_uri)
+    prefix: str = fs.unstrip_protocol(root.rstrip("/"))
+    return prefix
+
+
+def read_inventory(store_uri: str, archive_uri: str, preprocess_version: str) -> pa.Table:
+    """INVENTORY_COLUMNS (no pixels) of the store's slices that came from `archive_uri`,
+    each with the part file holding it (`part`)."""
+    prefix = archive_prefix(archive_uri)
+    under = prefix.rstrip("/") + "/"
+    fs, _ = open_store(store_uri)
+    # Files of this archive whose slice the store already had from another path (a copy,
+    # a moved archive, a study in two archives) are duplicates in `rejects`: they count.
+    rejects = read_table(store_uri, REJECTS, ["source_uri", "reason_code", "sop_instance_uid"])
+    rejects = rejects.filter(
+        pc.and_(
+            pc.equal(rejects.column("reason_code"), RejectReason.DUPLICATE.value),
+            pc.starts_with(rejects.column("source_uri"), under),
+        )
+    )
+    copies = pa.array(rejects.column("sop_instance_uid").to_pylist(), pa.string())
+    tables = []
+    for part in list_parts(store_uri, SLICES):
+        table = pds.dataset(part, format="parquet", filesystem=fs).to_table(
+            columns=list(INVENTORY_COLUMNS),
+            filter=(pc.field("preprocess_version") == preprocess_version),
+        )
+        uris = table.column("source_uri")
+        keep = pc.or_(pc.equal(uris, prefix), pc.starts_with(uris, under))
+        if len(copies):
+            keep = pc.or_(keep, pc.is_in(table.column("sop_instance_uid"), value_set=copies))
+        table = table.filter(keep)
+        if table.num_rows:
+            tables.append(table.append_column("part", pa.array([part] * table.num_rows)))
+    if not tables:
+        empty = SLICE_SCHEMA.empty_table().select(list(INVENTORY_COLUMNS))
+        return empty.append_column("part", pa.array([], pa.string()))
+    return pa.concat_tables(tables)

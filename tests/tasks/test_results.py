@@ -11,8 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from renalflow.tasks.errors import InputError, StoreError
+from renalflow.tasks.pseudonym import pseudonym
 from renalflow.tasks.query import format_result, run_query
 from renalflow.tasks.results import (
+    FORBIDDEN_COLUMNS,
     PATIENT_VOTES,
     PATIENT_VOTES_SCHEMA,
     SLICE_SCORES,
@@ -21,8 +23,13 @@ from renalflow.tasks.results import (
     merge_rows,
     open_table,
     parse_as_of,
+    result_rows,
     scored_studies,
+    tally_votes,
+    write_results,
 )
+from renalflow.tasks.score import ScoreConfig
+from tests.tasks.test_score import INFO, KEY, inventory
 
 
 def vote_rows(studies: list[str], model: str = "m1", n_images: int = 12) -> pa.Table:
@@ -198,3 +205,81 @@ def test_cohort_report_summarises_votes_by_year_vendor_and_phase(results, tmp_pa
     assert "arterial,venous" in page and "SIEMENS" in page
     pinned = cohort_report(results, tmp_path / "pinned", 1).read_text()
     assert "m2" not in pinned.split("Model versions")[1].split("</table>")[0]
+
+
+# The rows of R built from scored slices (moved here from test_score with result_rows).
+
+
+def test_votes_follow_the_51_percent_rule_and_flag_qc():
+    frame = inventory(
+        {
+            "1.1": ("PAT1", 10, ["arterial", "venous"]),  # 6 of 10 malignant -> malignant
+            "1.2": ("PAT2", 10, ["venous"]),  # 5 of 10 -> benign (a tie is not 51%)
+            "1.3": ("PAT3", 4, ["noncontrast"]),  # few images, no contrast
+        }
+    )
+    probabilities = {}
+    for study, positives in (("1.1", 6), ("1.2", 5), ("1.3", 4)):
+        uids = frame.loc[frame["study_instance_uid"] == study, "sop_instance_uid"]
+        for i, uid in enumerate(uids):
+            probabilities[uid] = 0.9 if i < positives else 0.1
+    slices, votes = result_rows(frame, probabilities, KEY, INFO, ScoreConfig(), "/archive", "run-1")
+    by_study = {r["study_key"]: r for r in votes.to_pylist()}
+    first = by_study[pseudonym(KEY, "1.1")]
+    assert first["vote"] == "malignant" and first["n_malignant"] == 6 and first["n_series"] == 2
+    assert first["phases"] == "arterial,venous" and first["study_year_month"] == "2017-03"
+    assert first["patient_key"] == pseudonym(KEY, "PAT1")
+    assert by_study[pseudonym(KEY, "1.2")]["vote"] == "benign"
+    third = by_study[pseudonym(KEY, "1.3")]
+    assert third["qc_too_few_images"] and third["qc_noncontrast_only"]
+    assert third["qc_flags"] == "too_few_images,noncontrast_only"
+    assert slices.num_rows == 24 and votes.num_rows == 3
+
+
+def test_no_identifier_reaches_the_result_rows():
+    frame = inventory({"1.2.840.99.1": ("SECRET-PATIENT-ID", 10, ["venous"])})
+    probabilities = dict.fromkeys(frame["sop_instance_uid"], 0.7)
+    tables = result_rows(frame, probabilities, KEY, INFO, ScoreConfig(), "/archive", "r")
+    identifiers = {"SECRET-PATIENT-ID", "1.2.840.99.1", "20170314", *frame["sop_instance_uid"]}
+    identifiers |= set(frame["series_instance_uid"])
+    for table in tables:
+        assert not FORBIDDEN_COLUMNS & set(table.column_names)
+        for column in table.columns:
+            values = {str(v) for v in column.to_pylist()}
+            assert not values & identifiers
+
+
+def test_every_planned_slice_must_be_scored():
+    frame = inventory({"1.1": ("PAT1", 3, ["venous"])})
+    with pytest.raises(Exception, match="never scored"):
+        result_rows(frame, {}, KEY, INFO, ScoreConfig(), "/archive", "r")
+
+
+def test_tally_counts_votes_and_qc_flags():
+    frame = inventory({"1.1": ("PAT1", 4, ["noncontrast"]), "1.2": ("PAT2", 30, ["venous"])})
+    probabilities = dict.fromkeys(frame["sop_instance_uid"], 0.9)
+    _, votes = result_rows(frame, probabilities, KEY, INFO, ScoreConfig(), "/archive", "r")
+    assert tally_votes(votes) == (
+        {"malignant": 2},
+        {"too_few_images": 1, "noncontrast_only": 1},
+    )
+
+
+def test_write_results_writes_scores_then_votes_and_replaces_grown_studies(tmp_path):
+    results = str(tmp_path / "R")
+    ensure_tables(results)
+    frame = inventory({"1.1": ("PAT1", 20, ["venous"])})
+    probabilities = dict.fromkeys(frame["sop_instance_uid"], 0.9)
+    slices, votes = result_rows(frame, probabilities, KEY, INFO, ScoreConfig(), "/archive", "r1")
+    assert write_results(results, slices, votes, "r1") == {
+        "slice_rows_inserted": 20,
+        "vote_rows_inserted": 1,
+        "vote_rows_updated": 0,
+    }
+    assert write_results(results, slices, votes, "r2")["vote_rows_inserted"] == 0
+    grown = inventory({"1.1": ("PAT1", 25, ["venous"])})
+    probabilities = dict.fromkeys(grown["sop_instance_uid"], 0.1)
+    slices, votes = result_rows(grown, probabilities, KEY, INFO, ScoreConfig(), "/archive", "r3")
+    written = write_results(results, slices, votes, "r3")
+    assert written == {"slice_rows_inserted": 5, "vote_rows_inserted": 0, "vote_rows_updated": 1}
+    assert scored_studies(results, INFO.model_version) == {pseudonym(KEY, "1.1"): 25}

@@ -3,17 +3,32 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from renalflow.tasks.config import PreprocessConfig
+from renalflow.tasks.convert import convert_file
+from renalflow.tasks.dicom import RejectReason
 from renalflow.tasks.errors import StoreError
 from renalflow.tasks.store import (
+    INVENTORY_COLUMNS,
+    REJECT_SCHEMA,
     REJECTS,
+    SLICE_META_COLUMNS,
+    SLICE_ORDER,
+    SLICE_SCHEMA,
+    SLICES,
     check_manifest,
     list_parts,
     now_utc,
+    open_store,
     read_ledger,
     read_manifest,
+    read_part_slices,
+    read_slices,
     read_table,
+    reject_row,
+    slice_row,
     write_part,
 )
+from tests.factory import make_ct, save
 
 
 def _reject(uri: str) -> dict:
@@ -86,3 +101,56 @@ def test_new_store_has_both_tables_for_duckdb_and_pyarrow(tmp_path: Path):
         assert count == [(0,)]
         assert pds.dataset(str(tmp_path / table)).count_rows() == 0
     assert "pixels" in read_table(str(tmp_path), "slices").schema.names
+
+
+def test_rows_built_by_the_store_have_exactly_its_columns(tmp_path: Path):
+    converted = convert_file(str(save(make_ct(), tmp_path / "a.dcm")), PreprocessConfig())
+    row = slice_row("file:///a.dcm", converted, cohort="c", label=None, run_id="r", version="v")
+    assert list(row) == SLICE_SCHEMA.names
+    reject = reject_row(
+        "file:///b", RejectReason.NOT_DICOM, "not DICOM", None, cohort="c", run_id="r", version="v"
+    )
+    assert list(reject) == REJECT_SCHEMA.names
+
+
+def test_column_groups_name_columns_of_the_slices_table():
+    names = set(SLICE_SCHEMA.names)
+    assert set(SLICE_META_COLUMNS) <= names and set(SLICE_ORDER) <= names
+    assert set(INVENTORY_COLUMNS) <= names and "pixels" not in INVENTORY_COLUMNS
+
+
+def _store_of_two_slices(tmp_path: Path) -> tuple[str, list[str]]:
+    store = str(tmp_path / "store")
+    rows = []
+    for i, z in enumerate(("5.0", "-5.0")):
+        ds = make_ct(
+            StudyInstanceUID="1.2.826.0.1.9",
+            SeriesInstanceUID="1.2.826.0.1.9.1",
+            ImagePositionPatient=["0", "0", z],
+        )
+        converted = convert_file(str(save(ds, tmp_path / f"{i}.dcm")), PreprocessConfig())
+        rows.append(
+            slice_row(
+                f"file:///{i}.dcm", converted, cohort="c", label="benign", run_id="r", version="v"
+            )
+        )
+    write_part(store, SLICES, [*rows, rows[0]], "part-1")  # a slice stored twice
+    return store, [r["sop_instance_uid"] for r in rows]
+
+
+def test_read_slices_gives_one_copy_of_each_slice_in_order(tmp_path: Path):
+    store, uids = _store_of_two_slices(tmp_path)
+    meta, images = read_slices(store)
+    assert meta["sop_instance_uid"].tolist() == uids[::-1]  # ordered by z
+    assert list(meta.columns) == list(SLICE_META_COLUMNS)
+    assert images.shape == (2, 224, 224)
+    empty, none = read_slices(store, cohorts=["other"], empty_size=32)
+    assert empty.empty and none.shape == (0, 32, 32)
+
+
+def test_reading_slices_a_part_does_not_hold_explains(tmp_path: Path):
+    store, uids = _store_of_two_slices(tmp_path)
+    fs, _ = open_store(store)
+    (part,) = list_parts(store, SLICES)
+    with pytest.raises(StoreError, match="changed during scoring"):
+        read_part_slices(fs, part, [uids[1], "9.9.9"])
