@@ -13,6 +13,7 @@ import pandas as pd
 from renalflow.tasks.config import DEVELOPMENT, IMAGE_THRESHOLD, SEED, VOTE_THRESHOLD, Split
 from renalflow.tasks.dataset import SliceSet, load_slices
 from renalflow.tasks.errors import InputError
+from renalflow.tasks.explain import heatmaps, write_overlay
 from renalflow.tasks.metrics import binary_metrics, bootstrap_auc_ci, roc_auc, roc_curve
 from renalflow.tasks.model import predict_probabilities
 from renalflow.tasks.model_dir import ModelDir, load_model, model_version, profile_note
@@ -144,7 +145,6 @@ def _explain_misclassified(
 ) -> dict[str, Any]:
     """Heat maps of the deciding slices of each misclassified patient (at most `most`),
     as PNG overlays in REPORT/heatmaps/."""
-    from renalflow.tasks.explain import heatmaps, write_overlay  # Keras: only when needed
 
     wrong = patients[patients["vote"] != patients["label"]].head(most)
     folder = report / "heatmaps"
@@ -176,6 +176,7 @@ def _explain_misclassified(
 
 
 def _plot_roc(y: np.ndarray, scores: np.ndarray, auc: float, path: Path, name: str) -> None:
+    # matplotlib (0.5 s) is loaded only when a plot is drawn, after choosing its backend.
     import matplotlib
 
     matplotlib.use("Agg")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from renalflow.tasks.model import region_of, with_channel
 
@@ -51,7 +52,7 @@ def split_model(model: Any) -> _Split:
     Works for both profiles: the cpu-demo network is a flat chain of layers, the paper
     network nests ResNet50V2 (whose last block is `post_relu`) as one layer.
     """
-    import keras
+    import keras  # heavy (seconds): only processes that explain load it
 
     outer = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     nested = [i for i, layer in enumerate(outer) if isinstance(layer, keras.Model)]
@@ -92,7 +93,7 @@ def split_model(model: Any) -> _Split:
 
 
 def _apply(layer: Any, x: Any) -> Any:
-    import keras
+    import keras  # heavy (seconds): only processes that explain load it
 
     if isinstance(layer, keras.layers.Concatenate):
         # The grey-to-RGB layer takes the same tensor three times.
@@ -101,11 +102,11 @@ def _apply(layer: Any, x: Any) -> Any:
 
 
 def _gradients(split: _Split, features: np.ndarray, sign: float) -> np.ndarray:
-    import keras
+    import keras  # heavy (seconds): only processes that explain load it
 
     backend = keras.backend.backend()
     if backend == "tensorflow":
-        import tensorflow as tf
+        import tensorflow as tf  # the backend Keras runs on, loaded with it
 
         maps = tf.convert_to_tensor(features)
         with tf.GradientTape() as tape:
@@ -113,6 +114,7 @@ def _gradients(split: _Split, features: np.ndarray, sign: float) -> np.ndarray:
             score = sign * tf.reduce_sum(split.score(maps, training=False))
         return np.asarray(tape.gradient(score, maps))
     if backend == "jax":
+        # The backend Keras runs on, loaded with it.
         import jax
         import jax.numpy as jnp
 
@@ -175,7 +177,6 @@ def heatmaps(model: Any, images: np.ndarray, target: str = "malignant") -> tuple
 
 
 def _to_slices(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
 
     out = np.zeros((len(maps), *size), np.float32)
     for i, m in enumerate(maps):
@@ -191,7 +192,7 @@ _METHOD_NAMES = {"grad-cam": "Grad-CAM", "occlusion": "Occlusion"}
 
 def _blend(grey: np.ndarray, heat: np.ndarray) -> np.ndarray:
     """Grey values (..., 3) with the heat map in colour over them, as uint8 RGB."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # matplotlib is slow to load: only when drawing
 
     colour = colormaps["jet"](heat)[..., :3] * 255.0
     alpha = (0.55 * heat)[..., None]

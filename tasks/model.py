@@ -12,11 +12,12 @@ import os
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 import numpy as np
 
-from renalflow.tasks.config import SEED, Profile, Schedule
+from renalflow.tasks.config import SEED, MixedPrecision, Profile, Schedule
 from renalflow.tasks.errors import ModelError
 
 NOT_PAPER_NOTE = (
@@ -24,6 +25,8 @@ NOT_PAPER_NOTE = (
     "laptop CPU. It is NOT the paper's ResNet50V2 model and its numbers are not the "
     "paper's."
 )
+
+E = TypeVar("E", bound=StrEnum)
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,10 @@ class TrainConfig:
     select_epoch: int | None = None
     decay_after: int | None = None
     decay_factor: float = 0.1
-    schedule: str = "constant"
+    schedule: Schedule = Schedule.CONSTANT
     ema: float | None = None
     region: tuple[float, float, float, float] | None = None
-    mixed_precision: str | None = None
+    mixed_precision: MixedPrecision | None = None
     oversample: bool = True
     augment: bool = False
     seed: int = SEED
@@ -83,25 +86,38 @@ class TrainConfig:
             raise ValueError(
                 f"select_epoch {self.select_epoch} is outside the {self.epochs} epochs trained"
             )
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule}")
-        if self.schedule == "cosine" and self.decay_after is not None:
+        object.__setattr__(self, "schedule", _vocabulary(Schedule, "schedule", self.schedule))
+        if self.schedule is Schedule.COSINE and self.decay_after is not None:
             raise ValueError("decay_after steps a constant learning rate; not with schedule cosine")
         if self.ema is not None and not 0 < self.ema < 1:
             raise ValueError(f"ema is a momentum between 0 and 1, got {self.ema}")
         if self.region is not None:
             object.__setattr__(self, "region", check_region(self.region))
-        if self.mixed_precision not in (None, "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be bf16 or fp16, got {self.mixed_precision}")
+        if self.mixed_precision is not None:
+            try:
+                precision = MixedPrecision(self.mixed_precision)
+            except ValueError:
+                raise ValueError(
+                    f"mixed_precision must be bf16 or fp16, got {self.mixed_precision}"
+                ) from None
+            object.__setattr__(self, "mixed_precision", precision)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["profile"] = self.profile.value
+        out["schedule"] = self.schedule.value
+        out["mixed_precision"] = self.mixed_precision.value if self.mixed_precision else None
         out["region"] = list(self.region) if self.region is not None else None
         return out
 
 
-SCHEDULES = tuple(s.value for s in Schedule)
+def _vocabulary(enum: type[E], name: str, value: str) -> E:
+    """`value` as a member of `enum`; a ValueError listing the choices otherwise."""
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in enum)
+        raise ValueError(f"{name} must be one of {choices}, got {value}") from None
 
 
 def check_region(values: Any) -> tuple[float, float, float, float]:
@@ -139,13 +155,13 @@ def profile_config(profile: Profile | str, **overrides: Any) -> TrainConfig:
             weights="none",
             batch_size=32,
             augment=True,
-            schedule="cosine",
+            schedule=Schedule.COSINE,
             ema=0.99,
             region=KIDNEY_REGION,
         )
     given = {k: v for k, v in overrides.items() if v is not None}
     if given.get("decay_after") is not None and "schedule" not in given:
-        given["schedule"] = "constant"  # asking for a step decay replaces a cosine default
+        given["schedule"] = Schedule.CONSTANT  # asking for a step decay replaces a cosine default
     return replace(base, **given)
 
 
@@ -154,7 +170,7 @@ def _initializers(seed: int) -> Callable[[], Any]:
     `seed` in the order layers are built. An unseeded Keras initialiser takes its seed
     from Python's global `random` when it is created, so any library (or thread) that
     draws from it in the same process changes the starting weights."""
-    import keras
+    import keras  # heavy (seconds): only processes that build or run a model load it
 
     rng = np.random.default_rng([seed, 0x1A17])
 
@@ -233,9 +249,9 @@ def _augmentation(x: Any, layers: Any, seed: int) -> Any:
 def learning_rate(config: TrainConfig, steps: int) -> Any:
     """The learning rate, or its schedule over `steps` optimiser steps in all (a model
     built without knowing its steps, `steps` 0, gets the constant rate)."""
-    import keras
+    import keras  # heavy (seconds): only processes that build or run a model load it
 
-    if config.schedule == "cosine" and steps > 0:
+    if config.schedule is Schedule.COSINE and steps > 0:
         return keras.optimizers.schedules.CosineDecay(config.learning_rate, steps)
     return config.learning_rate
 
@@ -243,12 +259,12 @@ def learning_rate(config: TrainConfig, steps: int) -> Any:
 def build_model(config: TrainConfig, steps: int = 0) -> Any:
     """Build and compile the classifier for `config` (uint8 (S, S, 1) in, P(malignant) out).
     `steps` is the number of optimiser steps the run will take (for a cosine schedule)."""
-    import keras
+    import keras  # heavy (seconds): only processes that build or run a model load it
     from keras import layers
 
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(
-            "mixed_bfloat16" if config.mixed_precision == "bf16" else "mixed_float16"
+            "mixed_bfloat16" if config.mixed_precision is MixedPrecision.BF16 else "mixed_float16"
         )
     else:
         keras.mixed_precision.set_global_policy("float32")

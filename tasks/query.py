@@ -7,7 +7,10 @@ import json
 from datetime import date, datetime
 from typing import Any
 
+import duckdb
 import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.results import tables_as_of
@@ -28,8 +31,6 @@ LOCKED_DOWN: dict[str, str | bool | int | float | list[str]] = {
 
 def check_select(con: Any, sql: str) -> None:
     """Exactly one SELECT (a WITH ... SELECT is one); anything else is refused by name."""
-    import duckdb
-
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as err:
@@ -50,8 +51,6 @@ def run_query(results: str, sql: str, as_of: int | datetime | None = None) -> pa
     The session reads those two tables and nothing else (LOCKED_DOWN): no file access,
     no extensions, no settings changed from the SQL.
     """
-    import duckdb
-
     con = duckdb.connect(config=LOCKED_DOWN)
     try:
         check_select(con, sql)
@@ -86,14 +85,10 @@ def _plain(value: Any) -> Any:
 def format_result(table: pa.Table, fmt: str, max_rows: int = 200) -> str | bytes:
     """`table` as text (table, csv, json) or Parquet bytes."""
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
         sink = io.BytesIO()
         pq.write_table(table, sink)
         return sink.getvalue()
     if fmt == "csv":
-        import pyarrow.csv as pcsv
-
         sink = io.BytesIO()
         pcsv.write_csv(table, sink)
         return sink.getvalue().decode()

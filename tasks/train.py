@@ -66,6 +66,7 @@ def resolve_split(model_dir: Path, labels: dict[str, str], config: SplitConfig) 
 
 
 def _environment() -> dict[str, Any]:
+    # Keras and its backends are heavy (seconds): loaded by the training process only.
     import keras
 
     env: dict[str, Any] = {
@@ -102,6 +103,7 @@ def file_digest(path: Path) -> str:
 
 
 def _plot_curves(history: dict[str, list[float]], path: Path, title: str) -> None:
+    # matplotlib (0.5 s) is loaded only when a plot is drawn, after choosing its backend.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,7 +135,7 @@ def make_sequence(
     shuffle: bool,
 ) -> Any:
     """A Keras PyDataset that reshuffles (and re-draws the oversampling) every epoch."""
-    import keras
+    import keras  # heavy (seconds): loaded by the training process only
 
     class SliceBatches(keras.utils.PyDataset):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -167,7 +169,7 @@ def train_model(
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train on the development cohort's train split, validate on its validation split."""
-    import keras
+    import keras  # heavy (seconds): loaded by the training process only
 
     started = time.perf_counter()
     out = Path(model_dir)
