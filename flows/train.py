@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import dask
+from distributed import Client
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -29,8 +30,6 @@ def evaluate_task(
 
 def gpu_workers(address: str) -> list[str]:
     """Workers of the Dask cluster at `address` that advertise a GPU resource."""
-    from distributed import Client
-
     with Client(address, timeout="30s") as client:
         workers = client.scheduler_info(n_workers=-1)["workers"]
     return [w for w, info in workers.items() if info.get("resources", {}).get("GPU", 0) >= 1]
