@@ -11,9 +11,6 @@ import numpy as np
 from renalflow.tasks.config import SEED, Split
 from renalflow.tasks.errors import InputError
 
-TRAIN, VALIDATION, TEST = (split.value for split in Split)
-SPLITS = (TRAIN, VALIDATION, TEST)
-
 
 @dataclass(frozen=True)
 class SplitConfig:
@@ -56,9 +53,14 @@ def split_patients(labels: dict[str, str], config: SplitConfig) -> dict[str, str
                 f"only {n} {label} patients: too few to split into train/validation/test"
             )
         for i, patient in enumerate(order):
-            assignment[patient] = (
-                TRAIN if i < n_train else VALIDATION if i < n_train + n_val else TEST
+            split = (
+                Split.TRAIN
+                if i < n_train
+                else Split.VALIDATION
+                if i < n_train + n_val
+                else Split.TEST
             )
+            assignment[patient] = split.value
     return assignment
 
 

@@ -19,15 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from renalflow.tasks.config import DEVELOPMENT, Profile
+from renalflow.tasks.config import DEVELOPMENT, Profile, Split
 from renalflow.tasks.dataset import SliceSet, iterate_batches, load_slices
 from renalflow.tasks.errors import InputError, ModelError, StoreError
 from renalflow.tasks.model import NOT_PAPER_NOTE, TrainConfig, build_model
 from renalflow.tasks.model_dir import PAPER_NOTE, ModelDir
 from renalflow.tasks.split import (
-    TEST,
-    TRAIN,
-    VALIDATION,
     SplitConfig,
     load_split,
     oversample_indices,
@@ -186,8 +183,8 @@ def train_model(
     labels = patient_labels(slices)
     assignment = resolve_split(out, labels, split_config)
     split_of = slices.meta["patient_id"].map(assignment).fillna("unsplit").to_numpy()
-    train = slices.subset(split_of == TRAIN)
-    validation = slices.subset(split_of == VALIDATION)
+    train = slices.subset(split_of == Split.TRAIN.value)
+    validation = slices.subset(split_of == Split.VALIDATION.value)
     if len(train) == 0 or len(validation) == 0:
         raise InputError("the split left no training or no validation images")
     if config.input_size != slices.images.shape[1]:
@@ -209,8 +206,9 @@ def train_model(
     )
     if config.profile is Profile.CPU_DEMO:
         log(NOT_PAPER_NOTE)
+    train_patients = lineage["patients"][Split.TRAIN.value]["total"]
     log(
-        f"training on {len(train)} images of {lineage['patients'][TRAIN]['total']} patients, "
+        f"training on {len(train)} images of {train_patients} patients, "
         f"validating on {len(validation)} images; profile {config.profile.value}, "
         f"{config.epochs} epochs, batch {config.batch_size}, seed {config.seed}"
     )
@@ -274,7 +272,7 @@ def _lineage(store_uri: str, slices: SliceSet, split_of: np.ndarray) -> dict[str
     meta = slices.meta.assign(split=split_of)
     patients: dict[str, dict[str, int]] = {}
     rows: dict[str, dict[str, int]] = {}
-    for name in (TRAIN, VALIDATION, TEST):
+    for name in (split.value for split in Split):
         part = meta[meta["split"] == name]
         per_patient = part.drop_duplicates("patient_id")
         rows[name] = {"total": len(part), **_counts(part["label"])}
