@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 import dask
@@ -16,6 +17,7 @@ from distributed.scheduler import KilledWorker
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.tasks import Task
@@ -24,6 +26,7 @@ from prefect_dask import DaskTaskRunner
 from renalflow.tasks.errors import is_transient_io
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def retry_on_transient_io(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -84,6 +87,39 @@ def cluster_threads() -> int:
         return 1
     workers = runner.client.scheduler_info().get("workers", {})
     return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+
+
+def completed_batches(
+    submit: Callable[[list[T]], PrefectFuture[R]],
+    batches: list[list[T]],
+    on_split: Callable[[list[T]], None] | None = None,
+) -> Iterator[tuple[list[T], R | None]]:
+    """Submit every batch and yield (batch, result) as each completes.
+
+    A batch whose worker processes kept dying is submitted again one item at a time
+    (`on_split` is told first), so one item that kills its worker costs only itself:
+    that item comes back alone with the result None. Any other failure propagates.
+    """
+    work = [(submit(batch), batch) for batch in batches]
+    while work:
+        items_of = {id(future): items for future, items in work}
+        futures = [future for future, _ in work]
+        work = []
+        for future in as_completed(futures):
+            items = items_of[id(future)]
+            try:
+                result = future.result()
+            except Exception as err:
+                if not worker_died(err):
+                    raise
+                if len(items) > 1:
+                    if on_split is not None:
+                        on_split(items)
+                    work += [(submit([item]), [item]) for item in items]
+                else:
+                    yield items, None
+                continue
+            yield items, result
 
 
 def cores_per_worker_thread() -> int | None:

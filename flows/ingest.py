@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from renalflow.flows.fanout import (
@@ -16,7 +15,7 @@ from renalflow.flows.fanout import (
     attempts,
     balanced,
     cluster_threads,
-    worker_died,
+    completed_batches,
 )
 from renalflow.flows.runtime import load_s3_credentials
 from renalflow.tasks.config import DEVELOPMENT, PreprocessConfig
@@ -110,57 +109,43 @@ def run_ingest(
             store, Opaque(files), config, cohort, Opaque(plan.labels), run_id
         )
 
-    work = [(submit(batch), batch) for batch in batches]
-    summary.convert_tasks = len(work)
+    def split(files: list[str]) -> None:
+        # A file in this batch kills the process converting it: its files are converted
+        # one by one to find it, and the others are kept.
+        logger.warning(
+            "the worker converting a batch of %d files died %d times; converting "
+            "them one by one to find the file that kills it",
+            len(files),
+            attempts(),
+        )
+        summary.convert_tasks += len(files)
+
+    summary.convert_tasks = len(batches)
     # Workers convert in parallel; this process commits each batch as it arrives,
     # the only place that sees every batch and so can tell duplicates apart.
-    stored = plan.stored
-    files_done = 0
-    done = 0
-    while work:
-        files_of = {id(future): files for future, files in work}
-        futures = [future for future, _ in work]
-        work = []
-        for future in as_completed(futures):
-            try:
-                staged = future.result()
-            except Exception as err:
-                if not worker_died(err):
-                    raise
-                files = files_of[id(future)]
-                if len(files) > 1:
-                    # A file in this batch kills the process converting it: convert the
-                    # batch's files one by one to find it, and keep the others.
-                    logger.warning(
-                        "the worker converting a batch of %d files died %d times; converting "
-                        "them one by one to find the file that kills it",
-                        len(files),
-                        attempts(),
-                    )
-                    work += [(submit([uri]), [uri]) for uri in files]
-                    summary.convert_tasks += len(files)
-                else:
-                    logger.error("quarantined %s: it kills the worker converting it", files[0])
-                    quarantine(store, files[0], attempts(), cohort, run_id, config.version)
-                    summary.add_quarantined()
-                    files_done += 1
-                continue
-            done += 1
-            summary.add_batch(staged.report)
-            files_done += staged.report.n_files
-            duplicates = commit_batch(store, staged, stored, cohort, run_id, config.version)
-            summary.add_duplicates(duplicates)
-            elapsed = time.perf_counter() - started
-            logger.info(
-                "[%d/%d batches] %d/%d files, %d slices, %d rejects, %.0f slices/s",
-                done,
-                summary.convert_tasks,
-                files_done,
-                len(plan.pending),
-                summary.slices,
-                summary.n_rejects,
-                summary.slices / max(elapsed, 1e-9),
-            )
+    files_done = done = 0
+    for files, staged in completed_batches(submit, batches, on_split=split):
+        if staged is None:
+            logger.error("quarantined %s: it kills the worker converting it", files[0])
+            quarantine(store, files[0], attempts(), cohort, run_id, config.version)
+            summary.add_quarantined()
+            files_done += 1
+            continue
+        done += 1
+        summary.add_batch(staged.report)
+        files_done += staged.report.n_files
+        duplicates = commit_batch(store, staged, plan.stored, cohort, run_id, config.version)
+        summary.add_duplicates(duplicates)
+        logger.info(
+            "[%d/%d batches] %d/%d files, %d slices, %d rejects, %.0f slices/s",
+            done,
+            summary.convert_tasks,
+            files_done,
+            len(plan.pending),
+            summary.slices,
+            summary.n_rejects,
+            summary.slices / max(time.perf_counter() - started, 1e-9),
+        )
     clear_staging(store, run_id=run_id)
 
     summary.add_unstored_patients(plan.labels)
