@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from renalflow.flows.web_page import render_page
+from renalflow.tasks.config import Label, Profile
 from renalflow.tasks.convert import convert_file
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.explain import heatmaps, write_overlay
@@ -136,7 +137,7 @@ def score_upload(paths: list[Path], config: WebConfig) -> dict[str, Any]:
             {
                 "probability": float(probabilities[i]),
                 "z": slices[i].header.z,
-                "side": "winning" if malignant[i] == (decided == "malignant") else "losing",
+                "side": "winning" if malignant[i] == (decided == Label.MALIGNANT) else "losing",
                 "png": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(),
             }
         )  # fmt: skip
@@ -172,7 +173,7 @@ def create_app(config: WebConfig) -> Any:
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        note = "" if info.profile == "paper" else "cpu-demo model: not the paper's network."
+        note = "" if info.profile == Profile.PAPER else "cpu-demo model: not the paper's network."
         model = f"{info.model_version} ({info.profile})"
         return render_page(model, note, config.score.vote_threshold)
 

@@ -10,7 +10,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from renalflow.tasks.config import DEVELOPMENT, IMAGE_THRESHOLD, SEED, VOTE_THRESHOLD, Split
+from renalflow.tasks.config import (
+    DEVELOPMENT,
+    IMAGE_THRESHOLD,
+    SEED,
+    VOTE_THRESHOLD,
+    Label,
+    Split,
+)
 from renalflow.tasks.dataset import SliceSet, load_slices
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.explain import heatmaps, write_overlay
@@ -98,9 +105,10 @@ def evaluate(
     )
     patients = patient_table(slices.meta, probabilities, image_threshold, vote_threshold)
     patient_metrics = binary_metrics(
-        (patients["label"] == "malignant").to_numpy(), (patients["vote"] == "malignant").to_numpy()
+        (patients["label"] == Label.MALIGNANT.value).to_numpy(),
+        (patients["vote"] == Label.MALIGNANT.value).to_numpy(),
     )
-    name = cohort if cohort and cohort != DEVELOPMENT else f"{split or 'test'} split"
+    name = cohort if cohort and cohort != DEVELOPMENT else f"{split or Split.TEST.value} split"
     metrics: dict[str, Any] = {
         "evaluated": name,
         "store": store_uri,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from renalflow.tasks.config import Label
 from renalflow.tasks.model import region_of, with_channel
 
 
@@ -125,7 +126,7 @@ def _gradients(split: _Split, features: np.ndarray, sign: float) -> np.ndarray:
     raise NotImplementedError(backend)
 
 
-def grad_cam(model: Any, images: np.ndarray, target: str = "malignant") -> np.ndarray:
+def grad_cam(model: Any, images: np.ndarray, target: str = Label.MALIGNANT) -> np.ndarray:
     """Grad-CAM heat maps in [0, 1], one per uint8 slice (N, H, W), at slice size.
 
     `target` is the class explained: `malignant` (the score) or `benign` (its
@@ -134,7 +135,7 @@ def grad_cam(model: Any, images: np.ndarray, target: str = "malignant") -> np.nd
     split = split_model(model)
     batch = with_channel(images) if images.ndim == 3 else images
     features = np.asarray(split.features(batch, training=False), dtype=np.float32)
-    grads = _gradients(split, features, 1.0 if target == "malignant" else -1.0)
+    grads = _gradients(split, features, 1.0 if target == Label.MALIGNANT else -1.0)
     weights = grads.mean(axis=(1, 2), keepdims=True)
     cams = np.maximum((weights * features).sum(axis=-1), 0.0)
     box = region_of(model)
@@ -148,14 +149,14 @@ def grad_cam(model: Any, images: np.ndarray, target: str = "malignant") -> np.nd
 
 
 def occlusion(
-    model: Any, images: np.ndarray, target: str = "malignant", patch: int | None = None
+    model: Any, images: np.ndarray, target: str = Label.MALIGNANT, patch: int | None = None
 ) -> np.ndarray:
     """Occlusion sensitivity in [0, 1]: the drop in the target score when each patch
     of the slice is set to mid-grey. Forward passes only, so it works on any backend."""
     batch = with_channel(images) if images.ndim == 3 else images
     n, height, width = batch.shape[:3]
     patch = patch or max(4, height // 8)
-    sign = 1.0 if target == "malignant" else -1.0
+    sign = 1.0 if target == Label.MALIGNANT else -1.0
     base = sign * np.asarray(model.predict_on_batch(batch)).reshape(n)
     rows, cols = -(-height // patch), -(-width // patch)
     drops = np.zeros((n, rows, cols), np.float32)
@@ -168,7 +169,9 @@ def occlusion(
     return _to_slices(drops, (height, width))
 
 
-def heatmaps(model: Any, images: np.ndarray, target: str = "malignant") -> tuple[np.ndarray, str]:
+def heatmaps(
+    model: Any, images: np.ndarray, target: str = Label.MALIGNANT
+) -> tuple[np.ndarray, str]:
     """Grad-CAM where the backend gives gradients, occlusion otherwise; (maps, method)."""
     try:
         return grad_cam(model, images, target), "grad-cam"
