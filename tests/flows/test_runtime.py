@@ -270,3 +270,90 @@ def test_s3_credentials_need_no_s3fs_when_none_was_imported(monkeypatch):
         monkeypatch.delenv(variable, raising=False)
     assert runtime.load_s3_credentials() == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == "secret"
+
+
+LOGGING_WORKERS = """
+from prefect import flow, task, get_run_logger
+from prefect.runtime import flow_run
+from renalflow.flows import runtime
+
+@task
+def note(i):
+    get_run_logger().info("note %s from a worker", i)
+    return i
+
+@flow
+def notes():
+    assert [f.result() for f in note.map(range(4))] == [0, 1, 2, 3]
+    print(flow_run.id, flush=True)
+
+if __name__ == "__main__":
+    runtime.configure_logging(verbose=False)
+    notes.with_options(task_runner=runtime.dask_task_runner(workers=2))()
+"""
+
+
+@pytest.mark.slow
+def test_local_workers_end_at_once_after_their_logs_reached_the_api(prefect_api, tmp_path):
+    script = tmp_path / "notes.py"
+    script.write_text(LOGGING_WORKERS)
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    # Quiet mode: nothing on the console, not even the nanny's "still alive ... killing".
+    assert "still alive" not in run.stderr and "Traceback" not in run.stderr, run.stderr
+    run_id = run.stdout.split()[0]
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    notes = sorted(log.message for log in logs if "from a worker" in log.message)
+    assert notes == [f"note {i} from a worker" for i in range(4)]
+
+
+EXITING_WORKER = """
+import atexit, multiprocessing, sys
+from pathlib import Path
+from renalflow.flows import runtime
+
+def mark(name):
+    atexit.register(lambda: Path(sys.argv[1], name).write_text("ran"))
+
+def worker_process(closed_cleanly):
+    mark("registered-before-setup")  # e.g. the interpreter's own clean-up
+    runtime.dask_setup(None)
+    mark("registered-after-setup")  # e.g. Prefect's exit hooks, which flush logs
+    if closed_cleanly:
+        runtime.dask_teardown(None)
+    sys.exit(3 if not closed_cleanly else 0)
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("spawn").Process(
+        target=worker_process, args=(sys.argv[2] == "clean",)
+    )
+    child.start()
+    child.join()
+    print(child.exitcode)
+"""
+
+
+@pytest.mark.parametrize("how", ["clean", "failing"])
+def test_a_cleanly_closed_worker_process_leaves_after_the_exit_hooks_of_prefect(tmp_path, how):
+    script = tmp_path / "worker.py"
+    script.write_text(EXITING_WORKER)
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), how], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    ran = {p.name for p in tmp_path.iterdir()} - {"worker.py"}
+    if how == "clean":
+        # Hooks registered after the preload's (Prefect's) ran; then the process left
+        # without the rest of the teardown.
+        assert ran == {"registered-after-setup"}
+        assert run.stdout.split() == ["0"]
+    else:  # a worker that did not close cleanly keeps the full teardown and its code
+        assert ran == {"registered-after-setup", "registered-before-setup"}
+        assert run.stdout.split() == ["3"]
