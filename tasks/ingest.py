@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import socket
+import struct
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -137,6 +138,18 @@ def quarantine(
     write_rejects(store_uri, [reject], cohort, run_id, version, f"crash-{run_id[:8]}-{digest}")
 
 
+FILE_ERRORS: tuple[type[Exception], ...] = (
+    RejectedFile,
+    # What pydicom raises for a malformed value in an element renalflow reads.
+    ValueError,
+    KeyError,
+    IndexError,
+    EOFError,
+    struct.error,
+)
+"""The errors a file itself can cause; everything else is a bug and fails loudly."""
+
+
 def as_reject(source_uri: str, err: Exception) -> Reject:
     """The reject row for a file that failed conversion, with its reason."""
     if isinstance(err, RejectedFile):
@@ -208,9 +221,14 @@ def convert_files(
             converted = convert_file(_open(uri), config)
         except (TimeoutError, ConnectionError):
             raise
-        except Exception as err:  # one bad file never fails the batch
+        except FILE_ERRORS as err:  # the file's own defect: a reject, never a failed batch
             rejects.append(as_reject(uri, err))
             continue
+        except Exception as err:
+            # Anything else is a bug, not a bad file: it fails the task loudly, with the
+            # file named, instead of turning every file of the archive into a reject.
+            err.add_note(f"renalflow: while converting {uri}")
+            raise
         converted_files.append((uri, converted))
     # Sorted by series and position along the body: a part reads back in slice order.
     converted_files.sort(key=lambda item: _series_and_z(item[1]))

@@ -189,13 +189,37 @@ def poison_rle(path: Path, side: int = 24576) -> Path:
     return path
 
 
+KILLER = """
+import os
+
+import renalflow.flows.ingest  # noqa: F401  (the preload renalflow's workers use)
+import renalflow.tasks.ingest as ingest
+
+if not hasattr(ingest, "_real_convert_file"):  # Dask may run a preload more than once
+    ingest._real_convert_file = ingest.convert_file
+
+    def _convert_or_die(fp, config):
+        # A decoder crash the guards cannot see (a segfault in a codec): the process dies.
+        if "poison" in str(fp):
+            os._exit(70)
+        return ingest._real_convert_file(fp, config)
+
+    ingest.convert_file = _convert_or_die
+"""
+
+
 def test_a_file_that_kills_its_worker_is_quarantined(prefect_api, tmp_path):
     import dask
     from distributed import LocalCluster
     from prefect_dask import DaskTaskRunner
 
     source = Path(archive(tmp_path / "synth"))
-    poison = poison_rle(source / "zz" / "poison.dcm")
+    # A file that is fine by every declared size but kills the process decoding it.
+    poison = source / "zz" / "poison.dcm"
+    poison.parent.mkdir(parents=True)
+    poison.write_bytes(next(source.rglob("*.dcm")).read_bytes())
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
     # Dask gives up on a task after its first worker death here (3 in production).
     with (
         dask.config.set({"distributed.scheduler.allowed-failures": 0}),
@@ -205,7 +229,7 @@ def test_a_file_that_kills_its_worker_is_quarantined(prefect_api, tmp_path):
             processes=True,
             dashboard_address=None,
             memory_limit="700MiB",
-            preload=["renalflow.flows.ingest"],
+            preload=[str(killer)],
         ) as cluster,
     ):
         store = str(tmp_path / "store")
@@ -219,3 +243,17 @@ def test_a_file_that_kills_its_worker_is_quarantined(prefect_api, tmp_path):
     assert [r["source_uri"] for r in crashed] == [f"file://{poison}"]
     assert "died" in crashed[0]["reason"]
     assert summary.slices == len(files) - 1
+
+
+def test_the_old_poison_is_now_refused_from_its_header(tmp_path):
+    """The RLE file that used to kill workers (a 16x16 image promising 24576 x 24576)
+    is a too_large reject before any decoding."""
+    import pytest
+
+    from renalflow.tasks.config import PreprocessConfig
+    from renalflow.tasks.convert import convert_file
+    from renalflow.tasks.dicom import RejectedFile, RejectReason
+
+    with pytest.raises(RejectedFile, match="24576 x 24576 pixels") as info:
+        convert_file(str(poison_rle(tmp_path / "poison.dcm")), PreprocessConfig())
+    assert info.value.code is RejectReason.TOO_LARGE
