@@ -13,8 +13,9 @@ then runs `renalflow -v ingest` into a new store for each way of getting a Prefe
 
 "To flow start" is from launching the command to Prefect's "Beginning flow run" line.
 The baseline is one process: pydicom read + `renalflow.tasks.convert.convert_file` for
-every file, then one Parquet file. The local server's state lives in WORKDIR/home
-(RENALFLOW_HOME) and is stopped at the end.
+every file, then one Parquet file; "speed-up" is the baseline's time over the command's.
+"before" replaces only the Prefect API: everything else is today's code. The local
+server's state lives in WORKDIR/home (RENALFLOW_HOME) and is stopped at the end.
 
 Usage: python bench/bench_startup.py [--patients 140] [--workers 2] [--workdir DIR]
 """
@@ -135,6 +136,7 @@ def main() -> int:
     root.mkdir(parents=True, exist_ok=True)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        f", load average {os.getloadavg()[0]:.1f} (other work on the machine skews every figure)"
     )
     archive, n = build_archive(root / "synth", args.patients, args.workers)
     print(f"archive: {n} slices from `renalflow synth --patients {args.patients}`")
@@ -158,7 +160,8 @@ def main() -> int:
         to_flow, wall = run_ingest(archive, store, args.workers, {**env, **extra}, code)
         results.append((label, to_flow, wall))
         print(f"{label:44s} to flow start {to_flow:5.1f} s   whole command {wall:5.1f} s   "
-              f"ratio to baseline {wall / base:.2f}")  # fmt: skip
+              f"speed-up over the baseline {base / wall:.2f}x   "
+              f"(load {os.getloadavg()[0]:.1f})")  # fmt: skip
 
     from renalflow.flows import runtime
 
