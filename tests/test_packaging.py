@@ -67,7 +67,7 @@ def test_console_script_and_extras_are_declared():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"] == {"renalflow": "renalflow.flows.cli:main"}
     extras = project["optional-dependencies"]
-    assert {"s3", "web", "hpc", "kubernetes", "jax"} <= set(extras)
+    assert {"s3", "web", "pacs", "hpc", "kubernetes", "jax"} <= set(extras)
     for requirement in project["dependencies"]:
         assert "<" in requirement, f"{requirement} has no upper bound"
 
