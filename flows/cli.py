@@ -18,6 +18,7 @@ import time
 import types
 import typing
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from enum import Enum
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from renalflow.tasks.config import VOTE_THRESHOLD
+from renalflow.tasks.config import VOTE_THRESHOLD, ServerAction
 from renalflow.tasks.errors import RenalflowError
 from renalflow.tasks.params import (
     JOB_PARAMS,
@@ -40,6 +41,7 @@ from renalflow.tasks.params import (
     QueryParams,
     ScoreParams,
     ServeParams,
+    ServerParams,
     SynthParams,
     TrainParams,
     WebParams,
@@ -112,6 +114,14 @@ DETAILS: dict[str, str] = {
         "two tables and nothing else: no files, no extensions, no settings changed."
     ),
     "history": "List the commits of patient_votes: version, time, operation, flow run.",
+    "server": (
+        "Commands that start a flow need a Prefect API. Without PREFECT_API_URL, renalflow "
+        "starts a local Prefect server (API and UI on 127.0.0.1, database under "
+        "RENALFLOW_HOME, default ~/.cache/renalflow) and keeps it warm for the next "
+        "command: it stops after RENALFLOW_SERVER_IDLE seconds without one (default 600; "
+        "0 gives every command a server of its own, stopped when it ends). `status` says "
+        "whether it runs, where, and when it stops; `stop` stops it now (between commands)."
+    ),
     "cohort-report": (
         "Write OUT/cohort.html from the results table: studies per model version, benign "
         "and malignant votes by study year, scanner vendor and phase mix (plots and "
@@ -188,6 +198,9 @@ def add_params(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
         elif "choices" in extra:
             kwargs["choices"] = extra["choices"]
         if extra.get("positional"):
+            if not field.is_required():  # may be left out: the model's default applies
+                default = field.default
+                kwargs.update(nargs="?", default=getattr(default, "value", default))
             parser.add_argument(name, metavar=name.upper(), **kwargs)
             continue
         kwargs["default"] = argparse.SUPPRESS
@@ -498,6 +511,39 @@ def cmd_demo(params: DemoParams) -> int:
     return EXIT_OK
 
 
+def cmd_server(params: ServerParams) -> int:
+    from renalflow.flows.runtime import (
+        HOME_ENV,
+        SERVER_IDLE_ENV,
+        api_server_status,
+        renalflow_home,
+        stop_api_server,
+    )
+
+    if params.action is ServerAction.STOP:
+        stopped = stop_api_server()
+        print("stopped the local Prefect server" if stopped else "no local Prefect server runs")
+        return EXIT_OK
+    state = api_server_status()
+    if os.environ.get("PREFECT_API_URL"):
+        print(f"commands use the Prefect server at PREFECT_API_URL={os.environ['PREFECT_API_URL']}")
+    if state is None:
+        print(
+            f"no local Prefect server runs; the next command starts one (state in "
+            f"{renalflow_home()}, set by {HOME_ENV})"
+        )
+        return EXIT_OK
+    started = datetime.fromtimestamp(state["started"]).isoformat(timespec="seconds")
+    idle = float(state["idle_s"])
+    print(f"local Prefect server: {state['url']} (UI {state['url'].removesuffix('/api')})")
+    print(f"  process {state['pid']}, started {started}, state in {renalflow_home()}")
+    print(
+        f"  stops after {idle:.0f} s without a command ({SERVER_IDLE_ENV}); "
+        "`renalflow server stop` stops it now"
+    )
+    return EXIT_OK
+
+
 def _s3_credentials_for_reading() -> None:
     """For commands that start no flow (query, history, cohort-report): load the
     credentials block through the Prefect API only when one is named."""
@@ -530,6 +576,7 @@ COMMANDS: dict[str, Callable[[Any], int]] = {
     "serve": cmd_serve,
     "web": cmd_web,
     "demo": cmd_demo,
+    "server": cmd_server,
 }
 
 

@@ -6,7 +6,6 @@ Wiring only: ingest and scoring both use these, so neither imports the other's h
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -18,11 +17,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
-from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.tasks import Task
 from prefect_dask import DaskTaskRunner
 
+from renalflow.flows.runtime import dask_dashboard, flow_run_url
 from renalflow.tasks.errors import is_transient_io
 
 T = TypeVar("T")
@@ -145,19 +144,14 @@ def balanced(n_items: int, n_tasks: int, smallest: int, largest: int) -> int:
 
 def run_links() -> dict[str, str]:
     """Where to watch the running flow: its Prefect UI page and, when the cluster serves
-    one (bokeh installed), the Dask dashboard."""
+    one, the Dask dashboard (runtime owns both addresses)."""
     links: dict[str, str] = {}
-    url = flow_run.ui_url
-    api = os.environ.get("PREFECT_API_URL", "")
-    if not url and api.endswith("/api") and flow_run.id:
-        # A self-hosted server (the temporary one included) serves its UI beside its API.
-        url = f"{api.removesuffix('/api')}/runs/flow-run/{flow_run.id}"
+    url = flow_run_url()
     if url:
-        links["Prefect run"] = str(url)
-    context = FlowRunContext.get()
-    runner = context.task_runner if context else None
-    if isinstance(runner, DaskTaskRunner) and importlib.util.find_spec("bokeh") is not None:
-        links["Dask dashboard"] = str(runner.client.dashboard_link)
+        links["Prefect run"] = url
+    dashboard = dask_dashboard()
+    if dashboard:
+        links["Dask dashboard"] = dashboard
     return links
 
 

@@ -51,6 +51,14 @@ class Profile(StrEnum):
     CPU_DEMO = "cpu-demo"
 
 
+class ServerAction(StrEnum):
+    """What `renalflow server` does with the local Prefect server kept warm between
+    commands: `status` (where it runs, its database, when it stops) or `stop` (now)."""
+
+    STATUS = "status"
+    STOP = "stop"
+
+
 class Schedule(StrEnum):
     """Learning-rate schedule: `constant` (paper) or `cosine` (falls to zero)."""
 

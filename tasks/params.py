@@ -26,6 +26,7 @@ from renalflow.tasks.config import (
     PreprocessConfig,
     Profile,
     Schedule,
+    ServerAction,
     Split,
     WindowSource,
 )
@@ -425,6 +426,17 @@ class CohortReportParams(JobParams):
     as_of: str | None = Field(default=None, description="a patient_votes version or a time")
 
 
+class ServerParams(JobParams):
+    command: ClassVar[str] = "server"
+    summary: ClassVar[str] = "status or stop of the local Prefect server kept warm between commands"
+
+    action: ServerAction = Field(
+        default=ServerAction.STATUS,
+        description="status: where it runs and when it stops; stop: stop it now",
+        json_schema_extra=positional(),
+    )
+
+
 NIGHTLY_CRON = "0 2 * * *"
 """Our choice: scheduled scoring at 02:00 local time, when the PACS is quiet."""
 
@@ -505,5 +517,6 @@ JOB_PARAMS: tuple[type[JobParams], ...] = (
     ServeParams,
     WebParams,
     DemoParams,
+    ServerParams,
 )
 """Every command, in the order `renalflow --help` lists them."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from renalflow.flows import runtime
+from renalflow.flows.cli import main
 from renalflow.tasks.errors import InputError
 
 FAILING_FLOW = """
@@ -192,16 +193,23 @@ def test_local_server_is_reused_then_stops_when_idle(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_stop_api_server_and_a_server_per_command(tmp_path, monkeypatch):
+def test_stop_api_server_and_a_server_per_command(tmp_path, monkeypatch, capsys):
     env = _without_api(tmp_path)
     warm = subprocess.run([sys.executable, "-c", USE_API], env=env, capture_output=True, text=True)
     assert warm.returncode == 0, warm.stderr
     monkeypatch.setenv(runtime.HOME_ENV, str(tmp_path / "home"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
     status = runtime.api_server_status()
     assert status and status["url"] == warm.stdout.split()[0]
-    assert runtime.stop_api_server()
+    assert main(["server"]) == 0  # `renalflow server status` tells where and how long
+    told = capsys.readouterr().out
+    assert status["url"] in told and str(status["pid"]) in told and "stops after" in told
+    assert main(["server", "stop"]) == 0
+    assert capsys.readouterr().out.strip() == "stopped the local Prefect server"
     assert not runtime._pid_alive(status["pid"]) and runtime.api_server_status() is None
     assert not runtime.stop_api_server()
+    assert main(["server"]) == 0
+    assert "no local Prefect server runs" in capsys.readouterr().out
 
     # RENALFLOW_SERVER_IDLE=0: the command's own server, gone when the command is.
     code = USE_API + "print(os.getpid())\n"
