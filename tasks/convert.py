@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from dataclasses import dataclass
 from typing import IO
 
@@ -65,7 +67,7 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
             return native
     try:
         arr = ds.pixel_array
-    except Exception as err:  # decoders raise many types; the file, not the run, fails
+    except DECODER_ERRORS as err:  # the file's codestream, not the run, fails
         text = str(err) or type(err).__name__
         lowered = text.lower()
         if "length of the pixel data" in lowered or "end of" in lowered or "truncat" in lowered:
@@ -82,6 +84,19 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
         )
     return arr
 
+
+DECODER_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,  # pydicom: pixel data of the wrong length or a bad header value
+    RuntimeError,  # pylibjpeg, openjpeg, libjpeg, RLE: the codestream does not decode
+    NotImplementedError,  # pydicom: no decoder takes this syntax or bit depth
+    EOFError,
+    IndexError,
+    KeyError,
+    struct.error,
+    zlib.error,
+)
+"""What decoding a file's pixel data can raise because of the file; MemoryError,
+RecursionError and the rest are bugs or resource failures and fail the task loudly."""
 
 _NATIVE_LITTLE_ENDIAN = {
     ExplicitVRLittleEndian,

@@ -23,7 +23,7 @@ import fsspec
 import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
-from renalflow.tasks.config import PreprocessConfig
+from renalflow.tasks.config import Label, PreprocessConfig
 from renalflow.tasks.convert import ConvertedSlice, convert_file
 from renalflow.tasks.dicom import RejectedFile, RejectReason
 from renalflow.tasks.errors import InputError
@@ -38,8 +38,6 @@ from renalflow.tasks.store import (
     slice_row,
     write_part,
 )
-
-LABELS = ("benign", "malignant")
 
 
 @dataclass
@@ -329,7 +327,7 @@ def read_labels(labels_uri: str) -> dict[str, str]:
         label = (row.get("label") or "").strip().lower()
         if not patient:
             raise InputError(f"{labels_uri} line {line}: empty patient_id")
-        if label not in LABELS:
+        if label not in {member.value for member in Label}:
             raise InputError(
                 f"{labels_uri} line {line}: label {row.get('label')!r} for patient {patient} "
                 "must be 'benign' or 'malignant'"

@@ -59,7 +59,7 @@ def write_html(
     tradeoff = vote_tradeoff(patients, np.linspace(0.0, 1.0, 101))
     plots = [
         embed_file(report / "roc.png"),  # drawn by `evaluate` for report.md too
-        confusion_plot(metrics["image"]),
+        confusion_plot(metrics["image"], float(metrics["image_threshold"])),
         tradeoff_plot(tradeoff, float(metrics["vote_threshold"])),
         calibration_plot(calibration(y, probabilities)),
     ]

@@ -35,7 +35,7 @@ def embed_file(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def confusion_plot(image: dict[str, Any]) -> str:
+def confusion_plot(image: dict[str, Any], threshold: float) -> str:
     plt = _figure()
     matrix = np.array([[image["tp"], image["fn"]], [image["fp"], image["tn"]]])
     fig, ax = plt.subplots(figsize=(3.6, 3.2))
@@ -47,7 +47,7 @@ def confusion_plot(image: dict[str, Any]) -> str:
     ax.set_yticks([0, 1], ["malignant", "benign"])
     ax.set_xlabel("predicted")
     ax.set_ylabel("histology")
-    ax.set_title("Images at threshold 0.5")
+    ax.set_title(f"Images at threshold {threshold:g}")
     return embed(fig)
 
 

@@ -17,7 +17,7 @@ from pydicom.uid import (
 )
 
 from renalflow.tasks.config import Interpolation, PreprocessConfig, WindowSource
-from renalflow.tasks.convert import _native_pixels, convert_file, decode_pixels
+from renalflow.tasks.convert import convert_file, decode_pixels
 from renalflow.tasks.dicom import RejectedFile, RejectReason
 from renalflow.tasks.image import resize_slice, window_hu
 from tests.factory import make_ct, save
@@ -121,7 +121,9 @@ def test_native_fast_path_equals_pixel_array(signed, bits):
     else:
         stored = rng.integers(0, 1 << bits, size=(32, 32)).astype(np.uint16)
     ds = make_ct(stored, signed=signed, bits_stored=bits)
-    np.testing.assert_array_equal(_native_pixels(ds), ds.pixel_array)
+    # decode_pixels views uncompressed little-endian bytes instead of calling pydicom's
+    # decoder: bits above BitsStored dropped, signed values sign-extended, as pydicom does.
+    np.testing.assert_array_equal(decode_pixels(ds), ds.pixel_array)
 
 
 def test_colour_screen_capture_is_rejected():
