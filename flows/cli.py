@@ -42,6 +42,7 @@ from renalflow.tasks.params import (
     ScoreParams,
     ServeParams,
     ServerParams,
+    SummaryParams,
     SynthParams,
     TrainParams,
     WebParams,
@@ -223,7 +224,11 @@ def add_params(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
 def _in_help_order(model: type[BaseModel]) -> list[tuple[str, Any]]:
     """What the command works on first (required), then its own options, then the
     options it shares with other commands (preprocessing, cluster)."""
-    shared = set(PreprocessParams.model_fields) | set(ClusterParams.model_fields)
+    shared = {
+        *PreprocessParams.model_fields,
+        *ClusterParams.model_fields,
+        *SummaryParams.model_fields,
+    }
     fields = list(model.model_fields.items())
     return sorted(fields, key=lambda item: (not item[1].is_required(), item[0] in shared))
 

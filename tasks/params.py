@@ -78,6 +78,37 @@ class ClusterParams(JobParams):
         return self
 
 
+class SummaryParams(JobParams):
+    """A run summary for scripts, beside the printed one."""
+
+    summary_json: str | None = Field(
+        default=None,
+        description="also write the run summary as JSON to this file",
+        json_schema_extra=cli(metavar="FILE"),
+    )
+
+
+class ScreeningParams(JobParams):
+    """What a screening run reads and writes: the archive, the model, the results table
+    (scoring now, or on a schedule)."""
+
+    archive: str = Field(
+        description="archive folder or URI (file://, s3://)", json_schema_extra=positional()
+    )
+    model_dir: str = Field(description="trained model (renalflow train)")
+    results: str = Field(description="results table folder or s3:// URI")
+    store: str | None = Field(
+        default=None,
+        description="slice store for the archive's slices (default: RESULTS.slices beside "
+        "the results; it holds identifiers and pixels, so keep it inside the department)",
+    )
+    key_secret: str | None = Field(
+        default=None,
+        description="Prefect Secret block holding the pseudonymisation key (default: "
+        "RENALFLOW_PSEUDONYM_KEY from the environment)",
+    )
+
+
 class SynthParams(JobParams):
     command: ClassVar[str] = "synth"
     summary: ClassVar[str] = "write a synthetic renal-mass CT archive and its labels"
@@ -149,7 +180,7 @@ class PreprocessParams(JobParams):
         )
 
 
-class IngestParams(PreprocessParams, ClusterParams):
+class IngestParams(PreprocessParams, ClusterParams, SummaryParams):
     command: ClassVar[str] = "ingest"
     summary: ClassVar[str] = (
         "convert a DICOM archive into the Parquet slice store (Prefect flow on Dask)"
@@ -178,11 +209,6 @@ class IngestParams(PreprocessParams, ClusterParams):
         default=None,
         description="per-worker memory limit of the local cluster, e.g. 2GiB",
         json_schema_extra=cli(metavar="SIZE"),
-    )
-    summary_json: str | None = Field(
-        default=None,
-        description="also write the run summary as JSON to this file",
-        json_schema_extra=cli(metavar="FILE"),
     )
 
 
@@ -342,33 +368,18 @@ class EvaluateParams(VoteParams):
         return self
 
 
-class ScoreParams(VoteParams, ClusterParams):
+class ScoreParams(ScreeningParams, VoteParams, ClusterParams, SummaryParams):
     command: ClassVar[str] = "score"
     summary: ClassVar[str] = (
         "screen an archive with a trained model into the results table (incremental)"
     )
 
-    archive: str = Field(
-        description="archive folder or URI (file://, s3://)", json_schema_extra=positional()
-    )
-    model_dir: str = Field(description="trained model (renalflow train)")
-    results: str = Field(description="results table folder or s3:// URI")
-    store: str | None = Field(
-        default=None,
-        description="slice store for the archive's slices (default: RESULTS.slices beside "
-        "the results; it holds identifiers and pixels, so keep it inside the department)",
-    )
     cohort: str = Field(default=SCREENING, description="cohort name for newly ingested files")
     min_images: int = Field(
         default=MIN_IMAGES,
         ge=1,
         description="studies with fewer images are flagged too_few_images (our choice; the "
         "paper had 20-100 images per patient)",
-    )
-    key_secret: str | None = Field(
-        default=None,
-        description="Prefect Secret block holding the pseudonymisation key (default: "
-        "RENALFLOW_PSEUDONYM_KEY from the environment)",
     )
     explain: bool = Field(
         default=False,
@@ -377,11 +388,6 @@ class ScoreParams(VoteParams, ClusterParams):
     explain_dir: str | None = Field(
         default=None,
         description="where the heat maps go (default: RESULTS.heatmaps beside the results)",
-    )
-    summary_json: str | None = Field(
-        default=None,
-        description="also write the run summary as JSON to this file",
-        json_schema_extra=cli(metavar="FILE"),
     )
 
 
@@ -441,24 +447,15 @@ NIGHTLY_CRON = "0 2 * * *"
 """Our choice: scheduled scoring at 02:00 local time, when the PACS is quiet."""
 
 
-class ServeParams(ClusterParams):
+class ServeParams(ScreeningParams, ClusterParams):
     command: ClassVar[str] = "serve"
     summary: ClassVar[str] = (
         "register and serve Prefect deployments: nightly scoring, ingest and train"
     )
 
-    archive: str = Field(
-        description="archive the nightly run screens", json_schema_extra=positional()
-    )
-    model_dir: str = Field(description="trained model used for scoring")
-    results: str = Field(description="results table folder or URI")
-    store: str | None = Field(default=None, description="slice store (default: RESULTS.slices)")
     cron: str = Field(default=NIGHTLY_CRON, description="nightly schedule, cron syntax")
     timezone: str | None = Field(
         default=None, description="IANA time zone of the schedule (default: this machine's)"
-    )
-    key_secret: str | None = Field(
-        default=None, description="Prefect Secret block with the pseudonymisation key"
     )
 
 
