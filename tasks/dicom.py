@@ -90,6 +90,11 @@ class SliceHeader:
     rescale_intercept: float | None
     window_center_file: float | None
     window_width_file: float | None
+    # What series selection reads (tasks/selection.py).
+    body_part_examined: str = ""
+    image_type: str = ""  # the values joined with "\\", as the standard writes them
+    frame_of_reference_uid: str = ""
+    acquisition_number: int | None = None
 
 
 def read_dataset(fp: IO[bytes] | str, *, with_pixels: bool) -> Dataset:
@@ -457,4 +462,8 @@ def read_header(ds: Dataset, config: PreprocessConfig) -> SliceHeader:
         rescale_intercept=intercept,
         window_center_file=_float(ds, "WindowCenter"),
         window_width_file=_float(ds, "WindowWidth"),
+        body_part_examined=read_text(ds, "BodyPartExamined"),
+        image_type="\\".join(image_type),
+        frame_of_reference_uid=read_text(ds, "FrameOfReferenceUID"),
+        acquisition_number=_int(ds, "AcquisitionNumber"),
     )

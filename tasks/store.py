@@ -55,6 +55,10 @@ SLICE_SCHEMA = pa.schema(
         ("transfer_syntax", pa.string()),
         ("study_date", pa.string()),
         ("series_description", pa.string()),
+        ("body_part_examined", pa.string()),
+        ("image_type", pa.string()),
+        ("frame_of_reference_uid", pa.string()),
+        ("acquisition_number", pa.int32()),
         ("kvp", pa.float32()),
         ("photometric_interpretation", pa.string()),
         ("rows", pa.int32()),
@@ -112,8 +116,25 @@ SLICE_ORDER: tuple[str, ...] = (
 )
 """The one order slices are read in: patient, study, series, position along the body."""
 
-INVENTORY_COLUMNS: tuple[str, ...] = ("source_uri", "instance_number", *SLICE_META_COLUMNS)
-"""What the scoring planner reads: everything but the pixels, plus where a slice came from."""
+SERIES_COLUMNS: tuple[str, ...] = (
+    "slice_thickness",
+    "series_description",
+    "body_part_examined",
+    "image_type",
+    "frame_of_reference_uid",
+    "acquisition_number",
+)
+"""What series selection reads besides a slice's identity, z and phase (stores written
+before these columns existed read them as null)."""
+
+INVENTORY_COLUMNS: tuple[str, ...] = (
+    "source_uri",
+    "instance_number",
+    *SLICE_META_COLUMNS,
+    *SERIES_COLUMNS,
+)
+"""What the scoring planner reads: everything but the pixels, plus where a slice came
+from and what series selection needs."""
 
 _IMAGE_COLUMNS = ("sop_instance_uid", "height", "width", "pixels")
 
@@ -144,6 +165,10 @@ def slice_row(
         "transfer_syntax": h.transfer_syntax,
         "study_date": h.study_date,
         "series_description": h.series_description,
+        "body_part_examined": h.body_part_examined,
+        "image_type": h.image_type,
+        "frame_of_reference_uid": h.frame_of_reference_uid,
+        "acquisition_number": h.acquisition_number,
         "kvp": h.kvp,
         "photometric_interpretation": h.photometric_interpretation,
         "rows": h.rows,

@@ -32,6 +32,11 @@ def test_read_header_of_pydicom_ct_small():
     assert header.z == pytest.approx(-75.699997)
     assert header.transfer_syntax == "1.2.840.10008.1.2.1"
     assert header.sop_instance_uid == str(ds.SOPInstanceUID)
+    # What series selection reads: kept as the file has it, empty when absent.
+    assert header.image_type == "ORIGINAL\\PRIMARY\\AXIAL"
+    assert header.frame_of_reference_uid == "1.3.6.1.4.1.5962.1.4.1.1.20040119072730.12322"
+    assert header.acquisition_number == 2
+    assert header.body_part_examined == ""
 
 
 def test_modality_mr_is_rejected_with_its_modality():
