@@ -104,6 +104,91 @@ class Phase(StrEnum):
     UNKNOWN = "unknown"
 
 
+SLICE_THICKNESS_MM = (1.5, 5.0)
+"""The slice thicknesses of the study's images (paper): of two reconstructions of one
+acquisition, the one nearest this range is voted on."""
+
+
+class SelectionSource(StrEnum):
+    """What decided which slices of a study vote.
+
+    `annotation`: lesion annotations (DICOM SEG in the archive, or a lesions CSV);
+    `selector`: a slice-selector model (`renalflow train --task selector`);
+    `all`: every slice of the selected series (curated lesion slices, as in the paper).
+    """
+
+    ANNOTATION = "annotation"
+    SELECTOR = "selector"
+    ALL = "all"
+
+
+@dataclass(frozen=True)
+class SeriesRule:
+    """Which series of a study are candidates for screening: abdominal axial original CT.
+
+    Our choice throughout (the paper's images were picked by a radiologist). A series is
+    judged by its BodyPartExamined when it has one, else by the words of its
+    SeriesDescription (matched as the start of a word, case-insensitive; an including
+    word wins over an excluding one, as in "CHEST ABDOMEN PELVIS"), else it is kept and
+    its region recorded as unknown. Localizers, derived images and other modalities never
+    reach the store (ingest rejects them).
+
+    Attributes:
+        body_parts: BodyPartExamined values (DICOM CID 4031 terms) that cover the kidneys.
+        include_words: description words that say the kidneys are in the scan range.
+        exclude_words: description words of other regions (chest, head, limbs, ...).
+        min_z_extent_mm: shorter series are not screened: bolus-tracking and monitoring
+            series repeat one level, and a handful of slices cannot hold a vote.
+    """
+
+    body_parts: tuple[str, ...] = (
+        "ABDOMEN",
+        "ABDOMENPELVIS",
+        "CHESTABDOMEN",
+        "CHESTABDPELVIS",
+        "KIDNEY",
+        "RETROPERITONEUM",
+        "WHOLEBODY",
+    )
+    include_words: tuple[str, ...] = (
+        "abd",
+        "renal",
+        "kidney",
+        "nephr",
+        "niere",
+        "urogra",
+        "retroperit",
+        "whole",
+    )
+    exclude_words: tuple[str, ...] = (
+        "head",
+        "brain",
+        "skull",
+        "cerebr",
+        "sinus",
+        "orbit",
+        "neck",
+        "chest",
+        "thora",
+        "lung",
+        "pulm",
+        "cardi",
+        "heart",
+        "coronar",
+        "spine",
+        "knee",
+        "hand",
+        "foot",
+        "extrem",
+        "scout",
+        "topogram",
+        "localizer",
+        "bolus",
+        "monitor",
+    )
+    min_z_extent_mm: float = 20.0
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How a stored CT slice becomes the uint8 image the network sees.
