@@ -134,7 +134,8 @@ class SeriesRule:
     reach the store (ingest rejects them).
 
     Attributes:
-        body_parts: BodyPartExamined values (DICOM CID 4031 terms) that cover the kidneys.
+        body_parts: BodyPartExamined values (DICOM CID 4031 terms) whose scan range
+            covers the kidneys (the adrenal glands and the pancreas lie at their level).
         include_words: description words that say the kidneys are in the scan range.
         exclude_words: description words of other regions (chest, head, limbs, ...).
         min_z_extent_mm: shorter series are not screened: bolus-tracking and monitoring
@@ -148,6 +149,8 @@ class SeriesRule:
         "CHESTABDPELVIS",
         "KIDNEY",
         "RETROPERITONEUM",
+        "ADRENAL",
+        "PANCREAS",
         "WHOLEBODY",
     )
     include_words: tuple[str, ...] = (
