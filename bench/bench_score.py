@@ -86,8 +86,14 @@ def flow_run(archive: str, store: str, model_path: str, results: str, cluster: o
     from renalflow.flows.score import score_flow
 
     runner = DaskTaskRunner(address=cluster.scheduler_address)  # type: ignore[attr-defined]
+    from renalflow.tasks.score import ScoreConfig
+
     return score_flow.with_options(task_runner=runner)(
-        archive=archive, model_dir=model_path, results=results, store=store
+        archive=archive,
+        model_dir=model_path,
+        results=results,
+        store=store,
+        config=ScoreConfig(all_slices=True),  # synth's curated lesion slices
     )
 
 

@@ -37,9 +37,11 @@ from renalflow.tasks.params import (
     HistoryParams,
     IngestParams,
     JobParams,
+    MigrateResultsParams,
     PreprocessParams,
     QueryParams,
     ScoreParams,
+    ScreeningParams,
     ServeParams,
     ServerParams,
     SummaryParams,
@@ -62,7 +64,7 @@ Typical first run (or simply `renalflow demo`):
   renalflow evaluate --store store --model-dir model --out report
   export RENALFLOW_PSEUDONYM_KEY=...   # a long random secret; keep it
   renalflow score demo/archive --model-dir model --results results --store store
-  renalflow query "select vote, count(*) from patient_votes group by vote" --results results
+  renalflow query "select status, vote, count(*) from study_votes group by all" --results results
 """
 
 EPILOG = """\
@@ -101,20 +103,34 @@ DETAILS: dict[str, str] = {
         "Score every study under ARCHIVE that this model version has not scored yet: new "
         "files are converted into the slice store (with the model's preprocessing), images "
         "are scored in batches on Dask workers, and RESULTS gets one row per image "
-        "(slice_scores) and one vote per study (patient_votes), both Delta tables with "
-        "atomic commits. Rerunning adds nothing; a new model version adds its own rows. "
+        "(slice_scores), one vote per study (study_votes) and one per patient over all "
+        "their studies (patient_votes), Delta tables with atomic commits. Only abdominal "
+        "axial series are screened, one reconstruction per acquisition, and only the "
+        "slices that show the renal mass vote: lesion annotations where the archive has "
+        "them (DICOM SEG, or --lesions at ingest), else the slice selector (--selector); "
+        "--all-slices votes over every slice (curated archives, as in the paper). A study "
+        "where no slice is selected gets the status no_mass_found, never a vote. "
+        "Rerunning adds nothing; a new model version adds its own rows. "
         "Identifiers never reach RESULTS: patients and studies appear as keyed pseudonyms "
         "(HMAC-SHA256) under the key in RENALFLOW_PSEUDONYM_KEY or a Prefect Secret block "
         "(--key-secret); without a key, nothing is scored."
     ),
     "query": (
-        "Run SQL against the results table, whose tables appear as the views patient_votes "
-        "and slice_scores. With --as-of, read it as it was at a version of patient_votes "
-        "(see `renalflow history`) or at a time, so a study can cite the exact state it "
-        "analysed. Only one SELECT (or WITH ... SELECT) runs, in a session that reads these "
-        "two tables and nothing else: no files, no extensions, no settings changed."
+        "Run SQL against the results table, whose tables appear as the views study_votes, "
+        "patient_votes and slice_scores. With --as-of, read it as it was at a version of "
+        "study_votes (see `renalflow history`) or at a time, so a study can cite the exact "
+        "state it analysed. Only one SELECT (or WITH ... SELECT) runs, in a session that "
+        "reads these tables and nothing else: no files, no extensions, no settings changed."
     ),
-    "history": "List the commits of patient_votes: version, time, operation, flow run.",
+    "history": "List the commits of study_votes: version, time, operation, flow run.",
+    "migrate-results": (
+        "Results tables written before renalflow kept study and patient votes apart held "
+        "one vote per study in patient_votes. This moves that table, with its history, to "
+        "study_votes, adds the selection columns (filled for the old rows: every slice "
+        "voted, selection_source all), marks the old image scores as voted, and builds "
+        "patient_votes anew: one vote per patient over all their studies. Run it once, "
+        "with no scoring running; commands refuse an unmigrated table until then."
+    ),
     "server": (
         "Commands that start a flow need a Prefect API. Without PREFECT_API_URL, renalflow "
         "starts a local Prefect server (API and UI on 127.0.0.1, database under "
@@ -155,7 +171,7 @@ DETAILS: dict[str, str] = {
 EXAMPLES: dict[str, str] = {
     "query": (
         "examples:\n"
-        '  renalflow query "select vote, count(*) from patient_votes group by vote" '
+        '  renalflow query "select status, vote, count(*) from study_votes group by all" '
         "--results R\n"
         '  renalflow query "select * from patient_votes" --results R --as-of 3 '
         "--format csv > votes_v3.csv"
@@ -453,6 +469,16 @@ def cmd_history(params: HistoryParams) -> int:
     return EXIT_OK
 
 
+def cmd_migrate_results(params: MigrateResultsParams) -> int:
+    from renalflow.tasks.results import migrate_results
+
+    _s3_credentials_for_reading()
+    migrated = migrate_results(_as_uri(params.results))
+    counts = ", ".join(f"{n:,} rows of {name}" for name, n in migrated.items())
+    print(f"migrated {params.results}: {counts}")
+    return EXIT_OK
+
+
 def cmd_cohort_report(params: CohortReportParams) -> int:
     from renalflow.tasks.report import cohort_report
     from renalflow.tasks.results import parse_as_of
@@ -478,13 +504,7 @@ def cmd_serve(params: ServeParams) -> int:
             "`export PREFECT_API_URL=http://127.0.0.1:4200/api` and run this again"
         )
     preflight_score(
-        ScoreParams(
-            archive=params.archive,
-            model_dir=params.model_dir,
-            results=params.results,
-            key_secret=params.key_secret,
-        ),
-        remote=True,
+        ScoreParams(**params.model_dump(include=set(ScreeningParams.model_fields))), remote=True
     )
     serve(*build_deployments(params))
     return EXIT_OK
@@ -577,6 +597,7 @@ COMMANDS: dict[str, Callable[[Any], int]] = {
     "score": cmd_score,
     "query": cmd_query,
     "history": cmd_history,
+    "migrate-results": cmd_migrate_results,
     "cohort-report": cmd_cohort_report,
     "serve": cmd_serve,
     "web": cmd_web,

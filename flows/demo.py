@@ -27,7 +27,7 @@ DEMO_QUERY = """\
 select study_year_month[1:4] as year, manufacturer,
        count(*) as studies,
        round(avg((vote = 'benign')::int), 2) as benign_share
-from patient_votes group by all order by year, manufacturer"""
+from study_votes group by all order by year, manufacturer"""
 
 DEMO_BOOTSTRAP = 200
 """Our choice: fewer bootstrap resamples than `evaluate`'s default, to keep the demo short."""
@@ -164,6 +164,7 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
             model_dir=str(where.model),
             results=str(where.results),
             workers=params.workers,
+            all_slices=True,  # the synthetic screening archive holds curated lesion slices
         )
     )
     print(score_summary(scored))
@@ -178,12 +179,12 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
         "model": str(where.model),
         "evaluation report": f"{where.report / 'report.html'} (also report.md, heat maps)",
         "screening archive": str(where.screening / "archive"),
-        "results table": f"{where.results} (patient_votes, slice_scores)",
+        "results table": f"{where.results} (study_votes, patient_votes, slice_scores)",
         "cohort summary": str(cohort),
         "pseudonym key": str(where.key),
     }
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s. Artifacts:")
     for name, path in artifacts.items():
         print(f"  {name:<20} {path}")
-    print(f'try: renalflow query "select * from patient_votes limit 5" --results {where.results}')
+    print(f'try: renalflow query "select * from study_votes limit 5" --results {where.results}')
     return artifacts

@@ -14,7 +14,13 @@ from typing import Any
 
 from renalflow.flows.jobs import ingest_job, score_job, train_job
 from renalflow.flows.score import default_store
-from renalflow.tasks.params import NIGHTLY_CRON, IngestParams, ScoreParams, ServeParams
+from renalflow.tasks.params import (
+    NIGHTLY_CRON,
+    IngestParams,
+    ScoreParams,
+    ScreeningParams,
+    ServeParams,
+)
 
 __all__ = ["NIGHTLY_CRON", "build_deployments", "local_timezone"]
 
@@ -46,14 +52,7 @@ def build_deployments(params: ServeParams) -> list[Any]:
     cluster = {"workers": params.workers, "dask_address": params.dask_address}
     store = params.store or default_store(params.results)
     common: dict[str, Any] = {"entrypoint_type": EntrypointType.MODULE_PATH, "tags": ["renalflow"]}
-    score = ScoreParams(
-        archive=params.archive,
-        model_dir=params.model_dir,
-        results=params.results,
-        store=params.store,
-        key_secret=params.key_secret,
-        **cluster,
-    )
+    score = ScoreParams(**params.model_dump(include=set(ScreeningParams.model_fields)), **cluster)
     ingest = IngestParams(archive=params.archive, store=store, **cluster)
     return [
         score_job.to_deployment(

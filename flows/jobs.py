@@ -69,6 +69,8 @@ def preflight_score(params: ScoreParams, *, remote: bool) -> None:
     if key_from_env() is None and not params.key_secret:
         raise InputError(NO_KEY_HELP)
     read_model_info(params.model_dir)
+    if params.selector:
+        read_model_info(params.selector)
     if remote or _is_local(params.archive):
         check_archive(as_uri(params.archive))
 
@@ -213,6 +215,7 @@ def score_job(params: ScoreParams) -> "ScoreSummary":
         vote_threshold=params.vote_threshold,
         min_images=params.min_images,
         explain=params.explain,
+        all_slices=params.all_slices,
     )
     gpu = False
     if params.dask_address:
@@ -231,6 +234,7 @@ def score_job(params: ScoreParams) -> "ScoreSummary":
         key_secret=params.key_secret,
         gpu=gpu,
         explain_dir=as_uri(params.explain_dir) if params.explain_dir else None,
+        selector_dir=os.path.abspath(params.selector) if params.selector else None,
     )
     logger.info(format_summary(summary))
     _write_json(params.summary_json, summary_dict(summary))

@@ -28,10 +28,11 @@ from renalflow.flows.fanout import (
 from renalflow.flows.ingest import run_ingest
 from renalflow.tasks.config import SCREENING
 from renalflow.tasks.errors import InputError
-from renalflow.tasks.inference import ScoredBatch, explain_slices, score_slices
+from renalflow.tasks.inference import ScoredBatch, SelectorRef, explain_slices, score_slices
 from renalflow.tasks.model_dir import read_model_info
 from renalflow.tasks.pseudonym import NO_KEY_HELP, check_key, key_from_env, key_id
 from renalflow.tasks.results import (
+    SelectorUsed,
     ensure_tables,
     result_rows,
     scored_studies,
@@ -47,13 +48,33 @@ from renalflow.tasks.score import (
     format_summary,
     plan_explanations,
     plan_scoring,
+    plan_selection,
     score_batches,
     summary_dict,
 )
+from renalflow.tasks.selection import select_slices
 from renalflow.tasks.store import read_inventory
 
 # The summary and its formats live with the scoring logic; callers import them from here.
 __all__ = ["ScoreSummary", "default_store", "format_summary", "score_flow", "summary_dict"]
+
+
+def _batches(slices: Any, workers: int) -> list[Any]:
+    """Tasks of about balanced size, two per worker thread, within [64, 2048] images."""
+    if len(slices) == 0:
+        return []
+    return score_batches(slices, balanced(len(slices), workers * 2, 64, 2048))
+
+
+def selector_threshold(info: Any) -> float:
+    """The decision threshold stored with a slice selector; refuses a classifier."""
+    threshold = getattr(info, "selector_threshold", None)
+    if threshold is None:
+        raise InputError(
+            f"{info.model_dir} is not a slice selector (no stored threshold): train one with "
+            "`renalflow train --task selector` and pass its folder to --selector"
+        )
+    return float(threshold)
 
 
 def resolve_key(key_secret: str | None = None) -> bytes:
@@ -83,8 +104,11 @@ def score_task(
     model_version: str,
     batch_size: int,
     cpu_threads: int | None = None,
+    selector: SelectorRef | None = None,
 ) -> ScoredBatch:
-    return score_slices(store, parts.value, model_dir, model_version, batch_size, cpu_threads)
+    return score_slices(
+        store, parts.value, model_dir, model_version, batch_size, cpu_threads, selector
+    )
 
 
 @task(name="explain-slices", cache_policy=NO_CACHE)
@@ -114,12 +138,16 @@ def score_flow(
     gpu: bool = False,
     ingest_batch_size: int = 512,
     explain_dir: str | None = None,
+    selector_dir: str | None = None,
 ) -> ScoreSummary:
     """Score every study of `archive` that this model version has not scored yet.
 
     New files are converted into the slice store first (with the preprocessing the model
-    was trained on); per-image probabilities go to R/slice_scores and one 51% vote per
-    study to R/patient_votes, pseudonymised with the department's key.
+    was trained on). Series and slices are selected (tasks.selection: annotations, else
+    the slice selector at `selector_dir`, else every slice with config.all_slices);
+    per-image probabilities go to R/slice_scores, one 51% vote per study to
+    R/study_votes and per patient to R/patient_votes, pseudonymised with the
+    department's key.
     """
     announce_run("score")
     logger = get_run_logger()
@@ -127,6 +155,10 @@ def score_flow(
     config = config or ScoreConfig()
     key = resolve_key(key_secret)  # refuse before any work without a key
     info = read_model_info(model_dir)
+    selector = None
+    if selector_dir:
+        found = read_model_info(selector_dir)
+        selector = SelectorRef(found.model_dir, found.model_version, selector_threshold(found))
     store = store or default_store(results)
     run_id = str(flow_run.get_id() or "local")
     summary = ScoreSummary(archive, results, store, info.model_version, run_id)
@@ -154,10 +186,13 @@ def score_flow(
     if plan.studies == 0:
         summary.seconds = time.perf_counter() - started
         return summary
+    chosen = plan_selection(plan.slices, config, selector=selector is not None)
 
     summary.workers = cluster_threads()
     cpu_threads = cores_per_worker_thread()
-    batches = score_batches(plan.slices, balanced(len(plan.slices), summary.workers * 2, 64, 2048))
+    work = [(batch, None) for batch in _batches(chosen.direct, summary.workers)]
+    work += [(batch, selector) for batch in _batches(chosen.screened, summary.workers)]
+    total = len(chosen.direct) + len(chosen.screened)
     inference_started = time.perf_counter()
     annotations = {"resources": {"GPU": 1}} if gpu else {}
     with dask.annotate(**annotations):
@@ -169,32 +204,54 @@ def score_flow(
                 info.model_version,
                 config.batch_size,
                 cpu_threads,
+                through,
             )
-            for batch in batches
+            for batch, through in work
         ]
     summary.score_tasks = len(futures)
     probabilities: dict[str, float] = {}
+    found_mass: dict[str, float] = {}
+    seen = 0
     for done, future in enumerate(as_completed(futures), start=1):
         scored = future.result()
-        probabilities.update(zip(scored.sop_instance_uid, scored.probability.tolist(), strict=True))
+        for uid, p in zip(scored.sop_instance_uid, scored.probability.tolist(), strict=True):
+            if p == p:  # NaN: the selector left the slice out
+                probabilities[uid] = p
+        if scored.selector_probability is not None:
+            found_mass.update(
+                zip(scored.sop_instance_uid, scored.selector_probability.tolist(), strict=True)
+            )
+        seen += len(scored.sop_instance_uid)
         summary.busy_seconds += scored.seconds
         elapsed = time.perf_counter() - inference_started
         logger.info(
             "[%d/%d batches] %d/%d images scored, %.0f images/s",
             done,
             len(futures),
-            len(probabilities),
-            len(plan.slices),
-            len(probabilities) / max(elapsed, 1e-9),
+            seen,
+            total,
+            seen / max(elapsed, 1e-9),
         )
     summary.inference_seconds = time.perf_counter() - inference_started
-    summary.images_scored = len(probabilities)
+    summary.images_scored = seen
+    decisions = (
+        {uid: p >= selector.threshold for uid, p in found_mass.items()} if selector else None
+    )
+    selections = select_slices(
+        plan.slices, chosen.series, selector=decisions, all_slices=config.all_slices
+    )
+    summary.add_selection(selections, chosen.series)
 
     heatmap_uris: dict[str, str] = {}
     if config.explain:
         out_dir = explain_dir or default_heatmap_dir(results)
+        voting = {uid for s in selections for uid in s.selected}
         parts, targets, outputs = plan_explanations(
-            plan.slices, probabilities, key, config, out_dir
+            plan.slices[plan.slices["sop_instance_uid"].isin(voting)],
+            probabilities,
+            key,
+            config,
+            out_dir,
         )
         with dask.annotate(**annotations):
             explained = [
@@ -215,12 +272,26 @@ def score_flow(
         summary.heatmap_dir = out_dir
         logger.info("%d heat maps of deciding slices in %s", len(heatmap_uris), out_dir)
     slice_rows, vote_rows = result_rows(
-        plan.slices, probabilities, key, info, config, archive, run_id, heatmap_uris=heatmap_uris
+        plan.slices,
+        probabilities,
+        key,
+        info,
+        config,
+        archive,
+        run_id,
+        heatmap_uris=heatmap_uris,
+        selections=selections,
+        series=chosen.series,
+        selector_probabilities=found_mass,
+        selector=SelectorUsed(selector.model_version, selector.threshold) if selector else None,
     )
     written = write_results(results, slice_rows, vote_rows, run_id)
     summary.slice_rows_inserted = written["slice_rows_inserted"]
     summary.vote_rows_inserted = written["vote_rows_inserted"]
     summary.vote_rows_updated = written["vote_rows_updated"]
+    summary.patient_rows_written = (
+        written["patient_rows_inserted"] + written["patient_rows_updated"]
+    )
     summary.votes, summary.qc_flagged = tally_votes(vote_rows)
     summary.seconds = time.perf_counter() - started
     logger.info(

@@ -95,6 +95,18 @@ class WindowSource(StrEnum):
     FILE = "file"
 
 
+class StudyStatus(StrEnum):
+    """What a study's (or patient's) row in the results says happened.
+
+    `voted`: the selected slices voted benign or malignant; `no_mass_found`: no slice of
+    a screened series was selected (annotations or the selector found no renal mass,
+    or no series is abdominal), so there is no vote, never a benign one.
+    """
+
+    VOTED = "voted"
+    NO_MASS_FOUND = "no_mass_found"
+
+
 class Phase(StrEnum):
     """Contrast phase of a CT series, inferred from its tags."""
 
@@ -138,8 +150,10 @@ class SeriesRule:
             covers the kidneys (the adrenal glands and the pancreas lie at their level).
         include_words: description words that say the kidneys are in the scan range.
         exclude_words: description words of other regions (chest, head, limbs, ...).
-        min_z_extent_mm: shorter series are not screened: bolus-tracking and monitoring
-            series repeat one level, and a handful of slices cannot hold a vote.
+        min_z_extent_mm: series covering less are not screened (0, off by default:
+            curated archives hold a few slices through the mass). Whatever this is, a
+            series whose slices all lie at one level (bolus tracking, monitoring,
+            dynamic scans) is never screened.
     """
 
     body_parts: tuple[str, ...] = (
@@ -189,7 +203,7 @@ class SeriesRule:
         "bolus",
         "monitor",
     )
-    min_z_extent_mm: float = 20.0
+    min_z_extent_mm: float = 0.0
 
 
 @dataclass(frozen=True)

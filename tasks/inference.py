@@ -44,23 +44,43 @@ def limit_cpu_threads(threads: int) -> None:
         pass  # TensorFlow already initialised in this process
 
 
+_MODELS_KEPT = 2  # the classifier and the slice selector of one scoring run
+
+
 def cached_model(model_dir: str, model_version: str, cpu_threads: int | None = None) -> Any:
-    """The Keras model, loaded once per process (workers score many batches)."""
+    """The Keras model, loaded once per process (workers score many batches); the two
+    most recently used models stay loaded (a classifier and its slice selector)."""
     if cpu_threads:
         limit_cpu_threads(cpu_threads)
     key = (model_dir, model_version)
-    if key not in _MODELS:
-        _MODELS.clear()
+    if key in _MODELS:
+        _MODELS[key] = _MODELS.pop(key)  # most recently used last
+    else:
+        while len(_MODELS) >= _MODELS_KEPT:
+            del _MODELS[next(iter(_MODELS))]
         _MODELS[key] = load_model(model_dir)
     return _MODELS[key]
 
 
+@dataclass(frozen=True)
+class SelectorRef:
+    """The slice selector a scoring task runs first, and its stored decision threshold."""
+
+    model_dir: str
+    model_version: str
+    threshold: float
+
+
 @dataclass
 class ScoredBatch:
+    """Per slice of a task: P(malignant) (NaN where the selector left the slice out, so
+    the classifier never saw it) and, with a selector, P(renal mass)."""
+
     sop_instance_uid: list[str]
     probability: np.ndarray
     seconds: float
     worker: str
+    selector_probability: np.ndarray | None = None
 
 
 def score_slices(
@@ -70,14 +90,23 @@ def score_slices(
     model_version: str,
     batch_size: int = 64,
     cpu_threads: int | None = None,
+    selector: SelectorRef | None = None,
 ) -> ScoredBatch:
-    """P(malignant) of the given slices (SOPInstanceUIDs per part file of the store)."""
+    """P(malignant) of the given slices (SOPInstanceUIDs per part file of the store).
+
+    With a `selector`, every slice goes through it first and only the slices at or above
+    its threshold go through the classifier: a whole study costs one selector pass and a
+    classifier pass over the slices that show a mass."""
     started = time.perf_counter()
     model = cached_model(model_dir, model_version, cpu_threads)
+    finder = (
+        cached_model(selector.model_dir, selector.model_version, cpu_threads) if selector else None
+    )
     fs, _ = open_store(store_uri)
 
     uids: list[str] = []
     chunks: list[np.ndarray] = []
+    found: list[np.ndarray] = []
     # The next parts are read (I/O and decompression release the GIL) while the model
     # scores the current one; two readers keep up with a GPU.
     with ThreadPoolExecutor(max_workers=2) as reader:
@@ -87,9 +116,24 @@ def score_slices(
         for future in pending:
             part_uids, images = future.result()
             uids.extend(part_uids)
-            chunks.append(predict_probabilities(model, images, batch_size))
-    probability = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    return ScoredBatch(uids, probability, time.perf_counter() - started, worker_name())
+            if finder is None or selector is None:
+                chunks.append(predict_probabilities(model, images, batch_size))
+                continue
+            mass = predict_probabilities(finder, images, batch_size)
+            keep = mass >= selector.threshold
+            probability = np.full(len(images), np.nan, np.float32)
+            if keep.any():
+                probability[keep] = predict_probabilities(model, images[keep], batch_size)
+            chunks.append(probability)
+            found.append(mass)
+    empty = np.zeros(0, np.float32)
+    return ScoredBatch(
+        uids,
+        np.concatenate(chunks) if chunks else empty,
+        time.perf_counter() - started,
+        worker_name(),
+        (np.concatenate(found) if found else empty) if selector else None,
+    )
 
 
 def explain_slices(

@@ -107,6 +107,18 @@ class ScreeningParams(JobParams):
         description="Prefect Secret block holding the pseudonymisation key (default: "
         "RENALFLOW_PSEUDONYM_KEY from the environment)",
     )
+    selector: str | None = Field(
+        default=None,
+        description="slice selector model (renalflow train --task selector): decides which "
+        "slices of a study without lesion annotations show the renal mass and vote",
+        json_schema_extra=cli(metavar="MODEL_DIR"),
+    )
+    all_slices: bool = Field(
+        default=False,
+        description="vote over every slice of the screened series when a study has no "
+        "annotations and no selector is given: for curated archives of slices through the "
+        "mass (the paper's images), never for whole studies; recorded in each vote's row",
+    )
 
 
 class SynthParams(JobParams):
@@ -393,16 +405,19 @@ class ScoreParams(ScreeningParams, VoteParams, ClusterParams, SummaryParams):
 
 class QueryParams(JobParams):
     command: ClassVar[str] = "query"
-    summary: ClassVar[str] = "DuckDB SQL over the results table (patient_votes, slice_scores)"
+    summary: ClassVar[str] = (
+        "DuckDB SQL over the results table (study_votes, patient_votes, slice_scores)"
+    )
 
     sql: str = Field(
-        description="one SELECT (or WITH ... SELECT) over patient_votes and slice_scores",
+        description="one SELECT (or WITH ... SELECT) over study_votes, patient_votes and "
+        "slice_scores",
         json_schema_extra=positional(),
     )
     results: str = Field(description="results table folder or URI")
     as_of: str | None = Field(
         default=None,
-        description="a patient_votes version (e.g. 3) or a time (e.g. 2026-11-27T02:00)",
+        description="a study_votes version (e.g. 3) or a time (e.g. 2026-11-27T02:00)",
     )
     format: str = Field(
         default="table",
@@ -421,6 +436,15 @@ class HistoryParams(JobParams):
     results: str = Field(description="results table folder or URI")
 
 
+class MigrateResultsParams(JobParams):
+    command: ClassVar[str] = "migrate-results"
+    summary: ClassVar[str] = (
+        "upgrade a results table written before study_votes existed (once, in place)"
+    )
+
+    results: str = Field(description="results table folder or URI")
+
+
 class CohortReportParams(JobParams):
     command: ClassVar[str] = "cohort-report"
     summary: ClassVar[str] = (
@@ -429,7 +453,7 @@ class CohortReportParams(JobParams):
 
     results: str = Field(description="results table folder or URI")
     out: str = Field(description="folder for cohort.html")
-    as_of: str | None = Field(default=None, description="a patient_votes version or a time")
+    as_of: str | None = Field(default=None, description="a study_votes version or a time")
 
 
 class ServerParams(JobParams):
@@ -510,6 +534,7 @@ JOB_PARAMS: tuple[type[JobParams], ...] = (
     ScoreParams,
     QueryParams,
     HistoryParams,
+    MigrateResultsParams,
     CohortReportParams,
     ServeParams,
     WebParams,

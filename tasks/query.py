@@ -40,15 +40,17 @@ def check_select(con: Any, sql: str) -> None:
     kind = statements[0].type
     if kind != duckdb.StatementType.SELECT:
         raise InputError(
-            f"only a SELECT (or WITH ... SELECT) over patient_votes and slice_scores is "
+            f"only a SELECT (or WITH ... SELECT) over study_votes, patient_votes and "
+            f"slice_scores is "
             f"allowed; this is a {kind.name} statement"
         )
 
 
 def run_query(results: str, sql: str, as_of: int | datetime | None = None) -> pa.Table:
-    """Run one SELECT with `patient_votes` and `slice_scores` as views; an Arrow table back.
+    """Run one SELECT with `study_votes`, `patient_votes` and `slice_scores` as views; an
+    Arrow table back.
 
-    The session reads those two tables and nothing else (LOCKED_DOWN): no file access,
+    The session reads those tables and nothing else (LOCKED_DOWN): no file access,
     no extensions, no settings changed from the SQL.
     """
     con = duckdb.connect(config=LOCKED_DOWN)

@@ -1,9 +1,11 @@
-"""The results table R: per-image scores and patient votes, as Delta Lake tables.
+"""The results table R: per-image scores, study votes and patient votes, as Delta tables.
 
-`R/slice_scores` and `R/patient_votes` are Delta tables (deltalake): every write is one
-atomic commit, so a reader sees a run's rows all or not at all, a run killed half-way
-leaves the table at its previous version, and every earlier version stays readable
-(`renalflow query --as-of`).
+`R/slice_scores` (one row per image a model saw), `R/study_votes` (one vote per study:
+what was screened, what was selected, the vote) and `R/patient_votes` (one vote per
+patient over the selected slices of all their studies: the paper's unit) are Delta
+tables (deltalake): every write is one atomic commit, so a reader sees a run's rows all
+or not at all, a run killed half-way leaves the table at its previous version, and
+every earlier version stays readable (`renalflow query --as-of`).
 
 Writes are merges on the natural key (image or study, and model version): rerunning the
 same scoring inserts nothing, and two runs at the same time cannot both insert a row,
@@ -22,6 +24,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +36,7 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError
 
-from renalflow.tasks.config import Phase
+from renalflow.tasks.config import Phase, SelectionSource, StudyStatus
 from renalflow.tasks.errors import InputError, StoreError
 from renalflow.tasks.pseudonym import key_id, pseudonym
 from renalflow.tasks.store import now_utc
@@ -42,10 +45,12 @@ from renalflow.tasks.vote import malignant_images, vote
 if TYPE_CHECKING:  # types only: R's rows take what scoring hands over
     from renalflow.tasks.model_dir import ModelInfo
     from renalflow.tasks.score import ScoreConfig
+    from renalflow.tasks.selection import StudySelection
 
 SLICE_SCORES = "slice_scores"
+STUDY_VOTES = "study_votes"
 PATIENT_VOTES = "patient_votes"
-TABLES = (PATIENT_VOTES, SLICE_SCORES)
+TABLES = (STUDY_VOTES, PATIENT_VOTES, SLICE_SCORES)
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -60,8 +65,11 @@ SLICE_SCORES_SCHEMA = pa.schema(
         pa.field("phase", pa.string()),
         pa.field("instance_number", pa.int32()),
         pa.field("z", pa.float64()),
-        pa.field("probability", pa.float32(), nullable=False),
-        pa.field("malignant", pa.bool_(), nullable=False),
+        # Null where a slice selector left the slice out: the classifier never saw it.
+        pa.field("probability", pa.float32()),
+        pa.field("malignant", pa.bool_()),
+        pa.field("voted", pa.bool_(), nullable=False),
+        pa.field("selector_probability", pa.float32()),
         pa.field("image_threshold", pa.float64(), nullable=False),
         pa.field("model_version", pa.string(), nullable=False),
         pa.field("preprocess_version", pa.string(), nullable=False),
@@ -71,7 +79,7 @@ SLICE_SCORES_SCHEMA = pa.schema(
     ]
 )
 
-PATIENT_VOTES_SCHEMA = pa.schema(
+STUDY_VOTES_SCHEMA = pa.schema(
     [
         pa.field("patient_key", pa.string(), nullable=False),
         pa.field("study_key", pa.string(), nullable=False),
@@ -83,11 +91,18 @@ PATIENT_VOTES_SCHEMA = pa.schema(
         pa.field("n_series", pa.int32(), nullable=False),
         pa.field("n_images", pa.int32(), nullable=False),
         pa.field("n_malignant", pa.int32(), nullable=False),
-        pa.field("fraction_malignant", pa.float64(), nullable=False),
-        pa.field("vote", pa.string(), nullable=False),
+        pa.field("fraction_malignant", pa.float64()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("vote", pa.string()),
         pa.field("vote_threshold", pa.float64(), nullable=False),
         pa.field("image_threshold", pa.float64(), nullable=False),
-        pa.field("mean_probability", pa.float64(), nullable=False),
+        pa.field("mean_probability", pa.float64()),
+        pa.field("slices_in_study", pa.int32(), nullable=False),
+        pa.field("selection_source", pa.string()),
+        pa.field("selector_version", pa.string()),
+        pa.field("selector_threshold", pa.float64()),
+        pa.field("series_used", pa.string(), nullable=False),
+        pa.field("series_skipped", pa.string(), nullable=False),
         pa.field("reference_label", pa.string()),
         pa.field("qc_too_few_images", pa.bool_(), nullable=False),
         pa.field("qc_noncontrast_only", pa.bool_(), nullable=False),
@@ -101,12 +116,42 @@ PATIENT_VOTES_SCHEMA = pa.schema(
     ]
 )
 
-SCHEMAS = {SLICE_SCORES: SLICE_SCORES_SCHEMA, PATIENT_VOTES: PATIENT_VOTES_SCHEMA}
+PATIENT_VOTES_SCHEMA = pa.schema(
+    [
+        pa.field("patient_key", pa.string(), nullable=False),
+        pa.field("key_id", pa.string(), nullable=False),
+        pa.field("n_studies", pa.int32(), nullable=False),
+        pa.field("n_images", pa.int32(), nullable=False),
+        pa.field("n_malignant", pa.int32(), nullable=False),
+        pa.field("fraction_malignant", pa.float64()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("vote", pa.string()),
+        pa.field("vote_threshold", pa.float64(), nullable=False),
+        pa.field("image_threshold", pa.float64(), nullable=False),
+        pa.field("mean_probability", pa.float64()),
+        pa.field("selection_sources", pa.string(), nullable=False),
+        pa.field("first_study_year_month", pa.string()),
+        pa.field("last_study_year_month", pa.string()),
+        pa.field("reference_label", pa.string()),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("model_profile", pa.string()),
+        pa.field("preprocess_version", pa.string(), nullable=False),
+        pa.field("scored_at", _TIMESTAMP, nullable=False),
+        pa.field("flow_run_id", pa.string()),
+    ]
+)
 
-# Merge keys: one row per image and per study, for each model version.
+SCHEMAS = {
+    SLICE_SCORES: SLICE_SCORES_SCHEMA,
+    STUDY_VOTES: STUDY_VOTES_SCHEMA,
+    PATIENT_VOTES: PATIENT_VOTES_SCHEMA,
+}
+
+# Merge keys: one row per image, per study and per patient, for each model version.
 KEYS = {
     SLICE_SCORES: ("image_key", "model_version"),
-    PATIENT_VOTES: ("study_key", "model_version"),
+    STUDY_VOTES: ("study_key", "model_version"),
+    PATIENT_VOTES: ("patient_key", "model_version"),
 }
 
 # Columns that must never appear in R (checked on every write and by the tests).
@@ -194,7 +239,8 @@ def open_table(results: str, name: str, version: int | datetime | None = None) -
 
 
 def ensure_tables(results: str) -> None:
-    """Create both tables, empty, if they do not exist (safe when runs race to do it)."""
+    """Create the tables, empty, if they do not exist (safe when runs race to do it)."""
+    check_layout(results)
     for name, schema in SCHEMAS.items():
         uri = table_uri(results, name)
         for attempt in range(5):
@@ -219,7 +265,10 @@ def ensure_tables(results: str) -> None:
 
 _DESCRIPTIONS = {
     SLICE_SCORES: "renalflow: probability of malignancy per image, per model version",
-    PATIENT_VOTES: "renalflow: patient-level 51% majority vote per study, per model version",
+    STUDY_VOTES: "renalflow: 51% majority vote over the selected slices of a study, per "
+    "model version",
+    PATIENT_VOTES: "renalflow: 51% majority vote over the selected slices of all a patient's "
+    "studies (the paper's unit), per model version",
 }
 
 
@@ -282,20 +331,26 @@ def merge_rows(
 
 
 def scored_studies(results: str, model_version: str) -> dict[str, int]:
-    """study_key -> n_images of the studies this model version has already voted on."""
-    if not _is_table(table_uri(results, PATIENT_VOTES)):
+    """study_key -> slices_in_study of the studies this model version has already voted
+    on (a study whose stored slice count changed since is scored again)."""
+    if not _is_table(table_uri(results, STUDY_VOTES)):
         return {}
-    table = open_table(results, PATIENT_VOTES).to_pyarrow_dataset()
+    table = open_table(results, STUDY_VOTES).to_pyarrow_dataset()
     rows = table.to_table(
-        columns=["study_key", "n_images"], filter=pc.field("model_version") == model_version
+        columns=["study_key", "slices_in_study"],
+        filter=pc.field("model_version") == model_version,
     )
     return dict(
-        zip(rows.column("study_key").to_pylist(), rows.column("n_images").to_pylist(), strict=True)
+        zip(
+            rows.column("study_key").to_pylist(),
+            rows.column("slices_in_study").to_pylist(),
+            strict=True,
+        )
     )
 
 
 def parse_as_of(value: str) -> int | datetime:
-    """`--as-of`: a version number (of patient_votes) or an ISO 8601 time."""
+    """`--as-of`: a version number (of study_votes) or an ISO 8601 time."""
     text = value.strip()
     if re.fullmatch(r"\d+", text):
         return int(text)
@@ -312,8 +367,9 @@ def parse_as_of(value: str) -> int | datetime:
 
 
 def history(results: str) -> list[dict[str, Any]]:
-    """The commits of patient_votes, newest first: version, time, operation, run."""
-    table = open_table(results, PATIENT_VOTES)
+    """The commits of study_votes (every scoring run makes one), newest first: version,
+    time, operation, run."""
+    table = open_table(results, STUDY_VOTES)
     out = []
     for entry in table.history():
         metrics = entry.get("operationMetrics") or {}
@@ -330,29 +386,133 @@ def history(results: str) -> list[dict[str, Any]]:
 
 
 def tables_as_of(results: str, as_of: int | datetime | None) -> dict[str, Any]:
-    """Both tables as pyarrow datasets, at the latest state or as of a version or time.
+    """Every table as a pyarrow dataset, at the latest state or as of a version or time.
 
-    A version number is a version of patient_votes; slice_scores is read as of that
-    commit's time, and runs write slice_scores before patient_votes, so every vote
-    read has its image scores.
+    A version number is a version of study_votes; the other tables are read as of that
+    commit's time. A run writes slice_scores, then study_votes, then patient_votes, so
+    every study vote read has its image scores.
     """
-    votes = open_table(results, PATIENT_VOTES, as_of)
+    check_layout(results)
+    votes = open_table(results, STUDY_VOTES, as_of)
     moment: datetime | None = None
     if isinstance(as_of, int):
         stamps = {h["version"]: h["timestamp"] for h in history(results)}
         moment = stamps.get(as_of)
     elif isinstance(as_of, datetime):
         moment = as_of
-    scores = open_table(results, SLICE_SCORES)
-    if moment is not None:
-        try:
-            scores.load_as_version(moment)
-        except Exception:
-            scores = None  # slice_scores did not exist yet at that time
-    out = {PATIENT_VOTES: votes.to_pyarrow_dataset()}
-    out[SLICE_SCORES] = (
-        scores.to_pyarrow_dataset() if scores is not None else SLICE_SCORES_SCHEMA.empty_table()
+    out: dict[str, Any] = {STUDY_VOTES: votes.to_pyarrow_dataset()}
+    for name in (PATIENT_VOTES, SLICE_SCORES):
+        table = open_table(results, name)
+        if moment is not None:
+            try:
+                table.load_as_version(moment)
+            except Exception:
+                table = None  # the table did not exist yet at that time
+        out[name] = table.to_pyarrow_dataset() if table is not None else SCHEMAS[name].empty_table()
+    return out
+
+
+LEGACY_HELP = "renalflow migrate-results --results {results}"  # the one command that upgrades R
+
+
+def check_layout(results: str) -> None:
+    """Refuse a results table written before study_votes existed (its patient_votes holds
+    one vote per study): its rows and today's would mix silently."""
+    votes_uri = table_uri(results, PATIENT_VOTES)
+    if _is_table(table_uri(results, STUDY_VOTES)) or not _is_table(votes_uri):
+        return
+    columns = DeltaTable(votes_uri, storage_options=storage_options(votes_uri)).schema()
+    if "study_key" in {field.name for field in columns.fields}:
+        raise InputError(
+            f"{results} was written by an earlier renalflow: its patient_votes holds one "
+            "vote per study. Upgrade it once with `"
+            + LEGACY_HELP.format(results=results)
+            + "` (it keeps every row and version; study votes move to study_votes)"
+        )
+
+
+def migrate_results(results: str) -> dict[str, int]:
+    """Upgrade a results table written before study_votes existed, in place.
+
+    The old patient_votes (one vote per study) becomes study_votes with its history: its
+    folder is moved, the new columns are added and filled for the old rows (every slice
+    voted: selection_source `all`, status `voted`, slices_in_study = n_images). The
+    image scores get `voted` = true. Then patient_votes is made anew from them.
+    Returns the rows migrated per table.
+    """
+    check_key_columns = {"study_key"}
+    votes_uri, study_uri = table_uri(results, PATIENT_VOTES), table_uri(results, STUDY_VOTES)
+    if _is_table(study_uri):
+        raise InputError(f"{results} already has study_votes: nothing to migrate")
+    if not _is_table(votes_uri):
+        raise InputError(f"{results} holds no results table to migrate")
+    old = DeltaTable(votes_uri, storage_options=storage_options(votes_uri))
+    if not check_key_columns <= {field.name for field in old.schema().fields}:
+        raise InputError(f"{results}/patient_votes is already a per-patient table")
+    fs, path = fsspec.core.url_to_fs(votes_uri)
+    _, study_path = fsspec.core.url_to_fs(study_uri)
+    fs.mv(path, study_path, recursive=True)
+    studies = DeltaTable(study_uri, storage_options=storage_options(study_uri))
+    _add_new_columns(studies, STUDY_VOTES_SCHEMA)
+    studies.update(
+        updates={
+            "status": f"'{StudyStatus.VOTED.value}'",
+            "slices_in_study": "n_images",
+            "selection_source": f"'{SelectionSource.ALL.value}'",
+            "series_used": "''",
+            "series_skipped": "''",
+        },
+        predicate="status IS NULL",
     )
+    scores_uri = table_uri(results, SLICE_SCORES)
+    scores = DeltaTable(scores_uri, storage_options=storage_options(scores_uri))
+    _add_new_columns(scores, SLICE_SCORES_SCHEMA)
+    scores.update(updates={"voted": "true"}, predicate="voted IS NULL")
+    ensure_tables(results)
+    migrated = {STUDY_VOTES: int(studies.count()), SLICE_SCORES: int(scores.count())}
+    for model_version, patients in _patients_by_model(results).items():
+        rows = patient_rows(results, patients, model_version, run_id="migration")
+        migrated[PATIENT_VOTES] = migrated.get(PATIENT_VOTES, 0) + rows.num_rows
+        merge_rows(results, PATIENT_VOTES, rows, run_id="migration")
+    return migrated
+
+
+def _add_new_columns(table: Any, schema: pa.Schema) -> None:
+    from deltalake.schema import Field as DeltaField
+    from deltalake.schema import PrimitiveType
+
+    present = {field.name for field in table.schema().fields}
+    new = [schema.field(name) for name in schema.names if name not in present]
+    if new:
+        table.alter.add_columns(
+            [DeltaField(f.name, PrimitiveType(_delta_type(f.type)), nullable=True) for f in new]
+        )
+    for name in schema.names:
+        if name in present and schema.field(name).nullable:
+            field = next(f for f in table.schema().fields if f.name == name)
+            if not field.nullable:
+                table.alter.drop_column_not_null(name)
+
+
+def _delta_type(kind: pa.DataType) -> str:
+    names = {pa.string(): "string", pa.int32(): "integer", pa.float32(): "float",
+             pa.float64(): "double", pa.bool_(): "boolean"}  # fmt: skip
+    return names[kind]
+
+
+def _patients_by_model(results: str) -> dict[str, set[str]]:
+    rows = (
+        open_table(results, STUDY_VOTES)
+        .to_pyarrow_dataset()
+        .to_table(columns=["patient_key", "model_version"])
+    )
+    out: dict[str, set[str]] = {}
+    for patient, model in zip(
+        rows.column("patient_key").to_pylist(),
+        rows.column("model_version").to_pylist(),
+        strict=True,
+    ):
+        out.setdefault(str(model), set()).add(str(patient))
     return out
 
 
@@ -365,6 +525,14 @@ def _joined(values: pd.Series) -> str:
     return ",".join(sorted({str(v) for v in values if v is not None and str(v)}))
 
 
+@dataclass(frozen=True)
+class SelectorUsed:
+    """The slice selector of a run, as the study rows record it."""
+
+    model_version: str
+    threshold: float
+
+
 def result_rows(
     slices: pd.DataFrame,
     probabilities: dict[str, float],
@@ -375,20 +543,41 @@ def result_rows(
     run_id: str,
     scored_at: datetime | None = None,
     heatmap_uris: dict[str, str] | None = None,
+    *,
+    selections: list[StudySelection] | None = None,
+    series: pd.DataFrame | None = None,
+    selector_probabilities: dict[str, float] | None = None,
+    selector: SelectorUsed | None = None,
 ) -> tuple[pa.Table, pa.Table]:
-    """(slice_scores rows, patient_votes rows) of scored store slices (the inventory
-    rows of tasks.store), pseudonymised: no identifier leaves here."""
+    """(slice_scores rows, study_votes rows) of a run, pseudonymised: no identifier
+    leaves here.
+
+    `slices` are the inventory rows of the studies scored (tasks.store); `selections`
+    says which of them voted (tasks.selection; default: every slice, source `all`) and
+    `series` why series were skipped. A slice the classifier saw has a probability; one
+    the selector left out has only its selector probability."""
     scored_at = scored_at or now_utc()
-    frame = slices.copy()
-    missing = set(frame["sop_instance_uid"]) - set(probabilities)
+    selector_probabilities = selector_probabilities or {}
+    frame = slices.drop_duplicates("sop_instance_uid").copy()
+    if selections is None:
+        selections = _every_slice(frame)
+    voting = {uid for s in selections for uid in s.selected}
+    missing = voting - set(probabilities)
     if missing:
         raise StoreError(f"{len(missing)} slices were planned but never scored")
-    frame["probability"] = frame["sop_instance_uid"].map(probabilities).astype(np.float32)
-    frame["malignant"] = malignant_images(frame["probability"].to_numpy(), config.image_threshold)
+    seen = set(probabilities) | set(selector_probabilities)
+    frame = frame[frame["sop_instance_uid"].isin(seen)].reset_index(drop=True)
+    probability = frame["sop_instance_uid"].map(probabilities).astype(np.float32)
+    frame["probability"] = probability
+    known = probability.notna().to_numpy()
+    # The image rule (tasks.vote) on the slices the classifier saw; null for the others.
+    malignant = malignant_images(np.nan_to_num(probability.to_numpy()), config.image_threshold)
+    frame["voted"] = frame["sop_instance_uid"].isin(voting)
     kid = key_id(key)
-    patient_key = {p: pseudonym(key, p) for p in frame["patient_id"].unique()}
-    study_key = {s: pseudonym(key, s) for s in frame["study_instance_uid"].unique()}
-    series_key = {s: pseudonym(key, s) for s in frame["series_instance_uid"].unique()}
+    everyone = slices.drop_duplicates("sop_instance_uid")
+    patient_key = {p: pseudonym(key, p) for p in everyone["patient_id"].unique()}
+    study_key = {s: pseudonym(key, s) for s in everyone["study_instance_uid"].unique()}
+    series_key = {s: pseudonym(key, s) for s in everyone["series_instance_uid"].unique()}
     n = len(frame)
     slice_rows = pa.table(
         {
@@ -401,8 +590,12 @@ def result_rows(
             "phase": frame["phase"].tolist(),
             "instance_number": pa.array(frame["instance_number"].tolist(), pa.int32()),
             "z": pa.array(frame["z"].tolist(), pa.float64()),
-            "probability": pa.array(frame["probability"].to_numpy(), pa.float32()),
-            "malignant": pa.array(frame["malignant"].to_numpy()),
+            "probability": pa.array(probability.to_numpy(), pa.float32(), mask=~known),
+            "malignant": pa.array(malignant, pa.bool_(), mask=~known),
+            "voted": pa.array(frame["voted"].to_numpy()),
+            "selector_probability": pa.array(
+                [selector_probabilities.get(u) for u in frame["sop_instance_uid"]], pa.float32()
+            ),
             "image_threshold": [config.image_threshold] * n,
             "model_version": [info.model_version] * n,
             "preprocess_version": [info.preprocess.version] * n,
@@ -413,44 +606,70 @@ def result_rows(
             ),
         }
     )
+    skipped = _skipped_series(series)
     votes = []
-    for study_uid, group in frame.groupby("study_instance_uid", sort=True):
-        n_images = len(group)
-        outcome = vote(
-            group["probability"].to_numpy(), config.image_threshold, config.vote_threshold
-        )
-        phases = {str(p) for p in group["phase"]}
-        too_few = n_images < config.min_images
-        noncontrast_only = phases == {Phase.NONCONTRAST.value}
+    by_study = {uid: group for uid, group in everyone.groupby("study_instance_uid", sort=True)}
+    for selection in sorted(selections, key=lambda s: s.study_instance_uid):
+        group = by_study[selection.study_instance_uid]
+        chosen = group[group["sop_instance_uid"].isin(selection.selected)]
+        p = np.array([probabilities[u] for u in chosen["sop_instance_uid"]], np.float64)
+        n_images = len(chosen)
+        phases = {str(v) for v in chosen["phase"]}
         flags = []
-        if too_few:
+        if 0 < n_images < config.min_images:
             flags.append("too_few_images")
+        noncontrast_only = phases == {Phase.NONCONTRAST.value}
         if noncontrast_only:
             flags.append("noncontrast_only")
         if Phase.UNKNOWN.value in phases:
             flags.append("unknown_phase")
-        if group["manufacturer"].nunique() > 1:
+        if chosen["manufacturer"].nunique() > 1:
             flags.append("mixed_scanners")
+        if n_images:
+            outcome = vote(p, config.image_threshold, config.vote_threshold)
+            status, decided = StudyStatus.VOTED.value, outcome.vote.value
+            n_malignant, fraction = outcome.n_malignant, outcome.fraction_malignant
+            mean: float | None = float(p.mean())
+        else:
+            status, decided, n_malignant, fraction, mean = (
+                StudyStatus.NO_MASS_FOUND.value,
+                None,
+                0,
+                None,
+                None,
+            )
         labels = {str(v) for v in group["label"] if v is not None and str(v) not in ("", "nan")}
+        source = selection.source
         votes.append(
             {
                 "patient_key": patient_key[group["patient_id"].iloc[0]],
-                "study_key": study_key[study_uid],
+                "study_key": study_key[selection.study_instance_uid],
                 "key_id": kid,
                 "study_year_month": _year_month(group["study_date"].iloc[0]),
                 "cohort": str(group["cohort"].iloc[0]),
-                "manufacturer": _joined(group["manufacturer"]),
-                "phases": _joined(group["phase"]),
-                "n_series": int(group["series_instance_uid"].nunique()),
+                "manufacturer": _joined(chosen["manufacturer"]),
+                "phases": _joined(chosen["phase"]),
+                "n_series": len(selection.series_used),
                 "n_images": n_images,
-                "n_malignant": outcome.n_malignant,
-                "fraction_malignant": outcome.fraction_malignant,
-                "vote": outcome.vote.value,
+                "n_malignant": n_malignant,
+                "fraction_malignant": fraction,
+                "status": status,
+                "vote": decided,
                 "vote_threshold": config.vote_threshold,
                 "image_threshold": config.image_threshold,
-                "mean_probability": float(group["probability"].mean()),
+                "mean_probability": mean,
+                "slices_in_study": selection.slices_in_study,
+                "selection_source": source.value if source else None,
+                "selector_version": selector.model_version
+                if selector and source is SelectionSource.SELECTOR
+                else None,
+                "selector_threshold": selector.threshold
+                if selector and source is SelectionSource.SELECTOR
+                else None,
+                "series_used": ",".join(sorted(series_key[u] for u in selection.series_used)),
+                "series_skipped": skipped.get(selection.study_instance_uid, ""),
                 "reference_label": labels.pop() if len(labels) == 1 else None,
-                "qc_too_few_images": too_few,
+                "qc_too_few_images": "too_few_images" in flags,
                 "qc_noncontrast_only": noncontrast_only,
                 "qc_flags": ",".join(flags),
                 "model_version": info.model_version,
@@ -461,39 +680,174 @@ def result_rows(
                 "archive_uri": archive_uri,
             }
         )
-    vote_rows = pa.Table.from_pylist(votes, schema=PATIENT_VOTES_SCHEMA)
+    vote_rows = pa.Table.from_pylist(votes, schema=STUDY_VOTES_SCHEMA)
     return slice_rows, vote_rows
+
+
+def _every_slice(frame: pd.DataFrame) -> list[StudySelection]:
+    from renalflow.tasks.selection import StudySelection
+
+    return [
+        StudySelection(
+            study_instance_uid=str(uid),
+            slices_in_study=len(group),
+            series_used=tuple(sorted(set(group["series_instance_uid"]))),
+            source=SelectionSource.ALL,
+            selected=frozenset(group["sop_instance_uid"]),
+        )
+        for uid, group in frame.groupby("study_instance_uid", sort=True)
+    ]
+
+
+def _skipped_series(series: pd.DataFrame | None) -> dict[str, str]:
+    """Per study: the series not screened, counted by reason (`not_abdominal:2,twin:1`)."""
+    if series is None or series.empty:
+        return {}
+    skipped = series[series["decision"] != "selected"]
+    out: dict[str, str] = {}
+    for study_uid, group in skipped.groupby("study_instance_uid"):
+        counts = Counter(group["decision"])
+        out[str(study_uid)] = ",".join(f"{k}:{v}" for k, v in sorted(counts.items()))
+    return out
+
+
+def patient_rows(
+    results: str,
+    patients: set[str],
+    model_version: str,
+    *,
+    run_id: str,
+    scored_at: datetime | None = None,
+) -> pa.Table:
+    """patient_votes rows of `patients` (patient keys) for one model version, from what R
+    holds: the slices that voted in all their studies (slice_scores) and their study
+    rows. A patient none of whose studies had a selected slice gets `no_mass_found`."""
+    scored_at = scored_at or now_utc()
+    # Filtered by model in the scan, by patient after it: Delta hands strings over as
+    # string_view, which pyarrow's isin cannot compare with a list of strings.
+    same_model = pc.field("model_version") == model_version
+    studies = open_table(results, STUDY_VOTES).to_pyarrow_dataset().to_table(filter=same_model)
+    studies = studies.to_pandas()
+    studies = studies[studies["patient_key"].isin(patients)]
+    images = (
+        open_table(results, SLICE_SCORES)
+        .to_pyarrow_dataset()
+        .to_table(
+            columns=["patient_key", "probability"],
+            filter=same_model & (pc.field("voted") == True),  # noqa: E712 (an expression)
+        )
+        .to_pandas()
+    )
+    images = images[images["patient_key"].isin(patients)]
+    by_patient = {
+        k: g["probability"].to_numpy(np.float64) for k, g in images.groupby("patient_key")
+    }
+    rows = []
+    for patient, group in studies.groupby("patient_key", sort=True):
+        p = by_patient.get(patient, np.zeros(0))
+        image_threshold = float(group["image_threshold"].iloc[-1])
+        vote_threshold = float(group["vote_threshold"].iloc[-1])
+        if len(p):
+            outcome = vote(p, image_threshold, vote_threshold)
+            status, decided = StudyStatus.VOTED.value, outcome.vote.value
+            n_malignant, fraction = outcome.n_malignant, outcome.fraction_malignant
+            mean: float | None = float(p.mean())
+        else:
+            status, decided, n_malignant, fraction, mean = (
+                StudyStatus.NO_MASS_FOUND.value,
+                None,
+                0,
+                None,
+                None,
+            )
+        labels = {str(v) for v in group["reference_label"].dropna()}
+        months = sorted(str(v) for v in group["study_year_month"].dropna())
+        rows.append(
+            {
+                "patient_key": patient,
+                "key_id": str(group["key_id"].iloc[0]),
+                "n_studies": len(group),
+                "n_images": len(p),
+                "n_malignant": n_malignant,
+                "fraction_malignant": fraction,
+                "status": status,
+                "vote": decided,
+                "vote_threshold": vote_threshold,
+                "image_threshold": image_threshold,
+                "mean_probability": mean,
+                "selection_sources": _joined(group["selection_source"]),
+                "first_study_year_month": months[0] if months else None,
+                "last_study_year_month": months[-1] if months else None,
+                "reference_label": labels.pop() if len(labels) == 1 else None,
+                "model_version": model_version,
+                "model_profile": group["model_profile"].iloc[-1],
+                "preprocess_version": str(group["preprocess_version"].iloc[-1]),
+                "scored_at": scored_at,
+                "flow_run_id": run_id,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=PATIENT_VOTES_SCHEMA)
 
 
 def write_results(
     results: str, slice_rows: pa.Table, vote_rows: pa.Table, run_id: str
 ) -> dict[str, int]:
-    """Merge a run's rows into R: image scores first, then votes, so a vote in R always
-    has its image scores. A study whose image count changed gets its vote replaced.
+    """Merge a run's rows into R: image scores first, then study votes, then the votes
+    of the patients those studies belong to (over all their studies in R), so a vote in
+    R always has its image scores. A study whose slice count changed gets its vote
+    replaced, and its patient's vote with it.
 
-    Returns the slice_scores rows inserted and the patient_votes rows inserted and updated.
+    Returns the rows inserted and updated per table.
     """
     scores = merge_rows(results, SLICE_SCORES, slice_rows, run_id=run_id)
-    votes = merge_rows(
+    studies = merge_rows(
         results,
-        PATIENT_VOTES,
+        STUDY_VOTES,
         vote_rows,
-        replace_when="t.n_images <> s.n_images",
+        replace_when="t.slices_in_study <> s.slices_in_study",
         run_id=run_id,
     )
+    patients_inserted = patients_updated = 0
+    if vote_rows.num_rows:
+        by_model: dict[str, set[str]] = {}
+        for patient, model in zip(
+            vote_rows.column("patient_key").to_pylist(),
+            vote_rows.column("model_version").to_pylist(),
+            strict=True,
+        ):
+            by_model.setdefault(str(model), set()).add(str(patient))
+        for model, patients in by_model.items():
+            merged = merge_rows(
+                results,
+                PATIENT_VOTES,
+                patient_rows(results, patients, model, run_id=run_id),
+                replace_when="t.n_images <> s.n_images OR t.n_studies <> s.n_studies",
+                run_id=run_id,
+            )
+            patients_inserted += merged["inserted"]
+            patients_updated += merged["updated"]
     return {
         "slice_rows_inserted": scores["inserted"],
-        "vote_rows_inserted": votes["inserted"],
-        "vote_rows_updated": votes["updated"],
+        "vote_rows_inserted": studies["inserted"],
+        "vote_rows_updated": studies["updated"],
+        "patient_rows_inserted": patients_inserted,
+        "patient_rows_updated": patients_updated,
     }
 
 
 def tally_votes(vote_rows: pa.Table) -> tuple[dict[str, int], dict[str, int]]:
-    """How many studies of `vote_rows` got each vote, and each QC flag."""
-    votes = Counter(vote_rows.column("vote").to_pylist())
+    """How many studies of `vote_rows` got each vote (or `no_mass_found`), and each QC flag."""
+    outcomes = Counter(
+        vote if status == StudyStatus.VOTED.value else status
+        for vote, status in zip(
+            vote_rows.column("vote").to_pylist(),
+            vote_rows.column("status").to_pylist(),
+            strict=True,
+        )
+    )
     flags = Counter(
         flag
         for text in vote_rows.column("qc_flags").to_pylist()
         for flag in filter(None, text.split(","))
     )
-    return dict(sorted(votes.items())), dict(flags)
+    return dict(sorted(outcomes.items())), dict(flags)

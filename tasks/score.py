@@ -8,6 +8,7 @@ workers (tasks.inference), then build and write R's rows (tasks.results).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,8 +16,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from renalflow.tasks.config import IMAGE_THRESHOLD, MIN_IMAGES, VOTE_THRESHOLD
+from renalflow.tasks.config import IMAGE_THRESHOLD, MIN_IMAGES, VOTE_THRESHOLD, SeriesRule
 from renalflow.tasks.pseudonym import pseudonym
+from renalflow.tasks.selection import (
+    SeriesDecision,
+    StudySelection,
+    annotated,
+    check_selection_possible,
+    select_series,
+)
 from renalflow.tasks.vote import check_thresholds, deciding_slices, vote
 
 
@@ -33,6 +41,10 @@ class ScoreConfig:
         batch_size: images per inference batch.
         explain: also write heat maps of the slices that decided each vote.
         explain_per_side: that many most confident slices on each side of the vote.
+        all_slices: vote over every slice of a study's screened series when nothing else
+            (annotations, a slice selector) says which show the mass: right for curated
+            archives of lesion slices (the paper's), wrong for whole studies.
+        series_rule: which series are screened (tasks/selection.py).
     """
 
     image_threshold: float = IMAGE_THRESHOLD
@@ -41,6 +53,8 @@ class ScoreConfig:
     batch_size: int = 64
     explain: bool = False
     explain_per_side: int = 3
+    all_slices: bool = False
+    series_rule: SeriesRule = field(default_factory=SeriesRule)
 
     def __post_init__(self) -> None:
         check_thresholds(self.image_threshold, self.vote_threshold)
@@ -81,6 +95,42 @@ def plan_scoring(inventory_table: pa.Table, scored: dict[str, int], key: bytes) 
             done += 1
     chosen = frame[frame["study_instance_uid"].isin(todo)].reset_index(drop=True)
     return ScoringPlan(len(counts), done, rescored, chosen)
+
+
+@dataclass
+class SelectionPlan:
+    """What the classifier sees: `direct` slices go to it as they are (annotated lesion
+    slices, or every slice with all_slices); `screened` slices go through the slice
+    selector first (studies without annotations, when a selector is given)."""
+
+    series: pd.DataFrame  # tasks.selection.select_series' decisions
+    direct: pd.DataFrame
+    screened: pd.DataFrame
+
+
+def plan_selection(slices: pd.DataFrame, config: ScoreConfig, *, selector: bool) -> SelectionPlan:
+    """Series selection, then which slices go to the models; refuses (InputError) when
+    nothing can decide which slices of some study vote."""
+    check_selection_possible(slices, selector=selector, all_slices=config.all_slices)
+    series = select_series(slices, config.series_rule)
+    chosen = set(
+        series.loc[series["decision"] == SeriesDecision.SELECTED.value, "series_instance_uid"]
+    )
+    usable = slices[slices["series_instance_uid"].isin(chosen)]
+    covered = annotated(slices)
+    with_truth = usable["study_instance_uid"].map(covered).fillna(False).astype(bool)
+    lesion = (
+        usable["lesion"].fillna(False).astype(bool)
+        if "lesion" in usable
+        else pd.Series(False, index=usable.index)
+    )
+    direct = usable[with_truth & lesion]
+    rest = usable[~with_truth]
+    if selector:
+        return SelectionPlan(series, direct.reset_index(drop=True), rest.reset_index(drop=True))
+    if config.all_slices:
+        direct = pd.concat([direct, rest])
+    return SelectionPlan(series, direct.reset_index(drop=True), rest.iloc[:0])
 
 
 def score_batches(slices: pd.DataFrame, target_images: int) -> list[pd.DataFrame]:
@@ -159,12 +209,25 @@ class ScoreSummary:
     key_id: str = ""
     heatmaps: int = 0
     heatmap_dir: str = ""
+    slices_in_studies: int = 0
+    slices_selected: int = 0
+    selection_sources: dict[str, int] = field(default_factory=dict)
+    series_skipped: dict[str, int] = field(default_factory=dict)
+    patient_rows_written: int = 0
 
     def add_plan(self, plan: ScoringPlan) -> None:
         self.studies_in_archive = plan.studies_in_archive
         self.already_scored = plan.already_scored
         self.rescored = plan.rescored
         self.studies_scored = plan.studies
+
+    def add_selection(self, selections: list[StudySelection], series: pd.DataFrame) -> None:
+        self.slices_in_studies = sum(s.slices_in_study for s in selections)
+        self.slices_selected = sum(s.slices_selected for s in selections)
+        sources = Counter(s.source.value for s in selections if s.source is not None)
+        self.selection_sources = dict(sorted(sources.items()))
+        skipped = series.loc[series["decision"] != SeriesDecision.SELECTED.value, "decision"]
+        self.series_skipped = dict(sorted(Counter(str(d) for d in skipped).items()))
 
 
 def batch_parts(batch: pd.DataFrame) -> dict[str, list[str]]:
@@ -201,14 +264,23 @@ def format_summary(summary: ScoreSummary) -> str:
         + (f"  ({summary.rescored} rescored: images added)" if summary.rescored else ""),
         f"  images scored      {summary.images_scored:>8,}",
     ]
+    if summary.slices_in_studies:
+        sources = ", ".join(f"{k} {v}" for k, v in summary.selection_sources.items())
+        lines.append(
+            f"  slices selected    {summary.slices_selected:>8,}  of "
+            f"{summary.slices_in_studies:,} in the studies (by {sources or 'nothing'})"
+        )
+    for decision, count in summary.series_skipped.items():
+        lines.append(f"    series skipped {decision:<10} {count:>5,}")
     for decided, count in summary.votes.items():
         lines.append(f"    vote {decided:<13} {count:>8,}")
     for flag, count in sorted(summary.qc_flagged.items()):
         lines.append(f"    QC {flag:<15} {count:>8,}")
     lines.append(
         f"  rows written       {summary.slice_rows_inserted:,} slice_scores, "
-        f"{summary.vote_rows_inserted:,} patient_votes"
+        f"{summary.vote_rows_inserted:,} study_votes"
         + (f" ({summary.vote_rows_updated} updated)" if summary.vote_rows_updated else "")
+        + f", {summary.patient_rows_written:,} patient_votes"
     )
     if summary.heatmaps:
         lines.append(f"  heat maps          {summary.heatmaps:>8,}  in {summary.heatmap_dir}")

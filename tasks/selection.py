@@ -6,9 +6,10 @@ paper) on slices through the renal mass only, so a vote means something only ove
 such slices. Selection runs in two steps, both on metadata the store already holds:
 
 1. Series: abdominal axial original CT only (`SeriesRule` in tasks/config.py says how
-   a series is judged, with its words), long enough to hold a vote, and one series per
+   a series is judged, with its words), and one series per
    acquisition: of two reconstructions (same FrameOfReferenceUID and phase, overlapping
-   z range), the one whose slice thickness is nearest the paper's 1.5-5 mm is kept.
+   z range), the one whose slice thickness is nearest the paper's 1.5-5 mm is kept;
+   never a series whose slices all lie at one level (bolus tracking, monitoring).
 2. Slices: lesion annotations where the study has them, else a slice selector's
    decisions, else (only when asked for) every slice of the selected series.
 
@@ -33,7 +34,8 @@ class SeriesDecision(StrEnum):
 
     SELECTED = "selected"
     NOT_ABDOMINAL = "not_abdominal"  # its body part or description names another region
-    TOO_SHORT = "too_short"  # z extent below the rule's minimum (monitoring, a few slices)
+    ONE_LEVEL = "one_level"  # every slice at one z: bolus tracking, monitoring, dynamic
+    TOO_SHORT = "too_short"  # z extent below the rule's minimum
     TWIN = "twin"  # another reconstruction of the same acquisition is screened instead
 
 
@@ -186,6 +188,12 @@ def select_series(slices: pd.DataFrame, rule: SeriesRule | None = None) -> pd.Da
         if not region.abdominal:
             decisions.append(SeriesDecision.NOT_ABDOMINAL.value)
             reasons.append(f"{region.reason}: not an abdominal series")
+        elif row["slices"] > 1 and extent == 0:
+            decisions.append(SeriesDecision.ONE_LEVEL.value)
+            reasons.append(
+                f"{row['slices']} slices all at one level: a bolus-tracking, monitoring or "
+                "dynamic series, not a scan through the body"
+            )
         elif extent < rule.min_z_extent_mm:
             decisions.append(SeriesDecision.TOO_SHORT.value)
             reasons.append(

@@ -8,7 +8,7 @@ from typing import Any
 from renalflow.tasks.report.plots import votes_plot
 from renalflow.tasks.report.render import render
 
-# Section title -> the patient_votes column (or expression) the votes are grouped by.
+# Section title -> the study_votes column (or expression) the votes are grouped by.
 QUESTIONS = {
     "Votes by study year": "study_year_month[1:4]",
     "Votes by scanner vendor": "manufacturer",
@@ -25,7 +25,7 @@ def cohort_report(results: str, out_dir: Path, as_of: Any = None) -> Path:
     versions = run_query(
         results,
         "select model_version, any_value(model_profile) as profile, count(*) as studies "
-        "from patient_votes group by 1 order by 1",
+        "from study_votes group by 1 order by 1",
         as_of,
     ).to_pylist()
     sections = []
@@ -35,7 +35,7 @@ def cohort_report(results: str, out_dir: Path, as_of: Any = None) -> Path:
             f"select {column} as grp, model_version, "
             "count(*) filter (where vote = 'benign') as benign, "
             "count(*) filter (where vote = 'malignant') as malignant "
-            "from patient_votes group by all order by grp, model_version",
+            "from study_votes group by all order by grp, model_version",
             as_of,
         ).to_pandas()
         sections.append(
@@ -56,7 +56,7 @@ def cohort_report(results: str, out_dir: Path, as_of: Any = None) -> Path:
         )
     flags = run_query(
         results,
-        "select qc_flags, count(*) as studies from patient_votes where qc_flags <> '' "
+        "select qc_flags, count(*) as studies from study_votes where qc_flags <> '' "
         "group by 1 order by 2 desc",
         as_of,
     ).to_pylist()

@@ -12,6 +12,7 @@ from renalflow.tasks.model import profile_config
 from renalflow.tasks.pseudonym import KEY_ENV
 from renalflow.tasks.query import run_query
 from renalflow.tasks.results import history
+from renalflow.tasks.score import ScoreConfig
 from renalflow.tasks.split import SplitConfig
 from renalflow.tasks.synth import SynthConfig, synthesize_archive
 from renalflow.tasks.train import train_model
@@ -46,23 +47,24 @@ def test_ingest_train_score_and_query_on_s3(s3, tmp_path: Path, monkeypatch):
             store, model, profile_config("cpu-demo", input_size=64, epochs=1), SplitConfig()
         )
         assert trained.model_version
+        curated = ScoreConfig(all_slices=True)  # lesion slices only, as in the paper
         first = score_flow.with_options(task_runner=runner)(
-            archive=archive, model_dir=str(model), results=results, store=store
+            archive=archive, model_dir=str(model), results=results, store=store, config=curated
         )
         assert first.studies_scored == 6 and first.files_new == 0
         again = score_flow.with_options(task_runner=runner)(
-            archive=archive, model_dir=str(model), results=results, store=store
+            archive=archive, model_dir=str(model), results=results, store=store, config=curated
         )
         assert again.studies_scored == 0 and again.already_scored == 6
-    assert s3.exists("research/renalflow/results/patient_votes/_delta_log")
-    votes = run_query(results, "select count(*) n, count(distinct study_key) k from patient_votes")
+    assert s3.exists("research/renalflow/results/study_votes/_delta_log")
+    votes = run_query(results, "select count(*) n, count(distinct study_key) k from study_votes")
     assert votes.to_pylist() == [{"n": 6, "k": 6}]
     versions = [h["version"] for h in history(results)]
     assert versions == [1, 0], "the rerun must not commit"
-    pinned = run_query(results, "select count(*) from patient_votes", 0).column(0)[0].as_py()
+    pinned = run_query(results, "select count(*) from study_votes", 0).column(0)[0].as_py()
     assert pinned == 0
     labelled = run_query(
-        results, "select count(*) from patient_votes where reference_label is not null"
+        results, "select count(*) from study_votes where reference_label is not null"
     ).column(0)[0]
     assert labelled.as_py() == 6
 

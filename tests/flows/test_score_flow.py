@@ -19,7 +19,8 @@ from renalflow.tasks.config import PreprocessConfig
 from renalflow.tasks.model import profile_config
 from renalflow.tasks.pseudonym import KEY_ENV
 from renalflow.tasks.query import run_query
-from renalflow.tasks.results import PATIENT_VOTES, history
+from renalflow.tasks.results import STUDY_VOTES, history
+from renalflow.tasks.score import ScoreConfig
 from renalflow.tasks.split import SplitConfig
 from renalflow.tasks.synth import SynthConfig, synthesize_archive
 from renalflow.tasks.train import train_model
@@ -63,12 +64,17 @@ def key(monkeypatch):
     return KEY
 
 
+# The synthetic archives here hold curated slices through the mass (the paper's images).
+CURATED = ScoreConfig(all_slices=True)
+
+
 def score(cluster, trained, results: str, archive: str | None = None, model: str | None = None):
     return score_flow.with_options(task_runner=runner(cluster))(
         archive=archive or trained["archive"],
         model_dir=model or trained["model"],
         results=results,
         store=trained["store"],
+        config=CURATED,
     )
 
 
@@ -95,7 +101,7 @@ def identifiers(archive: str) -> set[str]:
 
 def all_values(results: str) -> set[str]:
     values: set[str] = set()
-    for table in ("patient_votes", "slice_scores"):
+    for table in ("study_votes", "patient_votes", "slice_scores"):
         for column in run_query(results, f"select * from {table}").columns:
             values |= {str(v) for v in column.to_pylist() if v is not None}
     return values
@@ -112,14 +118,14 @@ def test_scoring_twice_writes_one_row_per_study_and_no_identifiers(
     again = score(dask_cluster, trained, results)
     assert again.already_scored == 6 and again.studies_scored == 0 and again.files_new == 0
     assert history(results)[0]["version"] == version, "a rerun must not even commit"
-    rows = run_query(results, "select count(*), count(distinct study_key) from patient_votes")
+    rows = run_query(results, "select count(*), count(distinct study_key) from study_votes")
     assert rows.to_pylist() == [{"count_star()": 6, "count(DISTINCT study_key)": 6}]
     # Votes agree with their image scores.
     check = run_query(
         results,
         """select study_key, v.n_images, count(*) as n, sum(s.malignant::int) as m,
                   v.n_malignant
-           from patient_votes v join slice_scores s using (study_key, model_version)
+           from study_votes v join slice_scores s using (study_key, model_version)
            group by all""",
     ).to_pylist()
     assert all(r["n"] == r["n_images"] and r["m"] == r["n_malignant"] for r in check)
@@ -144,7 +150,7 @@ def test_new_studies_are_the_only_work_of_the_next_night(dask_cluster, trained, 
     night = score(dask_cluster, trained, results, archive=str(archive))
     assert night.already_scored == 6 and night.studies_scored == 2 and night.vote_rows_inserted == 2
     assert night.images_scored == night.files_new
-    total = run_query(results, "select count(*) from patient_votes").column(0)[0].as_py()
+    total = run_query(results, "select count(*) from study_votes").column(0)[0].as_py()
     assert total == 8
 
 
@@ -157,7 +163,7 @@ def test_a_new_model_version_adds_its_own_rows(dask_cluster, trained, key, tmp_p
     second = score(dask_cluster, trained, results, model=str(other))
     assert second.studies_scored == 6 and second.already_scored == 0
     per_model = run_query(
-        results, "select model_version, count(*) n from patient_votes group by 1 order by 1"
+        results, "select model_version, count(*) n from study_votes group by 1 order by 1"
     ).to_pylist()
     assert [r["n"] for r in per_model] == [6, 6]
 
@@ -202,7 +208,7 @@ def test_killed_run_leaves_the_table_as_it_was_and_a_rerun_completes(
     shutil.copytree(tmp_path / "new" / "archive", archive / "late")
     env = {**os.environ, KEY_ENV: KEY}
     args = ["score", str(archive), "--model-dir", trained["model"], "--results", results]
-    args += ["--store", trained["store"], "--workers", "1"]
+    args += ["--store", trained["store"], "--workers", "1", "--all-slices"]
     proc = cli(*args, env=env, start_new_session=True)
     assert proc.stdout is not None
     deadline = time.monotonic() + 240
@@ -213,12 +219,12 @@ def test_killed_run_leaves_the_table_as_it_was_and_a_rerun_completes(
     proc.wait(30)
     after = history(results)[0]["version"]
     # Each commit is atomic: either nothing of the killed run is visible, or all of it.
-    n = run_query(results, "select count(*) from patient_votes").column(0)[0].as_py()
+    n = run_query(results, "select count(*) from study_votes").column(0)[0].as_py()
     assert (after == before and n == 6) or n == 9
     rerun = score(dask_cluster, trained, results, archive=str(archive))
     assert rerun.already_scored + rerun.studies_scored == 9
     rows = run_query(
-        results, "select count(*) n, count(distinct study_key) k from patient_votes"
+        results, "select count(*) n, count(distinct study_key) k from study_votes"
     ).to_pylist()
     assert rows == [{"n": 9, "k": 9}]
     images = run_query(
@@ -233,19 +239,19 @@ def test_two_runs_at_the_same_time_neither_corrupt_nor_duplicate(trained, tmp_pa
     results, store = str(tmp_path / "R"), str(tmp_path / "S")
     env = {**os.environ, KEY_ENV: KEY}
     args = ["score", str(archive), "--model-dir", trained["model"], "--results", results]
-    args += ["--store", store, "--workers", "1"]
+    args += ["--store", store, "--workers", "1", "--all-slices"]
     procs = [cli(*args, env=env) for _ in range(2)]
     outputs = [p.communicate(timeout=400)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     votes = run_query(
-        results, "select count(*) n, count(distinct study_key) k from patient_votes"
+        results, "select count(*) n, count(distinct study_key) k from study_votes"
     ).to_pylist()
     assert votes == [{"n": 6, "k": 6}]
     images = run_query(
         results, "select count(*) n, count(distinct image_key) k from slice_scores"
     ).to_pylist()[0]
     assert images["n"] == images["k"] > 0
-    assert PATIENT_VOTES in os.listdir(results)
+    assert STUDY_VOTES in os.listdir(results)
 
 
 def test_serve_registers_a_nightly_deployment_that_runs(trained, tmp_path, prefect_api):
@@ -256,7 +262,7 @@ def test_serve_registers_a_nightly_deployment_that_runs(trained, tmp_path, prefe
     env = {**os.environ, KEY_ENV: KEY, "PREFECT_API_URL": prefect_api}
     args = ["serve", trained["archive"], "--model-dir", trained["model"]]
     args += ["--results", results, "--store", trained["store"], "--workers", "1"]
-    args += ["--timezone", "Europe/Copenhagen"]
+    args += ["--timezone", "Europe/Copenhagen", "--all-slices"]
     proc = cli(*args, env=env, start_new_session=True)
     try:
         wanted = {
@@ -282,12 +288,13 @@ def test_serve_registers_a_nightly_deployment_that_runs(trained, tmp_path, prefe
             assert params["archive"] == trained["archive"]
             assert params["results"] == results
             assert params["workers"] == 1
+            assert params["all_slices"] is True  # the screening options reach the schedule
             schema = deployment.parameter_openapi_schema
             assert "min_images" in schema["definitions"]["ScoreParams"]["properties"]
         # Trigger the nightly job now, as an operator would from the UI, and wait for it.
         run = run_deployment("renalflow-score/nightly", timeout=300)
         assert run.state is not None and run.state.is_completed(), run.state
-        n = run_query(results, "select count(*) from patient_votes").column(0)[0].as_py()
+        n = run_query(results, "select count(*) from study_votes").column(0)[0].as_py()
         assert n == 6
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -315,15 +322,13 @@ def test_key_from_a_prefect_secret_block(prefect_api, monkeypatch):
 def test_explain_writes_heat_maps_of_the_deciding_slices(dask_cluster, trained, key, tmp_path):
     from PIL import Image
 
-    from renalflow.tasks.score import ScoreConfig
-
     results = str(tmp_path / "R")
     summary = score_flow.with_options(task_runner=runner(dask_cluster))(
         archive=trained["archive"],
         model_dir=trained["model"],
         results=results,
         store=trained["store"],
-        config=ScoreConfig(explain=True, explain_per_side=2),
+        config=ScoreConfig(explain=True, explain_per_side=2, all_slices=True),
     )
     assert 6 <= summary.heatmaps <= 6 * 4 and summary.heatmap_dir == results + ".heatmaps"
     linked = run_query(
@@ -411,7 +416,7 @@ def test_the_web_page_shows_the_vote_the_batch_scorer_gives(
     patient, paths = sorted(files.items())[0]
     batch = run_query(
         results,
-        f"select vote, n_images, n_malignant from patient_votes "
+        f"select vote, n_images, n_malignant from study_votes "
         f"where patient_key = '{pseudonym(KEY.encode(), patient)}'",
     ).to_pylist()
     assert len(batch) == 1

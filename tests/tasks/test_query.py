@@ -6,7 +6,7 @@ import pytest
 
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.query import run_query
-from renalflow.tasks.results import PATIENT_VOTES, ensure_tables, merge_rows
+from renalflow.tasks.results import STUDY_VOTES, ensure_tables, merge_rows
 from tests.tasks.test_results import vote_rows
 
 
@@ -14,13 +14,13 @@ from tests.tasks.test_results import vote_rows
 def results(tmp_path) -> str:
     uri = str(tmp_path / "R")
     ensure_tables(uri)
-    merge_rows(uri, PATIENT_VOTES, vote_rows(["s1", "s2"]))
+    merge_rows(uri, STUDY_VOTES, vote_rows(["s1", "s2"]))
     return uri
 
 
 def test_a_select_and_a_with_select_read_the_votes(results):
-    assert run_query(results, "select count(*) from patient_votes").column(0)[0].as_py() == 2
-    sql = "with v as (select vote from patient_votes) select count(*) from v"
+    assert run_query(results, "select count(*) from study_votes").column(0)[0].as_py() == 2
+    sql = "with v as (select vote from study_votes) select count(*) from v"
     assert run_query(results, sql).column(0)[0].as_py() == 2
 
 
@@ -48,5 +48,5 @@ def test_anything_but_a_select_over_the_tables_is_refused(results, sql, reason, 
 def test_nothing_is_written_by_a_refused_copy(results, tmp_path):
     target = tmp_path / "leak.csv"
     with pytest.raises(InputError):
-        run_query(results, f"copy (select * from patient_votes) to '{target}'")
+        run_query(results, f"copy (select * from study_votes) to '{target}'")
     assert not target.exists()

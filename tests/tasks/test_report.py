@@ -11,8 +11,8 @@ import pytest
 
 from renalflow.tasks.report import cohort_report, percent, render, write_html
 from renalflow.tasks.results import (
-    PATIENT_VOTES,
-    PATIENT_VOTES_SCHEMA,
+    STUDY_VOTES,
+    STUDY_VOTES_SCHEMA,
     ensure_tables,
     merge_rows,
 )
@@ -127,7 +127,7 @@ def test_cohort_report_escapes_what_the_results_table_holds(tmp_path):
     for row in hostile:
         row.update(manufacturer=f"ACME {HOSTILE}", phases=HOSTILE, qc_flags=HOSTILE)
         row.update(model_version=f"m{HOSTILE}", model_profile=HOSTILE)
-    merge_rows(results, PATIENT_VOTES, pa.Table.from_pylist(hostile, schema=PATIENT_VOTES_SCHEMA))
+    merge_rows(results, STUDY_VOTES, pa.Table.from_pylist(hostile, schema=STUDY_VOTES_SCHEMA))
     page = cohort_report(results, tmp_path / "out").read_text()
     assert "<script>" not in page
     assert f"<td>ACME {ESCAPED}</td>" in page and f"<td>{ESCAPED}</td><td>1</td>" in page

@@ -10,17 +10,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from renalflow.tasks.config import SelectionSource
 from renalflow.tasks.errors import InputError, StoreError
 from renalflow.tasks.pseudonym import pseudonym
 from renalflow.tasks.query import format_result, run_query
 from renalflow.tasks.results import (
     FORBIDDEN_COLUMNS,
     PATIENT_VOTES,
-    PATIENT_VOTES_SCHEMA,
     SLICE_SCORES,
+    SLICE_SCORES_SCHEMA,
+    STUDY_VOTES,
+    STUDY_VOTES_SCHEMA,
+    SelectorUsed,
     ensure_tables,
     history,
     merge_rows,
+    migrate_results,
     open_table,
     parse_as_of,
     result_rows,
@@ -29,6 +34,7 @@ from renalflow.tasks.results import (
     write_results,
 )
 from renalflow.tasks.score import ScoreConfig
+from renalflow.tasks.selection import StudySelection
 from tests.tasks.test_score import INFO, KEY, inventory
 
 
@@ -47,10 +53,17 @@ def vote_rows(studies: list[str], model: str = "m1", n_images: int = 12) -> pa.T
             "n_images": n_images,
             "n_malignant": 9,
             "fraction_malignant": 0.75,
+            "status": "voted",
             "vote": "malignant",
             "vote_threshold": 0.51,
             "image_threshold": 0.5,
             "mean_probability": 0.7,
+            "slices_in_study": n_images,
+            "selection_source": "all",
+            "selector_version": None,
+            "selector_threshold": None,
+            "series_used": "",
+            "series_skipped": "",
             "reference_label": None,
             "qc_too_few_images": False,
             "qc_noncontrast_only": False,
@@ -64,7 +77,7 @@ def vote_rows(studies: list[str], model: str = "m1", n_images: int = 12) -> pa.T
         }
         for s in studies
     ]
-    return pa.Table.from_pylist(rows, schema=PATIENT_VOTES_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=STUDY_VOTES_SCHEMA)
 
 
 @pytest.fixture
@@ -74,25 +87,25 @@ def results(tmp_path) -> str:
     return uri
 
 
-def count(results: str, sql: str = "select count(*) from patient_votes") -> int:
+def count(results: str, sql: str = "select count(*) from study_votes") -> int:
     return int(run_query(results, sql).column(0)[0].as_py())
 
 
 def test_merge_is_idempotent_and_model_versions_keep_their_own_rows(results):
-    assert merge_rows(results, PATIENT_VOTES, vote_rows(["a", "b"]))["inserted"] == 2
-    assert merge_rows(results, PATIENT_VOTES, vote_rows(["a", "b"]))["inserted"] == 0
-    assert merge_rows(results, PATIENT_VOTES, vote_rows(["b", "c"]))["inserted"] == 1
-    assert merge_rows(results, PATIENT_VOTES, vote_rows(["a"], model="m2"))["inserted"] == 1
+    assert merge_rows(results, STUDY_VOTES, vote_rows(["a", "b"]))["inserted"] == 2
+    assert merge_rows(results, STUDY_VOTES, vote_rows(["a", "b"]))["inserted"] == 0
+    assert merge_rows(results, STUDY_VOTES, vote_rows(["b", "c"]))["inserted"] == 1
+    assert merge_rows(results, STUDY_VOTES, vote_rows(["a"], model="m2"))["inserted"] == 1
     assert count(results) == 4
     assert scored_studies(results, "m1") == {"a": 12, "b": 12, "c": 12}
     assert scored_studies(results, "m2") == {"a": 12}
 
 
 def test_a_study_with_more_images_replaces_its_vote(results):
-    merge_rows(results, PATIENT_VOTES, vote_rows(["a"]))
+    merge_rows(results, STUDY_VOTES, vote_rows(["a"]))
     written = merge_rows(
         results,
-        PATIENT_VOTES,
+        STUDY_VOTES,
         vote_rows(["a"], n_images=20),
         replace_when="t.n_images <> s.n_images",
     )
@@ -103,7 +116,7 @@ def test_a_study_with_more_images_replaces_its_vote(results):
 def test_identifier_columns_are_refused(results):
     rows = vote_rows(["a"]).append_column("patient_id", pa.array(["PAT00001"]))
     with pytest.raises(InputError, match="identifier"):
-        merge_rows(results, PATIENT_VOTES, rows)
+        merge_rows(results, STUDY_VOTES, rows)
     assert count(results) == 0
 
 
@@ -112,7 +125,7 @@ def _merge_in_process(results: str, studies: list[str], start: float) -> None:
 
     while time.time() < start:
         time.sleep(0.001)
-    merge_rows(results, PATIENT_VOTES, vote_rows(studies))
+    merge_rows(results, STUDY_VOTES, vote_rows(studies))
 
 
 def test_concurrent_writers_neither_duplicate_nor_lose_rows(results):
@@ -128,41 +141,38 @@ def test_concurrent_writers_neither_duplicate_nor_lose_rows(results):
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    keys = run_query(results, "select study_key from patient_votes order by 1").column(0)
+    keys = run_query(results, "select study_key from study_votes order by 1").column(0)
     assert keys.to_pylist() == ["a", "b", "c", "d", "e", "f"]
 
 
 def test_as_of_reads_an_earlier_version_by_number_and_by_time(results):
-    merge_rows(results, PATIENT_VOTES, vote_rows(["a"]))
+    merge_rows(results, STUDY_VOTES, vote_rows(["a"]))
     first = datetime.now(UTC)
     import time
 
     time.sleep(1.1)
-    merge_rows(results, PATIENT_VOTES, vote_rows(["b", "c"]))
+    merge_rows(results, STUDY_VOTES, vote_rows(["b", "c"]))
     versions = [h["version"] for h in history(results)]
     assert versions == [2, 1, 0]
     assert count(results) == 3
+    assert int(run_query(results, "select count(*) from study_votes", 1).column(0)[0].as_py()) == 1
     assert (
-        int(run_query(results, "select count(*) from patient_votes", 1).column(0)[0].as_py()) == 1
-    )
-    assert (
-        int(run_query(results, "select count(*) from patient_votes", first).column(0)[0].as_py())
-        == 1
+        int(run_query(results, "select count(*) from study_votes", first).column(0)[0].as_py()) == 1
     )
     assert parse_as_of("1") == 1
     assert parse_as_of("2026-11-27T02:00:00Z") == datetime(2026, 11, 27, 2, tzinfo=UTC)
     with pytest.raises(InputError, match="version number"):
         parse_as_of("yesterday")
     with pytest.raises(InputError, match="no version"):
-        open_table(results, PATIENT_VOTES, 99)
+        open_table(results, STUDY_VOTES, 99)
     with pytest.raises(InputError):
         run_query(results, "select 1", first - timedelta(days=365))
 
 
 def test_query_formats(results, tmp_path):
-    merge_rows(results, PATIENT_VOTES, vote_rows(["a", "b"]))
+    merge_rows(results, STUDY_VOTES, vote_rows(["a", "b"]))
     table = run_query(
-        results, "select vote, count(*) as n, max(scored_at) as t from patient_votes group by vote"
+        results, "select vote, count(*) as n, max(scored_at) as t from study_votes group by vote"
     )
     text = format_result(table, "table")
     assert "malignant" in text and "(1 row)" in text
@@ -174,16 +184,16 @@ def test_query_formats(results, tmp_path):
     path.write_bytes(format_result(table, "parquet"))  # type: ignore[arg-type]
     assert pq.read_table(path).num_rows == 1
     # Filters on strings and self-joins, as in the README's examples.
-    one = run_query(results, "select count(*) from patient_votes where study_key = 'a'")
+    one = run_query(results, "select count(*) from study_votes where study_key = 'a'")
     assert one.column(0)[0].as_py() == 1
     pairs = run_query(
         results,
-        "select count(*) from patient_votes a join patient_votes b using (study_key) "
+        "select count(*) from study_votes a join study_votes b using (study_key) "
         "where a.model_version = 'm1' and b.model_version = 'm1'",
     )
     assert pairs.column(0)[0].as_py() == 2
     with pytest.raises(InputError, match="query failed"):
-        run_query(results, "select nonsense from patient_votes")
+        run_query(results, "select nonsense from study_votes")
 
 
 def test_reading_a_missing_table_says_how_to_make_one(tmp_path):
@@ -194,8 +204,8 @@ def test_reading_a_missing_table_says_how_to_make_one(tmp_path):
 def test_cohort_report_summarises_votes_by_year_vendor_and_phase(results, tmp_path):
     from renalflow.tasks.report import cohort_report
 
-    merge_rows(results, PATIENT_VOTES, vote_rows(["a", "b"]))
-    merge_rows(results, PATIENT_VOTES, vote_rows(["a"], model="m2"))
+    merge_rows(results, STUDY_VOTES, vote_rows(["a", "b"]))
+    merge_rows(results, STUDY_VOTES, vote_rows(["a"], model="m2"))
     path = cohort_report(results, tmp_path / "cohort")
     page = path.read_text()
     for title in ("Votes by study year", "Votes by scanner vendor", "Votes by phase mix"):
@@ -275,11 +285,122 @@ def test_write_results_writes_scores_then_votes_and_replaces_grown_studies(tmp_p
         "slice_rows_inserted": 20,
         "vote_rows_inserted": 1,
         "vote_rows_updated": 0,
+        "patient_rows_inserted": 1,
+        "patient_rows_updated": 0,
     }
     assert write_results(results, slices, votes, "r2")["vote_rows_inserted"] == 0
     grown = inventory({"1.1": ("PAT1", 25, ["venous"])})
-    probabilities = dict.fromkeys(grown["sop_instance_uid"], 0.1)
+    probabilities = dict.fromkeys(grown["sop_instance_uid"], 0.9)
     slices, votes = result_rows(grown, probabilities, KEY, INFO, ScoreConfig(), "/archive", "r3")
     written = write_results(results, slices, votes, "r3")
-    assert written == {"slice_rows_inserted": 5, "vote_rows_inserted": 0, "vote_rows_updated": 1}
+    assert written == {
+        "slice_rows_inserted": 5,
+        "vote_rows_inserted": 0,
+        "vote_rows_updated": 1,
+        "patient_rows_inserted": 0,
+        "patient_rows_updated": 1,  # the patient's vote now counts 25 images
+    }
     assert scored_studies(results, INFO.model_version) == {pseudonym(KEY, "1.1"): 25}
+    patient = run_query(results, "select n_studies, n_images, vote from patient_votes")
+    assert patient.to_pylist() == [{"n_studies": 1, "n_images": 25, "vote": "malignant"}]
+
+
+# Selection: what voted, study and patient votes, and tables from before study_votes.
+
+
+def _selection(frame, study: str, selected, source=SelectionSource.SELECTOR):
+    group = frame[frame["study_instance_uid"] == study]
+    return StudySelection(
+        study_instance_uid=study,
+        slices_in_study=len(group),
+        series_used=tuple(sorted(set(group["series_instance_uid"]))),
+        source=source,
+        selected=frozenset(selected),
+    )
+
+
+def test_a_patient_votes_over_the_selected_slices_of_all_studies(tmp_path):
+    results = str(tmp_path / "R")
+    ensure_tables(results)
+    frame = inventory({"1.1": ("PAT1", 30, ["venous"]), "1.2": ("PAT1", 20, ["venous"])})
+    first = frame.loc[frame["study_instance_uid"] == "1.1", "sop_instance_uid"].tolist()
+    mass = first[10:20]  # ten slices through the mass, the rest of the study elsewhere
+    probabilities = {uid: (0.9 if i < 6 else 0.2) for i, uid in enumerate(mass)}
+    found = {uid: (0.95 if uid in mass else 0.01) for uid in first}
+    selections = [_selection(frame, "1.1", mass), _selection(frame, "1.2", [])]
+    found.update(
+        dict.fromkeys(frame.loc[frame["study_instance_uid"] == "1.2", "sop_instance_uid"], 0.02)
+    )
+    slices, votes = result_rows(
+        frame,
+        probabilities,
+        KEY,
+        INFO,
+        ScoreConfig(),
+        "/archive",
+        "r1",
+        selections=selections,
+        selector_probabilities=found,
+        selector=SelectorUsed("sel-1", 0.4),
+    )
+    by_study = {r["study_key"]: r for r in votes.to_pylist()}
+    voted, empty = by_study[pseudonym(KEY, "1.1")], by_study[pseudonym(KEY, "1.2")]
+    assert (voted["status"], voted["vote"], voted["n_images"]) == ("voted", "malignant", 10)
+    assert voted["slices_in_study"] == 30 and voted["selection_source"] == "selector"
+    assert (voted["selector_version"], voted["selector_threshold"]) == ("sel-1", 0.4)
+    # No slice selected: no vote, never a benign one.
+    assert (empty["status"], empty["vote"], empty["fraction_malignant"]) == (
+        "no_mass_found",
+        None,
+        None,
+    )
+    assert tally_votes(votes)[0] == {"malignant": 1, "no_mass_found": 1}
+    # Every slice the selector saw has a row; only the selected ones a probability.
+    assert slices.num_rows == 50
+    assert sum(slices.column("voted").to_pylist()) == 10
+    assert slices.column("probability").null_count == 40
+    write_results(results, slices, votes, "r1")
+    patient = run_query(results, "select * from patient_votes").to_pylist()
+    assert len(patient) == 1
+    assert patient[0]["n_studies"] == 2 and patient[0]["n_images"] == 10
+    assert (patient[0]["status"], patient[0]["vote"]) == ("voted", "malignant")
+    assert patient[0]["selection_sources"] == "selector"
+
+
+LEGACY_VOTES = pa.schema(
+    [f for f in STUDY_VOTES_SCHEMA if f.name not in {
+        "status", "slices_in_study", "selection_source", "selector_version",
+        "selector_threshold", "series_used", "series_skipped"}]
+)  # fmt: skip
+LEGACY_SCORES = pa.schema(
+    [f for f in SLICE_SCORES_SCHEMA if f.name not in {"voted", "selector_probability"}]
+)
+
+
+def test_a_results_table_from_before_study_votes_is_refused_then_migrated(tmp_path):
+    """A table written by an earlier renalflow: patient_votes held one vote per study."""
+    from deltalake import write_deltalake
+
+    results = str(tmp_path / "R")
+    frame = inventory({"1.1": ("PAT1", 12, ["venous"]), "1.2": ("PAT1", 12, ["venous"])})
+    probabilities = dict.fromkeys(frame["sop_instance_uid"], 0.8)
+    slices, votes = result_rows(frame, probabilities, KEY, INFO, ScoreConfig(), "/a", "old")
+    write_deltalake(f"{results}/patient_votes", votes.select(LEGACY_VOTES.names).cast(LEGACY_VOTES))
+    write_deltalake(
+        f"{results}/slice_scores", slices.select(LEGACY_SCORES.names).cast(LEGACY_SCORES)
+    )
+
+    for attempt in (lambda: ensure_tables(results), lambda: run_query(results, "select 1")):
+        with pytest.raises(InputError, match="renalflow migrate-results --results"):
+            attempt()
+    migrated = migrate_results(results)
+    assert migrated == {STUDY_VOTES: 2, SLICE_SCORES: 24, PATIENT_VOTES: 1}
+    studies = run_query(results, "select status, selection_source, slices_in_study, vote "
+                        "from study_votes").to_pylist()  # fmt: skip
+    assert studies == [{"status": "voted", "selection_source": "all", "slices_in_study": 12,
+                        "vote": "malignant"}] * 2  # fmt: skip
+    assert [h["version"] for h in history(results)][-1] == 0  # its history came along
+    patient = run_query(results, "select n_studies, n_images, vote from patient_votes")
+    assert patient.to_pylist() == [{"n_studies": 2, "n_images": 24, "vote": "malignant"}]
+    # Scoring carries on: the same rows again add nothing.
+    assert write_results(results, slices, votes, "new")["vote_rows_inserted"] == 0

@@ -92,16 +92,15 @@ def test_pydicoms_head_and_neck_ct_are_not_screened_its_pancreas_ct_is():
         for name in ("J2K_pixelrep_mismatch.dcm", "bad_sequence.dcm", "explicit_VR-UN.dcm")
     ]
     frame = _rows(datasets, PreprocessConfig(max_axial_angle_deg=25))  # a 22-degree tilt
-    # One slice each is a too-short series; widen the rule to judge the region alone.
-    decided = select_series(frame, SeriesRule(min_z_extent_mm=0))
+    decided = select_series(frame)
     by_part = dict(zip(decided["body_part_examined"], decided["decision"], strict=True))
     assert by_part == {
         "HEAD": SeriesDecision.NOT_ABDOMINAL,
         "NECK": SeriesDecision.NOT_ABDOMINAL,
         "PANCREAS": SeriesDecision.SELECTED,
     }
-    # With the default rule a lone slice cannot hold a vote.
-    assert set(select_series(frame)["decision"]) == {
+    # A rule that asks for 20 mm of body refuses a lone slice.
+    assert set(select_series(frame, SeriesRule(min_z_extent_mm=20))["decision"]) == {
         SeriesDecision.NOT_ABDOMINAL,
         SeriesDecision.TOO_SHORT,
     }
@@ -134,11 +133,11 @@ def test_two_phases_of_one_study_are_not_twins():
     assert list(decided["decision"]) == [SeriesDecision.SELECTED] * 2
 
 
-def test_a_monitoring_series_at_one_level_is_too_short():
+def test_a_monitoring_series_at_one_level_is_never_screened():
     study = generate_uid()
     bolus = _series(study, n=15, thickness=0.0, BodyPartExamined="ABDOMEN")  # one z, 15 times
     decided = select_series(_rows(bolus))
-    assert list(decided["decision"]) == [SeriesDecision.TOO_SHORT]
+    assert list(decided["decision"]) == [SeriesDecision.ONE_LEVEL]
 
 
 def test_thickness_distance_to_the_papers_range():
