@@ -192,6 +192,21 @@ def test_without_a_key_nothing_is_scored(trained, tmp_path, monkeypatch):
     assert not (tmp_path / "R").exists() and not (tmp_path / "R.slices").exists()
 
 
+def test_studies_nothing_can_select_slices_in_are_refused_in_one_line(trained, tmp_path):
+    """No annotations, no selector, no --all-slices: a vote would mean nothing."""
+    env = {**os.environ, KEY_ENV: KEY}
+    results = str(tmp_path / "R")
+    args = ["score", trained["archive"], "--model-dir", trained["model"], "--results", results]
+    proc = cli(*args, "--store", trained["store"], "--workers", "1", env=env)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines[-1].startswith("renalflow score: error: 6 of 6 studies carry no lesion"), out
+    assert "--selector MODEL" in lines[-1] and "--all-slices" in lines[-1]
+    assert "Traceback" not in out
+    assert run_query(results, "select count(*) from study_votes").column(0)[0].as_py() == 0
+
+
 def test_killed_run_leaves_the_table_as_it_was_and_a_rerun_completes(
     dask_cluster, trained, key, tmp_path
 ):
