@@ -440,7 +440,7 @@ def cmd_query(params: QueryParams) -> int:
     if params.format == "parquet" and not params.output:
         raise UsageError("--format parquet writes binary data: give --output FILE.parquet")
     as_of = parse_as_of(params.as_of) if params.as_of else None
-    _s3_credentials_for_reading()
+    _s3_credentials_for_reading(params.results)
     table = run_query(_as_uri(params.results), params.sql, as_of)
     out = format_result(table, params.format)
     if params.output:
@@ -457,7 +457,7 @@ def cmd_query(params: QueryParams) -> int:
 def cmd_history(params: HistoryParams) -> int:
     from renalflow.tasks.results import history
 
-    _s3_credentials_for_reading()
+    _s3_credentials_for_reading(params.results)
     print(f"{'version':>7}  {'time':<25}  {'operation':<12}  {'rows added':>10}  flow run")
     for entry in history(_as_uri(params.results)):
         added = entry["rows_inserted"]
@@ -472,7 +472,7 @@ def cmd_history(params: HistoryParams) -> int:
 def cmd_migrate_results(params: MigrateResultsParams) -> int:
     from renalflow.tasks.results import migrate_results
 
-    _s3_credentials_for_reading()
+    _s3_credentials_for_reading(params.results)
     migrated = migrate_results(_as_uri(params.results))
     counts = ", ".join(f"{n:,} rows of {name}" for name, n in migrated.items())
     print(f"migrated {params.results}: {counts}")
@@ -484,7 +484,7 @@ def cmd_cohort_report(params: CohortReportParams) -> int:
     from renalflow.tasks.results import parse_as_of
 
     as_of = parse_as_of(params.as_of) if params.as_of else None
-    _s3_credentials_for_reading()
+    _s3_credentials_for_reading(params.results)
     path = cohort_report(_as_uri(params.results), Path(params.out), as_of)
     print(f"cohort summary: {path}")
     return EXIT_OK
@@ -569,18 +569,18 @@ def cmd_server(params: ServerParams) -> int:
     return EXIT_OK
 
 
-def _s3_credentials_for_reading() -> None:
-    """For commands that start no flow (query, history, cohort-report): load the
-    credentials block through the Prefect API only when one is named."""
-    from renalflow.flows.runtime import (
-        S3_CREDENTIALS_BLOCK_ENV,
-        load_s3_credentials,
-        prefect_api,
-    )
+def _s3_credentials_for_reading(results: str) -> None:
+    """For commands that start no flow (query, history, cohort-report, migrate-results):
+    load the credentials block through the Prefect API only when one is named, then
+    reach the results table once."""
+    from renalflow.flows.runtime import load_s3_credentials, prefect_api, require_extras_for
+    from renalflow.tasks.storage import S3_CREDENTIALS_BLOCK_ENV, check_location
 
+    require_extras_for(results)
     if os.environ.get(S3_CREDENTIALS_BLOCK_ENV):
         with prefect_api():
             load_s3_credentials()
+    check_location(_as_uri(results), "results table", must_exist=True)
 
 
 def _as_uri(location: str) -> str:

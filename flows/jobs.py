@@ -53,7 +53,13 @@ def preflight_ingest(params: IngestParams, *, remote: bool) -> None:
     """Refuse a missing archive or a bad labels file with a clear message. Local inputs
     are checked at once; remote ones (`remote=True`) once credentials are loaded."""
     from renalflow.tasks.ingest import check_archive, read_labels
+    from renalflow.tasks.storage import check_location
 
+    if remote:  # object storage reached once, each problem in one line
+        check_location(as_uri(params.archive), "archive", must_exist=True)
+        check_location(as_uri(params.store), "slice store", must_exist=False)
+        if params.labels:
+            check_location(as_uri(params.labels), "labels file", must_exist=True)
     if remote or _is_local(params.archive):
         check_archive(as_uri(params.archive))
     if params.labels and (remote or _is_local(params.labels)):
@@ -68,9 +74,16 @@ def preflight_score(params: ScoreParams, *, remote: bool) -> None:
 
     if key_from_env() is None and not params.key_secret:
         raise InputError(NO_KEY_HELP)
+    from renalflow.tasks.storage import check_location
+
     read_model_info(params.model_dir)
     if params.selector:
         read_model_info(params.selector)
+    if remote:  # object storage reached once, each problem in one line
+        check_location(as_uri(params.archive), "archive", must_exist=True)
+        check_location(as_uri(params.results), "results table", must_exist=False)
+        if params.store:
+            check_location(as_uri(params.store), "slice store", must_exist=False)
     if remote or _is_local(params.archive):
         check_archive(as_uri(params.archive))
 

@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from renalflow.tasks.storage import S3_CREDENTIALS_BLOCK_ENV
+
 if TYPE_CHECKING:
     from prefect_dask import DaskTaskRunner
     from uvicorn import Server
@@ -398,8 +400,6 @@ def _watch_leases(server: Server, port: int, idle: float, server_dir: Path) -> N
                 (server_dir / "state.json").unlink(missing_ok=True)
             server.should_exit = True
 
-
-S3_CREDENTIALS_BLOCK_ENV = "RENALFLOW_S3_CREDENTIALS_BLOCK"
 
 # Keys of the Secret block's JSON value, and the variables s3fs and deltalake read.
 _S3_KEYS = {
