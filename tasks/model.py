@@ -318,11 +318,51 @@ def build_model(config: TrainConfig, steps: int = 0) -> Any:
     return model
 
 
+IMAGENET_WEIGHTS = "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
+"""Keras' ImageNet weights of ResNet50V2 without its top, as Keras names and caches them."""
+IMAGENET_WEIGHTS_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_WEIGHTS
+)
+IMAGENET_WEIGHTS_MD5 = "fac2f116257151a9d068a22e544a4917"
+
+
+def imagenet_weights() -> str:
+    """The local path of the ImageNet weights: Keras' cache, filled on first use. An
+    offline machine gets one line saying how to train without a download."""
+    import urllib.error
+
+    import keras  # heavy (seconds): only a training process asks for weights
+
+    try:
+        return str(
+            keras.utils.get_file(
+                IMAGENET_WEIGHTS,
+                IMAGENET_WEIGHTS_URL,
+                cache_subdir="models",
+                file_hash=IMAGENET_WEIGHTS_MD5,
+            )
+        )
+    except Exception as err:
+        # Keras re-raises a failed download as a bare Exception whose context is the
+        # URLError; only that case is a user's situation, anything else is re-raised.
+        cause = err.__cause__ or err.__context__
+        if not isinstance(err, urllib.error.URLError) and not isinstance(
+            cause, urllib.error.URLError | TimeoutError | ConnectionError
+        ):
+            raise
+        raise ModelError(
+            f"cannot download the ImageNet weights of ResNet50V2 ({IMAGENET_WEIGHTS_URL}: "
+            f"{getattr(cause, 'reason', cause)}): on a machine without internet pass "
+            "--weights PATH (that file, copied from a machine that has it, e.g. "
+            f"~/.keras/models/{IMAGENET_WEIGHTS}) or --weights none (random start)"
+        ) from err
+
+
 def _backbone_weights(weights: str) -> str | None:
     if weights == "none":
         return None
     if weights == "imagenet":
-        return "imagenet"
+        return imagenet_weights()
     if not os.path.exists(weights):
         raise ModelError(
             f"weights file {weights} does not exist; give a local ResNet50V2 (no top) weights "

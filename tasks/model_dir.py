@@ -15,7 +15,11 @@ What a training run leaves there:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,29 @@ class ModelDir:
 
     def write_json(self, path: Path, record: Any) -> None:
         path.write_text(json.dumps(record, indent=2))
+
+
+@contextlib.contextmanager
+def staged(model_dir: str | Path) -> Iterator[Path]:
+    """A folder to write a new model directory in, beside `model_dir`, that becomes
+    `model_dir` only when the block completes: a failed or interrupted run leaves no
+    half-written model (and an existing one untouched). The split of an existing model
+    directory is carried over, so a retrained model keeps its patients' split."""
+    final = Path(model_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
+    work.mkdir()
+    try:
+        if ModelDir(final).split.exists():
+            shutil.copyfile(ModelDir(final).split, ModelDir(work).split)
+        yield work
+        previous = final.parent / f".{final.name}.replaced-{uuid.uuid4().hex[:8]}"
+        if final.exists():
+            final.rename(previous)
+        work.rename(final)
+        shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def has_model(model_dir: str | Path) -> bool:

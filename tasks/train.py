@@ -23,7 +23,7 @@ from renalflow.tasks.config import DEVELOPMENT, Profile, Split
 from renalflow.tasks.dataset import SliceSet, iterate_batches, load_slices
 from renalflow.tasks.errors import InputError, ModelError, StoreError
 from renalflow.tasks.model import NOT_PAPER_NOTE, TrainConfig, build_model
-from renalflow.tasks.model_dir import PAPER_NOTE, ModelDir
+from renalflow.tasks.model_dir import PAPER_NOTE, ModelDir, staged
 from renalflow.tasks.split import (
     SplitConfig,
     load_split,
@@ -165,7 +165,23 @@ def train_model(
     split_config: SplitConfig | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train on the development cohort's train split, validate on its validation split."""
+    """Train on the development cohort's train split, validate on its validation split.
+
+    The model directory appears whole when training ends (it is written beside it and
+    renamed): a failed or interrupted run leaves nothing half-written."""
+    with staged(model_dir) as work:
+        result = _train_into(store_uri, work, config, split_config, log)
+    result.model_dir = str(Path(model_dir))
+    return result
+
+
+def _train_into(
+    store_uri: str,
+    model_dir: str | Path,
+    config: TrainConfig,
+    split_config: SplitConfig | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
     import keras  # heavy (seconds): loaded by the training process only
 
     started = time.perf_counter()

@@ -147,3 +147,38 @@ def test_vote_tradeoff_and_calibration_by_hand():
     assert table["specificity"].tolist() == [0.0, 0.5, 1.0]
     cal = calibration(np.array([0, 0, 1, 1]), np.array([0.05, 0.15, 0.85, 0.95]), bins=2)
     assert cal["observed"].tolist() == [0.0, 1.0] and cal["n"].tolist() == [2, 2]
+
+
+def test_offline_imagenet_weights_end_in_one_line_and_leave_no_model_dir(
+    store, tmp_path, monkeypatch
+):
+    """The paper profile asks Keras for ImageNet weights; a machine that cannot download
+    them gets what to pass instead, and no half-written model directory."""
+    from renalflow.tasks import model as model_module
+    from renalflow.tasks.errors import ModelError
+    from tests.factory import free_port
+
+    monkeypatch.setattr(model_module, "IMAGENET_WEIGHTS", "renalflow-never-cached.h5")
+    monkeypatch.setattr(
+        model_module, "IMAGENET_WEIGHTS_URL", f"http://127.0.0.1:{free_port()}/weights.h5"
+    )
+    model_dir = tmp_path / "model"
+    config = profile_config("paper", input_size=64, epochs=1)
+    with pytest.raises(ModelError, match="cannot download the ImageNet weights") as info:
+        train_model(store, model_dir, config, log=lambda _: None)
+    assert "--weights PATH" in str(info.value) and "--weights none" in str(info.value)
+    assert not model_dir.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_retraining_keeps_the_model_it_would_have_replaced(store, trained, tmp_path):
+    import shutil
+
+    _, model_dir = trained
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    before = (copy / "model_version.txt").read_text()
+    config = profile_config("paper", input_size=64, epochs=1, weights=str(tmp_path / "no.h5"))
+    with pytest.raises(Exception, match="weights file .* does not exist"):
+        train_model(store, copy, config, log=lambda _: None)
+    assert (copy / "model_version.txt").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no leftovers
