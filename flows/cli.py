@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 import types
 import typing
@@ -50,7 +52,7 @@ from renalflow.tasks.params import (
     WebParams,
 )
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 DESCRIPTION = f"""\
 renalflow screens CT archives for benign renal masses (oncocytoma vs renal cell
@@ -70,7 +72,9 @@ Typical first run (or simply `renalflow demo`):
 EPILOG = """\
 every command takes -v (show Prefect and Dask logs) and --debug (tracebacks for errors).
 exit codes: 0 done, 2 a usage or input mistake (the message says what to do),
-1 an unexpected failure (a traceback naming the file), 130 interrupted.
+1 an unexpected failure (a traceback naming the file), 130 interrupted (Ctrl-C),
+143 stopped by SIGTERM; either way the flow, its Dask cluster and a Prefect server
+started for the command are stopped first.
 """
 
 # Longer descriptions of the commands (the one-line summary is the model's).
@@ -611,8 +615,61 @@ def run_command(params: JobParams) -> int:
     return COMMANDS[params.command](params)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that the flow, its Dask cluster and a
+    Prefect server of its own are stopped by the same cleanup as Ctrl-C."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+class _Signals:
+    """Which stop signals this process received, whoever handled them.
+
+    During a flow run Prefect swaps in its own SIGTERM handler, and the exception a
+    handler raises can surface wrapped in another (a signal that lands while Prefect
+    serialises a task's context comes out as a serialisation error). The wakeup fd is
+    written by the interpreter for every handled signal, so it tells the truth."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self._read, write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(write, False)
+        self._write = write
+        self._previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+    def received(self) -> set[int]:
+        try:
+            while data := os.read(self._read, 512):
+                self.seen.update(data)
+        except BlockingIOError:
+            pass
+        return self.seen
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous)
+        os.close(self._read)
+        os.close(self._write)
+
+
+def _stopped(err: BaseException, signals: _Signals | None) -> int | None:
+    """The exit code of a command stopped by a signal (whatever exception that left
+    behind), or None for an ordinary failure."""
+    seen = signals.received() if signals else set()
+    if isinstance(err, Terminated) or signal.SIGTERM in seen:
+        return EXIT_TERMINATED
+    if isinstance(err, KeyboardInterrupt) or signal.SIGINT in seen:
+        return EXIT_INTERRUPTED
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    signals = _Signals() if in_main_thread else None
     debug = bool(getattr(args, "debug", False))
     from renalflow.flows.runtime import configure_logging
 
@@ -620,15 +677,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         return run_command(params_from_args(args))
-    except RenalflowError as err:
-        if debug:
-            raise
-        print(f"renalflow {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"renalflow {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except BaseException as err:
+        stopped = _stopped(err, signals)
+        if stopped == EXIT_TERMINATED:
+            print(f"renalflow {args.command}: stopped (SIGTERM)", file=sys.stderr)
+            return stopped
+        if stopped == EXIT_INTERRUPTED:
+            print(f"renalflow {args.command}: interrupted", file=sys.stderr)
+            return stopped
+        if isinstance(err, RenalflowError) and not debug:
+            print(f"renalflow {args.command}: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        if signals is not None:
+            signals.close()
         if os.environ.get("RENALFLOW_TIMING"):
             print(f"[{args.command}: {time.perf_counter() - started:.1f} s]", file=sys.stderr)
 

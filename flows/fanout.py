@@ -7,7 +7,9 @@ Wiring only: ingest and scoring both use these, so neither imports the other's h
 from __future__ import annotations
 
 import os
+import queue
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -16,13 +18,13 @@ from distributed.scheduler import KilledWorker
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import FlowRunContext
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture
 from prefect.states import State
 from prefect.tasks import Task
 from prefect_dask import DaskTaskRunner
 
 from renalflow.flows.runtime import dask_dashboard, flow_run_url
-from renalflow.tasks.errors import is_transient_io
+from renalflow.tasks.errors import RenalflowError, is_transient_io
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -88,6 +90,60 @@ def cluster_threads() -> int:
     return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
 
 
+NO_WORKERS_GRACE_S = 60.0
+"""Our choice: how long a flow waits on a cluster with no workers before it fails (a
+local cluster restarts its workers within seconds; an external one may get new ones)."""
+
+
+class NoWorkersError(RenalflowError):
+    """The Dask cluster has no workers left to run the flow's tasks."""
+
+
+def live_workers() -> int | None:
+    """Workers of the running flow's Dask cluster (None when it runs without Dask)."""
+    context = FlowRunContext.get()
+    runner = context.task_runner if context else None
+    if not isinstance(runner, DaskTaskRunner):
+        return None
+    return len(runner.client.scheduler_info(n_workers=-1).get("workers", {}))
+
+
+def while_workers(
+    futures: list[PrefectFuture[R]],
+    grace_s: float = NO_WORKERS_GRACE_S,
+    poll_s: float = 5.0,
+) -> Iterator[PrefectFuture[R]]:
+    """Each future as it completes (like Prefect's as_completed), but a cluster that has
+    had no workers for `grace_s` ends the wait with NoWorkersError instead of waiting
+    forever (what is done is kept: the store and the results commit per batch).
+
+    Waits on a queue filled by done callbacks, never on a signal-based timeout, so the
+    caller's work between two futures is never interrupted."""
+    finished: queue.SimpleQueue[PrefectFuture[R]] = queue.SimpleQueue()
+    for future in futures:
+        future.add_done_callback(finished.put)
+    remaining = len(futures)
+    without_since: float | None = None
+    while remaining:
+        try:
+            future = finished.get(timeout=poll_s)
+        except queue.Empty:
+            if live_workers() != 0:
+                without_since = None
+                continue
+            without_since = without_since or time.monotonic()
+            if time.monotonic() - without_since >= grace_s:
+                raise NoWorkersError(
+                    f"the Dask cluster has had no workers for {grace_s:.0f} s with "
+                    f"{remaining} tasks waiting (its workers died or were stopped): start "
+                    "workers for it (`dask worker SCHEDULER_ADDRESS`) or run without "
+                    "--dask-address, then rerun; finished batches are kept"
+                ) from None
+            continue
+        remaining -= 1
+        yield future
+
+
 def completed_batches(
     submit: Callable[[list[T]], PrefectFuture[R]],
     batches: list[list[T]],
@@ -104,7 +160,7 @@ def completed_batches(
         items_of = {id(future): items for future, items in work}
         futures = [future for future, _ in work]
         work = []
-        for future in as_completed(futures):
+        for future in while_workers(futures):
             items = items_of[id(future)]
             try:
                 result = future.result()

@@ -256,6 +256,7 @@ def _command_server() -> Iterator[str]:
     own exit handlers (registered later, so run earlier) have sent the last logs."""
     if "url" not in _COMMAND_SERVER:
         server_dir = _server_dir()
+        server_dir.mkdir(parents=True, exist_ok=True)  # a first command may be this one
         process, port = _launch(server_dir, idle=0.0, owner=os.getpid())
         atexit.register(_stop_child, process)
         _COMMAND_SERVER["url"] = f"http://127.0.0.1:{port}/api"

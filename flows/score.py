@@ -14,7 +14,6 @@ import dask
 from prefect import flow, get_run_logger, task
 from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from renalflow.flows.fanout import (
@@ -24,6 +23,7 @@ from renalflow.flows.fanout import (
     balanced,
     cluster_threads,
     cores_per_worker_thread,
+    while_workers,
 )
 from renalflow.flows.ingest import run_ingest
 from renalflow.tasks.config import SCREENING
@@ -212,7 +212,7 @@ def score_flow(
     probabilities: dict[str, float] = {}
     found_mass: dict[str, float] = {}
     seen = 0
-    for done, future in enumerate(as_completed(futures), start=1):
+    for done, future in enumerate(while_workers(futures), start=1):
         scored = future.result()
         for uid, p in zip(scored.sop_instance_uid, scored.probability.tolist(), strict=True):
             if p == p:  # NaN: the selector left the slice out
@@ -266,7 +266,7 @@ def score_flow(
                 )
                 for part, uids in parts.items()
             ]
-        for explained_future in as_completed(explained):
+        for explained_future in while_workers(explained):
             heatmap_uris.update(explained_future.result())
         summary.heatmaps = len(heatmap_uris)
         summary.heatmap_dir = out_dir
