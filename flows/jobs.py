@@ -49,17 +49,26 @@ def _is_local(location: str | None) -> bool:
     return bool(location) and "://" not in str(location)
 
 
+def _reach(*locations: tuple[str | None, str, bool]) -> None:
+    """Each (location, what it is, must it exist) given, reached once (tasks.storage)."""
+    from renalflow.tasks.storage import check_location
+
+    for location, what, must_exist in locations:
+        if location:
+            check_location(as_uri(location), what, must_exist=must_exist)
+
+
 def preflight_ingest(params: IngestParams, *, remote: bool) -> None:
     """Refuse a missing archive or a bad labels file with a clear message. Local inputs
     are checked at once; remote ones (`remote=True`) once credentials are loaded."""
     from renalflow.tasks.ingest import check_archive, read_labels
-    from renalflow.tasks.storage import check_location
 
     if remote:  # object storage reached once, each problem in one line
-        check_location(as_uri(params.archive), "archive", must_exist=True)
-        check_location(as_uri(params.store), "slice store", must_exist=False)
-        if params.labels:
-            check_location(as_uri(params.labels), "labels file", must_exist=True)
+        _reach(
+            (params.archive, "archive", True),
+            (params.store, "slice store", False),
+            (params.labels, "labels file", True),
+        )
     if remote or _is_local(params.archive):
         check_archive(as_uri(params.archive))
     if params.labels and (remote or _is_local(params.labels)):
@@ -74,16 +83,15 @@ def preflight_score(params: ScoreParams, *, remote: bool) -> None:
 
     if key_from_env() is None and not params.key_secret:
         raise InputError(NO_KEY_HELP)
-    from renalflow.tasks.storage import check_location
-
     read_model_info(params.model_dir)
     if params.selector:
         read_model_info(params.selector)
     if remote:  # object storage reached once, each problem in one line
-        check_location(as_uri(params.archive), "archive", must_exist=True)
-        check_location(as_uri(params.results), "results table", must_exist=False)
-        if params.store:
-            check_location(as_uri(params.store), "slice store", must_exist=False)
+        _reach(
+            (params.archive, "archive", True),
+            (params.results, "results table", False),
+            (params.store, "slice store", False),
+        )
     if remote or _is_local(params.archive):
         check_archive(as_uri(params.archive))
 

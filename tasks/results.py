@@ -79,6 +79,25 @@ SLICE_SCORES_SCHEMA = pa.schema(
     ]
 )
 
+# The fields of a vote and of the run that made it, shared by study and patient votes.
+_VOTE_FIELDS = [
+    pa.field("n_images", pa.int32(), nullable=False),
+    pa.field("n_malignant", pa.int32(), nullable=False),
+    pa.field("fraction_malignant", pa.float64()),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("vote", pa.string()),
+    pa.field("vote_threshold", pa.float64(), nullable=False),
+    pa.field("image_threshold", pa.float64(), nullable=False),
+    pa.field("mean_probability", pa.float64()),
+]
+_RUN_FIELDS = [
+    pa.field("model_version", pa.string(), nullable=False),
+    pa.field("model_profile", pa.string()),
+    pa.field("preprocess_version", pa.string(), nullable=False),
+    pa.field("scored_at", _TIMESTAMP, nullable=False),
+    pa.field("flow_run_id", pa.string()),
+]
+
 STUDY_VOTES_SCHEMA = pa.schema(
     [
         pa.field("patient_key", pa.string(), nullable=False),
@@ -89,14 +108,7 @@ STUDY_VOTES_SCHEMA = pa.schema(
         pa.field("manufacturer", pa.string()),
         pa.field("phases", pa.string()),
         pa.field("n_series", pa.int32(), nullable=False),
-        pa.field("n_images", pa.int32(), nullable=False),
-        pa.field("n_malignant", pa.int32(), nullable=False),
-        pa.field("fraction_malignant", pa.float64()),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("vote", pa.string()),
-        pa.field("vote_threshold", pa.float64(), nullable=False),
-        pa.field("image_threshold", pa.float64(), nullable=False),
-        pa.field("mean_probability", pa.float64()),
+        *_VOTE_FIELDS,
         pa.field("slices_in_study", pa.int32(), nullable=False),
         pa.field("selection_source", pa.string()),
         pa.field("selector_version", pa.string()),
@@ -107,11 +119,7 @@ STUDY_VOTES_SCHEMA = pa.schema(
         pa.field("qc_too_few_images", pa.bool_(), nullable=False),
         pa.field("qc_noncontrast_only", pa.bool_(), nullable=False),
         pa.field("qc_flags", pa.string(), nullable=False),
-        pa.field("model_version", pa.string(), nullable=False),
-        pa.field("model_profile", pa.string()),
-        pa.field("preprocess_version", pa.string(), nullable=False),
-        pa.field("scored_at", _TIMESTAMP, nullable=False),
-        pa.field("flow_run_id", pa.string()),
+        *_RUN_FIELDS,
         pa.field("archive_uri", pa.string()),
     ]
 )
@@ -121,23 +129,12 @@ PATIENT_VOTES_SCHEMA = pa.schema(
         pa.field("patient_key", pa.string(), nullable=False),
         pa.field("key_id", pa.string(), nullable=False),
         pa.field("n_studies", pa.int32(), nullable=False),
-        pa.field("n_images", pa.int32(), nullable=False),
-        pa.field("n_malignant", pa.int32(), nullable=False),
-        pa.field("fraction_malignant", pa.float64()),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("vote", pa.string()),
-        pa.field("vote_threshold", pa.float64(), nullable=False),
-        pa.field("image_threshold", pa.float64(), nullable=False),
-        pa.field("mean_probability", pa.float64()),
+        *_VOTE_FIELDS,
         pa.field("selection_sources", pa.string(), nullable=False),
         pa.field("first_study_year_month", pa.string()),
         pa.field("last_study_year_month", pa.string()),
         pa.field("reference_label", pa.string()),
-        pa.field("model_version", pa.string(), nullable=False),
-        pa.field("model_profile", pa.string()),
-        pa.field("preprocess_version", pa.string(), nullable=False),
-        pa.field("scored_at", _TIMESTAMP, nullable=False),
-        pa.field("flow_run_id", pa.string()),
+        *_RUN_FIELDS,
     ]
 )
 
