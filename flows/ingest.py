@@ -24,6 +24,7 @@ from renalflow.tasks.ingest import (
     commit_batch,
     convert_files,
     group_files,
+    ingest_lesions_csv,
     quarantine,
 )
 from renalflow.tasks.ingest_run import IngestSummary, format_summary, plan_ingest, summary_dict
@@ -59,6 +60,7 @@ def ingest_flow(
     cohort: str = DEVELOPMENT,
     preprocess: PreprocessConfig | None = None,
     batch_size: int = 512,
+    lesions: str | None = None,
 ) -> IngestSummary:
     """Convert every new DICOM file under `archive` into the slice store at `store`.
 
@@ -67,7 +69,7 @@ def ingest_flow(
     """
     announce_run("ingest")
     run_id = str(flow_run.get_id() or "local")
-    return run_ingest(archive, store, labels, cohort, preprocess, batch_size, run_id)
+    return run_ingest(archive, store, labels, cohort, preprocess, batch_size, run_id, lesions)
 
 
 def run_ingest(
@@ -78,6 +80,7 @@ def run_ingest(
     preprocess: PreprocessConfig | None,
     batch_size: int,
     run_id: str,
+    lesions: str | None = None,
 ) -> IngestSummary:
     """The ingest flow's work, on the task runner of whichever flow calls it (the score
     flow ingests new files this way, on its own cluster)."""
@@ -85,6 +88,9 @@ def run_ingest(
     started = time.perf_counter()
     config = preprocess or PreprocessConfig()
     summary = IngestSummary(archive, store, run_id, config.version)
+    if lesions:
+        summary.lesion_rows = ingest_lesions_csv(store, lesions, run_id)
+        logger.info("%d lesion ranges from %s", summary.lesion_rows, lesions)
     plan = plan_ingest(archive, store, labels, config)
     summary.add_plan(plan)
     if plan.stale_batches:

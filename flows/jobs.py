@@ -61,6 +61,7 @@ def _reach(*locations: tuple[str | None, str, bool]) -> None:
 def preflight_ingest(params: IngestParams, *, remote: bool) -> None:
     """Refuse a missing archive or a bad labels file with a clear message. Local inputs
     are checked at once; remote ones (`remote=True`) once credentials are loaded."""
+    from renalflow.tasks.annotations import read_lesions_csv
     from renalflow.tasks.ingest import check_archive, read_labels
 
     if remote:  # object storage reached once, each problem in one line
@@ -68,11 +69,14 @@ def preflight_ingest(params: IngestParams, *, remote: bool) -> None:
             (params.archive, "archive", True),
             (params.store, "slice store", False),
             (params.labels, "labels file", True),
+            (params.lesions, "lesions file", True),
         )
     if remote or _is_local(params.archive):
         check_archive(as_uri(params.archive))
     if params.labels and (remote or _is_local(params.labels)):
         read_labels(params.labels)
+    if params.lesions and (remote or _is_local(params.lesions)):
+        read_lesions_csv(as_uri(params.lesions))
 
 
 def preflight_score(params: ScoreParams, *, remote: bool) -> None:
@@ -166,6 +170,7 @@ def ingest_job(params: IngestParams) -> "IngestSummary":
         archive=as_uri(params.archive),
         store=as_uri(params.store),
         labels=params.labels,
+        lesions=params.lesions,
         cohort=params.cohort,
         preprocess=params.preprocess_config(),
         batch_size=params.slices_per_task,

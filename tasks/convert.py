@@ -17,11 +17,14 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from renalflow.tasks.annotations import AnnotationFound, seg_lesions
 from renalflow.tasks.config import Interpolation, PreprocessConfig, WindowSource
 from renalflow.tasks.dicom import (
+    NON_IMAGE_MODALITIES,
     RejectedFile,
     RejectReason,
     SliceHeader,
+    non_image_kind,
     read_dataset,
     read_header,
     read_text,
@@ -183,10 +186,21 @@ def preprocess_pixels(
     return resize_slice(window_hu(hu, center, width), size, config.interpolation), center, width
 
 
-def convert_file(fp: IO[bytes] | str, config: PreprocessConfig) -> ConvertedSlice:
-    """Read, check, decode and preprocess one file; raises `RejectedFile` if unusable."""
+def convert_file(
+    fp: IO[bytes] | str, config: PreprocessConfig, source_uri: str = ""
+) -> ConvertedSlice:
+    """Read, check, decode and preprocess one file; raises `RejectedFile` if unusable,
+    `NON_IMAGE` for objects that are not images, and `AnnotationFound` (with the lesion
+    rows) for a DICOM SEG that marks a renal lesion."""
     check_deflated(fp)
     ds = read_dataset(fp, with_pixels=True)
+    kind = non_image_kind(ds)
+    if kind is not None:
+        if kind == NON_IMAGE_MODALITIES["SEG"]:
+            check_declared_size(ds)  # the frames are decoded to find the lesion slices
+            rows, described = seg_lesions(ds, source_uri)
+            raise AnnotationFound(described, rows)
+        raise RejectedFile(RejectReason.NON_IMAGE, f"{kind}, not an image")
     header = read_header(ds, config)
     arr = decode_pixels(ds)
     pixels, center, width = preprocess_pixels(ds, arr, header, config)

@@ -54,6 +54,29 @@ class RejectReason(StrEnum):
     UNREADABLE = "unreadable"
     CRASHED_WORKER = "crashed_worker"
     TOO_LARGE = "too_large"
+    NON_IMAGE = "non_image"  # SEG, SR, KO, PR, RT objects: listed as what they are
+
+
+NON_IMAGE_MODALITIES: dict[str, str] = {
+    "SEG": "DICOM SEG (segmentation)",
+    "SR": "structured report",
+    "KO": "key object selection",
+    "PR": "presentation state",
+    "RTSTRUCT": "RT structure set",
+    "RTPLAN": "RT plan",
+    "RTDOSE": "RT dose",
+    "RTRECORD": "RT treatment record",
+    "REG": "registration",
+    "DOC": "encapsulated document",
+    "ECG": "ECG waveform",
+}
+"""Objects in an archive that are not images, by Modality, as the ingest summary names
+them (not as unreadable files)."""
+
+
+def non_image_kind(ds: Dataset) -> str | None:
+    """What a non-image object is (NON_IMAGE_MODALITIES), or None for an image."""
+    return NON_IMAGE_MODALITIES.get(read_text(ds, "Modality").upper())
 
 
 class RejectedFile(InputError):

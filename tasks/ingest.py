@@ -23,6 +23,7 @@ import fsspec
 import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
+from renalflow.tasks.annotations import AnnotationFound, LesionRow, read_lesions_csv
 from renalflow.tasks.config import Label, PreprocessConfig
 from renalflow.tasks.convert import ConvertedSlice, convert_file
 from renalflow.tasks.dicom import RejectedFile, RejectReason
@@ -36,6 +37,7 @@ from renalflow.tasks.store import (
     reject_row,
     remove_part,
     slice_row,
+    write_lesions,
     write_part,
 )
 
@@ -148,6 +150,16 @@ FILE_ERRORS: tuple[type[Exception], ...] = (
 """The errors a file itself can cause; everything else is a bug and fails loudly."""
 
 
+def ingest_lesions_csv(store_uri: str, lesions_uri: str, run_id: str) -> int:
+    """The lesion ranges of a lesions CSV into the store's `lesions` (one part per CSV
+    content: ingesting the same file again replaces its rows, never doubles them)."""
+    rows = read_lesions_csv(lesions_uri)
+    with fsspec.open(lesions_uri, "rb") as handle:
+        digest = hashlib.sha256(lesions_uri.encode() + handle.read()).hexdigest()[:12]
+    write_lesions(store_uri, rows, run_id, f"csv-{digest}")
+    return len(rows)
+
+
 def as_reject(source_uri: str, err: Exception) -> Reject:
     """The reject row for a file that failed conversion, with its reason."""
     if isinstance(err, RejectedFile):
@@ -214,11 +226,16 @@ def convert_files(
     started = time.perf_counter()
     converted_files: list[tuple[str, ConvertedSlice]] = []
     rejects: list[Reject] = []
+    lesions: list[LesionRow] = []
     for uri in source_uris:
         try:
-            converted = convert_file(_open(uri), config)
+            converted = convert_file(_open(uri), config, uri)
         except (TimeoutError, ConnectionError):
             raise
+        except AnnotationFound as found:  # lesion truth: kept, and listed as what it is
+            lesions.extend(found.rows)
+            rejects.append(as_reject(uri, found))
+            continue
         except FILE_ERRORS as err:  # the file's own defect: a reject, never a failed batch
             rejects.append(as_reject(uri, err))
             continue
@@ -246,6 +263,7 @@ def convert_files(
     batch_id = hashlib.sha256("\n".join(source_uris).encode()).hexdigest()[:12]
     part = f"part-{run_id[:8]}-{batch_id}"
     staged = write_part(staging_folder(store_uri, run_id), SLICES, rows, part)
+    write_lesions(store_uri, lesions, run_id, part)  # before the rejects that list them
     write_rejects(store_uri, rejects, cohort, run_id, config.version, part)
     report = BatchReport(
         n_files=len(source_uris),

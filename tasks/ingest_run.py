@@ -76,10 +76,17 @@ class IngestSummary:
     worker_slices: dict[str, int] = field(default_factory=dict)
     worker_seconds: dict[str, float] = field(default_factory=dict)
     labelled_patients_without_slices: int = 0
+    lesion_rows: int = 0
 
     @property
     def n_rejects(self) -> int:
-        return sum(self.rejects.values())
+        """Files that should have been slices and are not (non-image objects aside)."""
+        return sum(n for code, n in self.rejects.items() if code != RejectReason.NON_IMAGE)
+
+    @property
+    def n_non_image(self) -> int:
+        """SEG, SR, KO, PR and RT objects: files that are not images by nature."""
+        return self.rejects.get(RejectReason.NON_IMAGE.value, 0)
 
     def add_plan(self, plan: IngestPlan) -> None:
         self.files_found = plan.files_found
@@ -114,6 +121,7 @@ def summary_dict(summary: IngestSummary) -> dict[str, Any]:
     out = asdict(summary)
     out["rejects"] = dict(summary.rejects)
     out["n_rejects"] = summary.n_rejects
+    out["n_non_image"] = summary.n_non_image
     return out
 
 
@@ -130,7 +138,15 @@ def format_summary(summary: IngestSummary) -> str:
         f"  rejects          {summary.n_rejects:>8,}",
     ]
     for code, count in summary.rejects.most_common():
-        lines.append(f"    {code:<22} {count:>6,}")
+        if code != RejectReason.NON_IMAGE:
+            lines.append(f"    {code:<22} {count:>6,}")
+    if summary.n_non_image:
+        lines.append(
+            f"  non-image objects {summary.n_non_image:>7,}  (SEG, SR, RT...: listed in rejects "
+            "as non_image; lesion SEGs feed `lesions`)"
+        )
+    if summary.lesion_rows:
+        lines.append(f"  lesion ranges    {summary.lesion_rows:>8,}  from the lesions CSV")
     rate = summary.slices / summary.seconds if summary.seconds else 0.0
     lines.append(f"  wall time        {summary.seconds:>8.1f} s  ({rate:,.0f} slices/s overall)")
     if summary.work_seconds and summary.workers:

@@ -207,6 +207,13 @@ class IngestParams(PreprocessParams, ClusterParams, SummaryParams):
         description="CSV with patient_id,label (benign|malignant)",
         json_schema_extra=cli(metavar="CSV"),
     )
+    lesions: str | None = Field(
+        default=None,
+        description="CSV of lesion ranges: StudyInstanceUID,SeriesInstanceUID and "
+        "first_SOPInstanceUID,last_SOPInstanceUID or z_min,z_max (DICOM SEG objects in the "
+        "archive are read without it)",
+        json_schema_extra=cli(metavar="CSV"),
+    )
     cohort: str = Field(
         default=DEVELOPMENT,
         description=f"cohort name; '{DEVELOPMENT}' is split for training, any other name is "

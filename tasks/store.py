@@ -15,7 +15,7 @@ import json
 import posixpath
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from renalflow.tasks.annotations import LesionRow, lesion_flags
 from renalflow.tasks.dicom import RejectReason
 from renalflow.tasks.errors import StoreError
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:  # convert.py's type only: the store does not convert anything
 
 SLICES = "slices"
 REJECTS = "rejects"
+LESIONS = "lesions"  # lesion annotations (tasks/annotations.py): SEG objects, a lesions CSV
 STAGING = "_staging"  # converted batches waiting to be committed (never read as data)
 MANIFEST = "_renalflow_store.json"
 
@@ -89,7 +91,24 @@ REJECT_SCHEMA = pa.schema(
     ]
 )
 
-_SCHEMAS = {SLICES: SLICE_SCHEMA, REJECTS: REJECT_SCHEMA}
+LESION_SCHEMA = pa.schema(
+    [
+        ("study_instance_uid", pa.string()),
+        ("series_instance_uid", pa.string()),
+        ("sop_instance_uid", pa.string()),
+        ("first_sop_instance_uid", pa.string()),
+        ("last_sop_instance_uid", pa.string()),
+        ("z_min", pa.float64()),
+        ("z_max", pa.float64()),
+        ("segment", pa.string()),
+        ("source", pa.string()),
+        ("source_uri", pa.string()),
+        ("ingest_run_id", pa.string()),
+        ("annotated_at", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+
+_SCHEMAS = {SLICES: SLICE_SCHEMA, REJECTS: REJECT_SCHEMA, LESIONS: LESION_SCHEMA}
 
 # Column groups of `slices`, for readers that need part of a row.
 SLICE_META_COLUMNS: tuple[str, ...] = (
@@ -490,7 +509,7 @@ def read_slices(
             "--store STORE --labels labels.csv`"
         )
     fs, _ = open_store(store_uri)
-    dataset = pds.dataset(parts, format="parquet", filesystem=fs)
+    dataset = pds.dataset(parts, schema=SLICE_SCHEMA, format="parquet", filesystem=fs)
     expression = None
     if cohorts:
         expression = pc.field("cohort").isin(cohorts)
@@ -519,6 +538,7 @@ def read_slices(
     if not unique.all():
         table = table.filter(pa.array(unique))
         meta = meta[unique].reset_index(drop=True)
+    meta = with_lesions(store_uri, meta)
     return meta, pixels_to_array(table.column("pixels"), heights[0], widths[0])
 
 
@@ -546,6 +566,29 @@ def read_part_slices(
     return uids, pixels_to_array(table.column("pixels"), height, width)
 
 
+def write_lesions(store_uri: str, rows: list[LesionRow], run_id: str, part_name: str) -> None:
+    """Lesion annotations into `lesions`, as one part named after what they came from
+    (written again, not added twice, when the same files or CSV are ingested again)."""
+    if not rows:
+        return
+    stamp = now_utc()
+    records = [{**asdict(row), "ingest_run_id": run_id, "annotated_at": stamp} for row in rows]
+    write_part(store_uri, LESIONS, records, part_name)
+
+
+def read_lesions(store_uri: str) -> pd.DataFrame:
+    """Every lesion annotation the store holds (LESION_SCHEMA columns)."""
+    return read_table(store_uri, LESIONS).to_pandas()
+
+
+def with_lesions(store_uri: str, meta: pd.DataFrame) -> pd.DataFrame:
+    """`meta` with a `lesion` column: True, False, or None where no annotation covers the
+    slice's series (tasks.annotations.lesion_flags)."""
+    out = meta.copy()
+    out["lesion"] = lesion_flags(meta, read_lesions(store_uri))
+    return out
+
+
 def archive_prefix(archive_uri: str) -> str:
     """The archive as the `source_uri` prefix its slices carry in the store."""
     fs, root = fsspec.core.url_to_fs(archive_uri)
@@ -571,7 +614,8 @@ def read_inventory(store_uri: str, archive_uri: str, preprocess_version: str) ->
     copies = pa.array(rejects.column("sop_instance_uid").to_pylist(), pa.string())
     tables = []
     for part in list_parts(store_uri, SLICES):
-        table = pds.dataset(part, format="parquet", filesystem=fs).to_table(
+        # With the schema: parts written before a column existed read it as null.
+        table = pds.dataset(part, schema=SLICE_SCHEMA, format="parquet", filesystem=fs).to_table(
             columns=list(INVENTORY_COLUMNS),
             filter=(pc.field("preprocess_version") == preprocess_version),
         )
@@ -584,5 +628,9 @@ def read_inventory(store_uri: str, archive_uri: str, preprocess_version: str) ->
             tables.append(table.append_column("part", pa.array([part] * table.num_rows)))
     if not tables:
         empty = SLICE_SCHEMA.empty_table().select(list(INVENTORY_COLUMNS))
-        return empty.append_column("part", pa.array([], pa.string()))
-    return pa.concat_tables(tables)
+        empty = empty.append_column("part", pa.array([], pa.string()))
+        return empty.append_column("lesion", pa.array([], pa.bool_()))
+    inventory = pa.concat_tables(tables)
+    flags = lesion_flags(inventory.select(["series_instance_uid", "sop_instance_uid", "z"])
+                         .to_pandas(), read_lesions(store_uri))  # fmt: skip
+    return inventory.append_column("lesion", pa.array(flags.tolist(), pa.bool_()))

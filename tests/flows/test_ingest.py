@@ -85,7 +85,7 @@ def mixed_archive(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
             "693_J2KR.dcm": "slice",
             "MR_small.dcm": "not_ct",
             "MR_truncated.dcm": "truncated",
-            "rtplan.dcm": "not_ct",
+            "rtplan.dcm": "non_image",
             "eCT_Supplemental.dcm": "multiframe",
             "SC_rgb.dcm": "not_ct",
             "JPEG2000.dcm": "not_ct",
@@ -130,7 +130,8 @@ def test_every_file_is_accounted_for_exactly_once(ingested):
     counts = _accounted(store)
     assert set(counts) == _files(archive)
     assert max(counts.values()) == 1
-    assert summary.files_found == len(counts) == summary.slices + summary.n_rejects
+    accounted = summary.slices + summary.n_rejects + summary.n_non_image
+    assert summary.files_found == len(counts) == accounted
 
 
 def test_odd_files_get_readable_reasons(ingested):

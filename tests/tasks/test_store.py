@@ -142,7 +142,7 @@ def test_read_slices_gives_one_copy_of_each_slice_in_order(tmp_path: Path):
     store, uids = _store_of_two_slices(tmp_path)
     meta, images = read_slices(store)
     assert meta["sop_instance_uid"].tolist() == uids[::-1]  # ordered by z
-    assert list(meta.columns) == list(SLICE_META_COLUMNS)
+    assert list(meta.columns) == [*SLICE_META_COLUMNS, "lesion"]  # lesion: from `lesions`
     assert images.shape == (2, 224, 224)
     empty, none = read_slices(store, cohorts=["other"], empty_size=32)
     assert empty.empty and none.shape == (0, 32, 32)

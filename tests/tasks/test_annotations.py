@@ -1,0 +1,189 @@
+"""Lesion truth: pydicom's real SEG objects, SEGs written by highdicom over a CT series,
+and a lesions CSV, through ingest into a real store; each stored slice gets `lesion`
+true, false or unknown."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from renalflow.tasks.annotations import read_lesions_csv, seg_lesions
+from renalflow.tasks.config import PreprocessConfig
+from renalflow.tasks.errors import InputError
+from renalflow.tasks.ingest import (
+    commit_batch,
+    convert_files,
+    discover_files,
+    ingest_lesions_csv,
+)
+from renalflow.tasks.store import REJECTS, read_inventory, read_lesions, read_table
+from tests.factory import make_ct, save
+
+CONFIG = PreprocessConfig(output_size=32)
+N, LESION = 20, range(8, 14)
+
+
+def test_pydicoms_liver_seg_is_read_but_is_no_renal_lesion():
+    """A real SEG (a liver outline over three CT slices) from another toolkit."""
+    ds = pydicom.dcmread(get_testdata_file("liver.dcm"))
+    rows, described = seg_lesions(ds, "file:///liver.dcm")
+    assert rows == [] and "Liver" in described and "no renal lesion segment" in described
+    # Its structure is read right: with "liver" counted, its three frames' sources.
+    rows, _ = seg_lesions(ds, "file:///liver.dcm", words=("liver",))
+    sources = {
+        f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        for f in ds.PerFrameFunctionalGroupsSequence
+    }
+    assert {r.sop_instance_uid for r in rows} == sources and len(rows) == 3
+    assert {r.series_instance_uid for r in rows} == {
+        ds.ReferencedSeriesSequence[0].SeriesInstanceUID
+    }
+
+
+def _series(study: str, patient: str) -> list[pydicom.Dataset]:
+    series, frame = generate_uid(), generate_uid()
+    return [
+        make_ct(
+            PatientID=patient,
+            PatientName="Test^Patient",
+            PatientBirthDate="19500101",
+            PatientSex="F",
+            StudyDate="20240101",
+            StudyTime="120000",
+            AccessionNumber="A1",
+            ReferringPhysicianName="",
+            StudyID="1",
+            SeriesNumber=1,
+            StudyInstanceUID=study,
+            SeriesInstanceUID=series,
+            FrameOfReferenceUID=frame,
+            InstanceNumber=i + 1,
+            ImagePositionPatient=["0", "0", str(-100.0 + 3 * i)],
+            BodyPartExamined="ABDOMEN",
+        )
+        for i in range(N)
+    ]
+
+
+def _seg(source: list[pydicom.Dataset], organ: bool = False) -> pydicom.Dataset:
+    """A SEG by highdicom: a renal mass on slices LESION, or (organ) a kidney outline."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    mask = np.zeros((len(source), 16, 16), bool)
+    mask[LESION.start : LESION.stop, 4:10, 4:10] = True
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="Left kidney" if organ else "Renal mass",
+        segmented_property_category=codes.SCT.Organ
+        if organ
+        else codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Kidney if organ else codes.SCT.Mass,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    return hd.seg.Segmentation(
+        source_images=source,
+        pixel_array=mask,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=generate_uid(),
+        series_number=99,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="renalflow tests",
+        manufacturer_model_name="highdicom",
+        software_versions="1",
+        device_serial_number="1",
+    )
+
+
+def _ingest(archive: Path, store: str) -> None:
+    staged = convert_files(store, discover_files(str(archive)), CONFIG, "screening", {}, "run")
+    commit_batch(store, staged, {}, "screening", "run", CONFIG.version)
+
+
+@pytest.fixture
+def studies(tmp_path):
+    """Three studies: one with a lesion SEG, one the CSV annotates, one with nothing."""
+    archive = tmp_path / "archive"
+    by_seg, by_csv, bare = (_series(generate_uid(), p) for p in ("SEG", "CSV", "BARE"))
+    for name, series in (("seg", by_seg), ("csv", by_csv), ("bare", bare)):
+        for i, ds in enumerate(series):
+            save(ds, archive / name / f"{i:03d}.dcm")
+    save(_seg(by_seg), archive / "seg" / "lesion-seg.dcm")
+    save(_seg(bare, organ=True), archive / "bare" / "kidney-seg.dcm")
+    shutil_copy(get_testdata_file("test-SR.dcm"), archive / "bare" / "report.dcm")
+    return archive, by_seg, by_csv, bare
+
+
+def shutil_copy(source: str, target: Path) -> None:
+    target.write_bytes(Path(source).read_bytes())
+
+
+def _flags(store: str, archive: Path, series: list[pydicom.Dataset]) -> list[object]:
+    inventory = read_inventory(store, archive.resolve().as_uri(), CONFIG.version).to_pandas()
+    mine = inventory[inventory["series_instance_uid"] == series[0].SeriesInstanceUID]
+    return mine.sort_values("z")["lesion"].tolist()
+
+
+def test_seg_and_csv_mark_the_same_slices_and_other_series_stay_unknown(studies, tmp_path):
+    archive, by_seg, by_csv, bare = studies
+    store = str(tmp_path / "store")
+    _ingest(archive, store)
+    truth = [i in LESION for i in range(N)]
+    assert _flags(store, archive, by_seg) == truth
+    assert _flags(store, archive, bare) == [None] * N  # a kidney outline is no lesion truth
+    assert _flags(store, archive, by_csv) == [None] * N  # until its CSV is ingested
+
+    lesions_csv = tmp_path / "lesions.csv"
+    with lesions_csv.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["StudyInstanceUID", "SeriesInstanceUID", "first_SOPInstanceUID",
+                         "last_SOPInstanceUID", "z_min", "z_max"])  # fmt: skip
+        first, last = by_csv[LESION.start], by_csv[LESION.stop - 1]
+        writer.writerow([first.StudyInstanceUID, first.SeriesInstanceUID,
+                         first.SOPInstanceUID, last.SOPInstanceUID, "", ""])  # fmt: skip
+    assert ingest_lesions_csv(store, str(lesions_csv), "run2") == 1
+    assert _flags(store, archive, by_csv) == truth
+    assert ingest_lesions_csv(store, str(lesions_csv), "run3") == 1  # again: no double rows
+    assert len(read_lesions(store)) == len(LESION) + 1
+
+    # The same range by z (mm along the slice normal) marks the same slices.
+    by_z = tmp_path / "by_z.csv"
+    by_z.write_text(
+        "StudyInstanceUID,SeriesInstanceUID,z_min,z_max\n"
+        f"{by_seg[0].StudyInstanceUID},{by_seg[0].SeriesInstanceUID},"
+        f"{-100 + 3 * LESION.start},{-100 + 3 * (LESION.stop - 1)}\n"
+    )
+    rows = read_lesions_csv(str(by_z))
+    assert (rows[0].z_min, rows[0].z_max) == (-76.0, -61.0)
+
+    # SEG and SR objects are listed as what they are, not as unreadable files.
+    rejects = read_table(store, REJECTS).to_pandas().set_index("source_uri")
+    reasons = {Path(uri).name: row.reason for uri, row in rejects.iterrows()}
+    codes = {Path(uri).name: row.reason_code for uri, row in rejects.iterrows()}
+    assert codes == {"lesion-seg.dcm": "non_image", "kidney-seg.dcm": "non_image",
+                     "report.dcm": "non_image"}  # fmt: skip
+    assert "Renal mass: lesion on 6 slices" in reasons["lesion-seg.dcm"]
+    assert "structured report" in reasons["report.dcm"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("patient_id,label\nP1,benign\n", "needs the columns StudyInstanceUID"),
+        ("StudyInstanceUID,SeriesInstanceUID,z_min,z_max\n1.2,1.3,abc,4\n", "line 2: z_min"),
+        ("StudyInstanceUID,SeriesInstanceUID,z_min,z_max\n1.2,1.3,3,\n", "both ends"),
+    ],
+)
+def test_a_broken_lesions_csv_is_named_with_its_line(tmp_path, text, message):
+    path = tmp_path / "lesions.csv"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        read_lesions_csv(str(path))
