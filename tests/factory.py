@@ -126,3 +126,72 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def ct_series(
+    study: str,
+    patient: str,
+    *,
+    n: int = 20,
+    thickness: float = 3.0,
+    start: float = -100.0,
+    frame_of_reference: str | None = None,
+    **tags: Any,
+) -> list[Dataset]:
+    """An axial CT series of `n` slices `thickness` mm apart, with the patient and study
+    attributes a DICOM SEG writer (highdicom) asks of its source images."""
+    series, frame = generate_uid(), frame_of_reference or generate_uid()
+    base: dict[str, Any] = {
+        "PatientName": "Test^Patient", "PatientBirthDate": "19500101", "PatientSex": "F",
+        "StudyDate": "20240101", "StudyTime": "120000", "AccessionNumber": "A1",
+        "ReferringPhysicianName": "", "StudyID": "1", "SeriesNumber": 1,
+        "AcquisitionNumber": 1, "BodyPartExamined": "ABDOMEN",
+    }  # fmt: skip
+    base.update(tags)
+    return [
+        make_ct(
+            PatientID=patient,
+            StudyInstanceUID=study,
+            SeriesInstanceUID=series,
+            FrameOfReferenceUID=frame,
+            InstanceNumber=i + 1,
+            ImagePositionPatient=["0", "0", str(start + thickness * i)],
+            SliceThickness=str(thickness),
+            **base,
+        )
+        for i in range(n)
+    ]
+
+
+def lesion_seg(source: list[Dataset], frames: range, *, organ: bool = False) -> Dataset:
+    """A DICOM SEG written by highdicom over `source`: a renal mass on the slices
+    `frames`, or (organ) a kidney outline there, which is no lesion."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    rows, columns = int(source[0].Rows), int(source[0].Columns)
+    mask = np.zeros((len(source), rows, columns), bool)
+    mask[frames.start : frames.stop, rows // 4 : rows // 2, columns // 4 : columns // 2] = True
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="Left kidney" if organ else "Renal mass",
+        segmented_property_category=codes.SCT.Organ
+        if organ
+        else codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Kidney if organ else codes.SCT.Mass,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    return hd.seg.Segmentation(
+        source_images=source,
+        pixel_array=mask,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=generate_uid(),
+        series_number=99,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="renalflow tests",
+        manufacturer_model_name="highdicom",
+        software_versions="1",
+        device_serial_number="1",
+    )

@@ -459,3 +459,54 @@ def test_the_web_page_shows_the_vote_the_batch_scorer_gives(
     WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "error").text.strip() != "")
     error = browser.find_element(By.ID, "error").text
     assert "none of the uploaded files is a usable axial CT slice" in error and "not_dicom" in error
+
+
+def test_whole_studies_vote_only_on_what_was_selected(dask_cluster, trained, key, tmp_path):
+    """An archive as hospitals keep it: a study with a lesion SEG among other series, a
+    chest CT, and a study reconstructed thin and thick. Scored through the real flow."""
+    from pydicom.uid import generate_uid
+
+    from tests.factory import ct_series, lesion_seg, save
+
+    archive = tmp_path / "archive"
+    annotated_study, chest_study, twin_study = (generate_uid() for _ in range(3))
+    annotated = ct_series(annotated_study, "ANNOTATED", n=20)
+    lesion = range(8, 14)
+    chest = ct_series(annotated_study, "ANNOTATED", n=15, start=200, BodyPartExamined="CHEST")
+    only_chest = ct_series(chest_study, "CHEST", n=15, BodyPartExamined="CHEST")
+    frame = generate_uid()
+    thin = ct_series(twin_study, "TWIN", n=40, thickness=1.0, frame_of_reference=frame)
+    thick = ct_series(twin_study, "TWIN", n=8, thickness=5.0, frame_of_reference=frame)
+    for name, series in (("a", annotated), ("c", chest), ("o", only_chest), ("t1", thin),
+                         ("t5", thick)):  # fmt: skip
+        for i, ds in enumerate(series):
+            save(ds, archive / name / f"{i:03d}.dcm")
+    save(lesion_seg(annotated, lesion), archive / "a" / "seg.dcm")
+
+    results = str(tmp_path / "R")
+    summary = score_flow.with_options(task_runner=runner(dask_cluster))(
+        archive=str(archive), model_dir=trained["model"], results=results,
+        store=str(tmp_path / "S"), config=CURATED,
+    )  # fmt: skip
+    rows = run_query(
+        results,
+        "select patient_key, status, n_images, slices_in_study, selection_source, "
+        "n_series, series_skipped from study_votes order by slices_in_study",
+    ).to_pylist()
+    by_slices = {r["slices_in_study"]: r for r in rows}
+    # The chest CT: nothing to screen, no vote (never "benign").
+    assert by_slices[15]["status"] == "no_mass_found"
+    assert by_slices[15]["series_skipped"] == "not_abdominal:1" and by_slices[15]["n_series"] == 0
+    # The annotated study: its 6 lesion slices vote, not its other 29.
+    assert by_slices[35]["selection_source"] == "annotation" and by_slices[35]["n_images"] == 6
+    assert by_slices[35]["series_skipped"] == "not_abdominal:1"
+    # The twin pair: voted once, on the 5 mm reconstruction (all slices: --all-slices).
+    assert by_slices[48]["n_images"] == 8 and by_slices[48]["series_skipped"] == "twin:1"
+    assert by_slices[48]["selection_source"] == "all"
+    assert summary.slices_selected == 14 and summary.slices_in_studies == 98
+    assert summary.votes.get("no_mass_found") == 1
+    # Only what a model saw has a row; the classifier saw the selected slices.
+    scored = run_query(results, "select count(*) n, sum(voted::int) v from slice_scores")
+    assert scored.to_pylist() == [{"n": 14, "v": 14}]
+    patients = run_query(results, "select status, n_studies from patient_votes order by 2")
+    assert len(patients.to_pylist()) == 3

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
@@ -23,7 +22,7 @@ from renalflow.tasks.ingest import (
     ingest_lesions_csv,
 )
 from renalflow.tasks.store import REJECTS, read_inventory, read_lesions, read_table
-from tests.factory import make_ct, save
+from tests.factory import ct_series, lesion_seg, save
 
 CONFIG = PreprocessConfig(output_size=32)
 N, LESION = 20, range(8, 14)
@@ -47,60 +46,11 @@ def test_pydicoms_liver_seg_is_read_but_is_no_renal_lesion():
 
 
 def _series(study: str, patient: str) -> list[pydicom.Dataset]:
-    series, frame = generate_uid(), generate_uid()
-    return [
-        make_ct(
-            PatientID=patient,
-            PatientName="Test^Patient",
-            PatientBirthDate="19500101",
-            PatientSex="F",
-            StudyDate="20240101",
-            StudyTime="120000",
-            AccessionNumber="A1",
-            ReferringPhysicianName="",
-            StudyID="1",
-            SeriesNumber=1,
-            StudyInstanceUID=study,
-            SeriesInstanceUID=series,
-            FrameOfReferenceUID=frame,
-            InstanceNumber=i + 1,
-            ImagePositionPatient=["0", "0", str(-100.0 + 3 * i)],
-            BodyPartExamined="ABDOMEN",
-        )
-        for i in range(N)
-    ]
+    return ct_series(study, patient, n=N)
 
 
 def _seg(source: list[pydicom.Dataset], organ: bool = False) -> pydicom.Dataset:
-    """A SEG by highdicom: a renal mass on slices LESION, or (organ) a kidney outline."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
-    mask = np.zeros((len(source), 16, 16), bool)
-    mask[LESION.start : LESION.stop, 4:10, 4:10] = True
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="Left kidney" if organ else "Renal mass",
-        segmented_property_category=codes.SCT.Organ
-        if organ
-        else codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Kidney if organ else codes.SCT.Mass,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-    )
-    return hd.seg.Segmentation(
-        source_images=source,
-        pixel_array=mask,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[description],
-        series_instance_uid=generate_uid(),
-        series_number=99,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer="renalflow tests",
-        manufacturer_model_name="highdicom",
-        software_versions="1",
-        device_serial_number="1",
-    )
+    return lesion_seg(source, LESION, organ=organ)
 
 
 def _ingest(archive: Path, store: str) -> None:

@@ -178,7 +178,9 @@ def test_a_failed_retraining_keeps_the_model_it_would_have_replaced(store, train
     shutil.copytree(model_dir, copy)
     before = (copy / "model_version.txt").read_text()
     config = profile_config("paper", input_size=64, epochs=1, weights=str(tmp_path / "no.h5"))
-    with pytest.raises(Exception, match="weights file .* does not exist"):
+    from renalflow.tasks.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"weights file .* does not exist"):
         train_model(store, copy, config, log=lambda _: None)
     assert (copy / "model_version.txt").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no leftovers
