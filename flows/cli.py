@@ -52,6 +52,9 @@ from renalflow.tasks.params import (
     WebParams,
 )
 
+if typing.TYPE_CHECKING:  # the runtime (Prefect, Dask) is imported when a command runs
+    from renalflow.flows.runtime import StopSignals
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 DESCRIPTION = f"""\
@@ -624,37 +627,7 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated
 
 
-class _Signals:
-    """Which stop signals this process received, whoever handled them.
-
-    During a flow run Prefect swaps in its own SIGTERM handler, and the exception a
-    handler raises can surface wrapped in another (a signal that lands while Prefect
-    serialises a task's context comes out as a serialisation error). The wakeup fd is
-    written by the interpreter for every handled signal, so it tells the truth."""
-
-    def __init__(self) -> None:
-        self.seen: set[int] = set()
-        self._read, write = os.pipe()
-        os.set_blocking(self._read, False)
-        os.set_blocking(write, False)
-        self._write = write
-        self._previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-
-    def received(self) -> set[int]:
-        try:
-            while data := os.read(self._read, 512):
-                self.seen.update(data)
-        except BlockingIOError:
-            pass
-        return self.seen
-
-    def close(self) -> None:
-        signal.set_wakeup_fd(self._previous)
-        os.close(self._read)
-        os.close(self._write)
-
-
-def _stopped(err: BaseException, signals: _Signals | None) -> int | None:
+def _stopped(err: BaseException, signals: StopSignals | None) -> int | None:
     """The exit code of a command stopped by a signal (whatever exception that left
     behind), or None for an ordinary failure."""
     seen = signals.received() if signals else set()
@@ -667,11 +640,12 @@ def _stopped(err: BaseException, signals: _Signals | None) -> int | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from renalflow.flows.runtime import StopSignals, configure_logging
+
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
-    signals = _Signals() if in_main_thread else None
+    signals = StopSignals() if in_main_thread else None
     debug = bool(getattr(args, "debug", False))
-    from renalflow.flows.runtime import configure_logging
 
     configure_logging(verbose=bool(getattr(args, "verbose", False)))
     started = time.perf_counter()

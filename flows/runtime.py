@@ -603,15 +603,60 @@ def _verbose() -> bool:
     return os.environ.get(VERBOSE_ENV) == "1"
 
 
+_STOP_SIGNALS: list[StopSignals] = []
+
+
+class StopSignals:
+    """Which stop signals this process received, whoever handled them.
+
+    During a flow run Prefect swaps in its own SIGTERM handler, and the exception a
+    handler raises can surface wrapped in another (a signal that lands while Prefect
+    serialises a task's context comes out as a serialisation error). The wakeup fd is
+    written by the interpreter for every handled signal, so it tells the truth."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self._read, write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(write, False)
+        self._write = write
+        self._previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        _STOP_SIGNALS.append(self)
+
+    def received(self) -> set[int]:
+        """The signal numbers received so far."""
+        try:
+            while data := os.read(self._read, 512):
+                self.seen.update(data)
+        except BlockingIOError:
+            pass
+        return self.seen
+
+    def close(self) -> None:
+        _STOP_SIGNALS.remove(self)
+        signal.set_wakeup_fd(self._previous)
+        os.close(self._read)
+        os.close(self._write)
+
+
+def stopping() -> bool:
+    """Whether this process has received SIGINT or SIGTERM (while a CLI command runs)."""
+    return any({signal.SIGINT, signal.SIGTERM} & watcher.received() for watcher in _STOP_SIGNALS)
+
+
 class _UserMistakes(logging.Filter):
     """Drop log records that carry a RenalflowError: the CLI reports those itself, in
     one line; Prefect's "Encountered exception" traceback would only bury it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from prefect.exceptions import TerminationSignal
+
         from renalflow.tasks.errors import RenalflowError
 
         error = record.exc_info[1] if record.exc_info else None
-        return not isinstance(error, RenalflowError)
+        if error is not None and stopping():
+            return False  # fallout of Ctrl-C or SIGTERM, which the CLI reports in one line
+        return not isinstance(error, RenalflowError | TerminationSignal | KeyboardInterrupt)
 
 
 def _console_handlers() -> list[logging.Handler]:

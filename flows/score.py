@@ -167,7 +167,7 @@ def score_flow(
     ingest = run_ingest(archive, store, None, cohort, info.preprocess, ingest_batch_size, run_id)
     summary.files_new = ingest.files_new
 
-    ensure_tables(results)
+    ensure_tables(results, key)  # a table of another key is refused before any work
     plan = plan_scoring(
         read_inventory(store, archive, info.preprocess.version),
         scored_studies(results, info.model_version),

@@ -1,5 +1,7 @@
 """One small hierarchy of renalflow errors; every message says what failed and how to fix it."""
 
+import errno
+
 
 class RenalflowError(Exception):
     """Base class for every error renalflow raises on purpose."""
@@ -25,12 +27,12 @@ def is_transient_io(error: BaseException | None) -> bool:
     """
     seen = 0
     while error is not None and seen < 5:
+        # Timeouts (socket timeouts included) and dropped or refused connections.
         if isinstance(error, TimeoutError | ConnectionError):
             return True
-        text = str(error).lower()
-        if isinstance(error, OSError) and any(
-            word in text for word in ("slowdown", "throttl", "503", "timed out", "reset by peer")
-        ):
+        # s3fs turns S3's SlowDown, ServiceUnavailable (503) and busy (409) answers into
+        # OSError(EBUSY): typed, so no message text is matched.
+        if isinstance(error, OSError) and error.errno == errno.EBUSY:
             return True
         error = error.__cause__
         seen += 1

@@ -18,12 +18,14 @@ and the tables have no PatientID, names, dates of birth, accession numbers or UI
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -34,7 +36,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable
-from deltalake.exceptions import CommitFailedError
+from deltalake.exceptions import CommitFailedError, DeltaError
+from fsspec.implementations.local import LocalFileSystem
 
 from renalflow.tasks.config import Phase, SelectionSource, StudyStatus
 from renalflow.tasks.errors import InputError, StoreError
@@ -227,7 +230,7 @@ def open_table(results: str, name: str, version: int | datetime | None = None) -
     if version is not None:
         try:
             table.load_as_version(version)
-        except Exception as err:
+        except DeltaError as err:
             raise InputError(
                 f"{name} has no version {version!s} (versions 0-{table.version()}; see "
                 f"`renalflow history --results {results}`): {err}"
@@ -235,29 +238,85 @@ def open_table(results: str, name: str, version: int | datetime | None = None) -
     return table
 
 
-def ensure_tables(results: str) -> None:
-    """Create the tables, empty, if they do not exist (safe when runs race to do it)."""
+def ensure_tables(results: str, key: bytes | None = None) -> None:
+    """Create the tables, empty, if they do not exist: once, even when runs race to do it
+    (deltalake alone lets two racing creators commit two CREATEs). With `key`, refuse a
+    table that holds pseudonyms made under another key."""
     check_layout(results)
     for name, schema in SCHEMAS.items():
         uri = table_uri(results, name)
-        for attempt in range(5):
+        if _is_table(uri):
+            continue
+        with _creating(uri):
             if _is_table(uri):
-                break
+                continue  # the run that held the lock before us made it
+            DeltaTable.create(
+                uri,
+                schema=schema,
+                mode="error",
+                name=name,
+                description=_DESCRIPTIONS[name],
+                storage_options=storage_options(uri),
+            )
+    if key is not None:
+        check_key_id(results, key)
+
+
+_CREATE_WAIT_S = 60.0
+
+
+@contextlib.contextmanager
+def _creating(uri: str) -> Iterator[None]:
+    """One creator at a time for the table at `uri`: an exclusive file lock on a local
+    filesystem; on object storage a marker object written only if absent (a conditional
+    put), which the others wait on until the table appears."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    marker = f"{path.rstrip('/')}.creating"
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(marker) or ".", exist_ok=True)
+        with open(marker, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                DeltaTable.create(
-                    uri,
-                    schema=schema,
-                    mode="ignore",
-                    name=name,
-                    description=_DESCRIPTIONS[name],
-                    storage_options=storage_options(uri),
-                )
-                break
-            except Exception:
-                # Another run created it between our check and our commit.
-                time.sleep(0.05 * (attempt + 1))
-        else:
-            raise StoreError(f"could not create the results table {uri}")
+                yield
+            finally:
+                # Whoever waits on the lock finds the table made and leaves it alone.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(marker)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    bucket, key = path.split("/", 1)
+    try:
+        fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"", IfNoneMatch="*")
+    except (OSError, ValueError):  # s3fs: 412 Precondition Failed -> another run creates it
+        deadline = time.monotonic() + _CREATE_WAIT_S
+        while not _is_table(uri) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if _is_table(uri):
+            yield
+            return
+        # Its creator died before creating it (the marker is left): create it here.
+    try:
+        yield
+    finally:
+        fs.rm_file(f"{bucket}/{key}")
+
+
+def check_key_id(results: str, key: bytes) -> None:
+    """Refuse to mix pseudonyms of two keys in one results table: every row carries the
+    key's public fingerprint (key_id), and rows of another key cannot be linked."""
+    mine = key_id(key)
+    uri = table_uri(results, STUDY_VOTES)
+    if not _is_table(uri):
+        return
+    dataset = open_table(results, STUDY_VOTES).to_pyarrow_dataset()
+    other = dataset.head(1, columns=["key_id"], filter=pc.field("key_id") != mine)
+    if other.num_rows:
+        raise InputError(
+            f"{results} holds pseudonyms made under another key (key id "
+            f"{other.column('key_id')[0].as_py()}, this run's is {mine}): set "
+            "RENALFLOW_PSEUDONYM_KEY (or --key-secret) to the key that table was written "
+            "with, or score into a new results folder"
+        )
 
 
 _DESCRIPTIONS = {
@@ -400,13 +459,20 @@ def tables_as_of(results: str, as_of: int | datetime | None) -> dict[str, Any]:
     out: dict[str, Any] = {STUDY_VOTES: votes.to_pyarrow_dataset()}
     for name in (PATIENT_VOTES, SLICE_SCORES):
         table = open_table(results, name)
+        if moment is not None and _created_after(table, moment):
+            out[name] = SCHEMAS[name].empty_table()  # it did not exist yet at that time
+            continue
         if moment is not None:
-            try:
-                table.load_as_version(moment)
-            except Exception:
-                table = None  # the table did not exist yet at that time
-        out[name] = table.to_pyarrow_dataset() if table is not None else SCHEMAS[name].empty_table()
+            table.load_as_version(moment)  # a storage failure here fails, never "empty"
+        out[name] = table.to_pyarrow_dataset()
     return out
+
+
+def _created_after(table: Any, moment: datetime) -> bool:
+    """Whether the table's first commit is later than `moment`."""
+    first = min(table.history(), key=lambda entry: entry["version"])
+    created = datetime.fromtimestamp(first["timestamp"] / 1000).astimezone()
+    return created > moment
 
 
 LEGACY_HELP = "renalflow migrate-results --results {results}"  # the one command that upgrades R

@@ -198,11 +198,11 @@ import renalflow.tasks.ingest as ingest
 if not hasattr(ingest, "_real_convert_file"):  # Dask may run a preload more than once
     ingest._real_convert_file = ingest.convert_file
 
-    def _convert_or_die(fp, config):
+    def _convert_or_die(fp, config, *rest):
         # A decoder crash the guards cannot see (a segfault in a codec): the process dies.
         if "poison" in str(fp):
             os._exit(70)
-        return ingest._real_convert_file(fp, config)
+        return ingest._real_convert_file(fp, config, *rest)
 
     ingest.convert_file = _convert_or_die
 """

@@ -404,3 +404,39 @@ def test_a_results_table_from_before_study_votes_is_refused_then_migrated(tmp_pa
     assert patient.to_pylist() == [{"n_studies": 2, "n_images": 24, "vote": "malignant"}]
     # Scoring carries on: the same rows again add nothing.
     assert write_results(results, slices, votes, "new")["vote_rows_inserted"] == 0
+
+
+def _create_tables(results: str) -> None:
+    ensure_tables(results)
+
+
+def test_runs_racing_to_create_the_tables_create_each_once(tmp_path):
+    """deltalake alone let two of four racing creators commit a second CREATE."""
+    import os
+
+    spawn = multiprocessing.get_context("spawn")
+    for trial in range(3):
+        results = str(tmp_path / f"R{trial}")
+        racers = [spawn.Process(target=_create_tables, args=(results,)) for _ in range(3)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(120)
+        assert [r.exitcode for r in racers] == [0, 0, 0]
+        for name in (STUDY_VOTES, PATIENT_VOTES, SLICE_SCORES):
+            log = sorted(os.listdir(f"{results}/{name}/_delta_log"))
+            assert [f for f in log if f.endswith(".json")] == ["00000000000000000000.json"]
+
+
+def test_a_table_written_under_another_key_is_refused(tmp_path):
+    results = str(tmp_path / "R")
+    ensure_tables(results, KEY)
+    frame = inventory({"1.1": ("PAT1", 12, ["venous"])})
+    probabilities = dict.fromkeys(frame["sop_instance_uid"], 0.8)
+    slices, votes = result_rows(frame, probabilities, KEY, INFO, ScoreConfig(), "/a", "r1")
+    write_results(results, slices, votes, "r1")
+    ensure_tables(results, KEY)  # the same key again: fine
+    other = b"another-department-key-0123456789"
+    with pytest.raises(InputError, match="made under another key") as info:
+        ensure_tables(results, other)
+    assert other.decode() not in str(info.value)  # fingerprints only, never a key
