@@ -416,18 +416,21 @@ def cmd_train(params: TrainParams) -> int:
 
 def cmd_evaluate(params: EvaluateParams) -> int:
     from renalflow.flows.jobs import evaluate_job, launch
+    from renalflow.tasks.report.render import decimal
 
     metrics = launch(evaluate_job, params)
     image, patient = metrics["image"], metrics["patient"]
     print(
-        f"{metrics['evaluated']}: image AUC {image['auc']:.3f} "
-        f"(95% CI {image['auc_ci95'][0]:.3f}-{image['auc_ci95'][1]:.3f}), "
-        f"accuracy {image['accuracy']:.3f}, sensitivity {image['sensitivity']:.3f}, "
-        f"specificity {image['specificity']:.3f}\n"
-        f"patients: {patient['n']}, vote accuracy {patient['accuracy']:.3f}, "
+        f"{metrics['evaluated']}: image AUC {decimal(image['auc'])} "
+        f"(95% CI {decimal(image['auc_ci95'][0])}-{decimal(image['auc_ci95'][1])}), "
+        f"accuracy {decimal(image['accuracy'])}, sensitivity {decimal(image['sensitivity'])}, "
+        f"specificity {decimal(image['specificity'])}\n"
+        f"patients: {patient['n']}, vote accuracy {decimal(patient['accuracy'])}, "
         f"false negatives {patient['false_negatives']}\n"
         f"report: {Path(params.out) / 'report.html'} (and report.md)"
     )
+    for warning in metrics.get("warnings", []):
+        print(f"caution: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

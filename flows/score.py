@@ -29,7 +29,7 @@ from renalflow.flows.ingest import run_ingest
 from renalflow.tasks.config import SCREENING
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.inference import ScoredBatch, SelectorRef, explain_slices, score_slices
-from renalflow.tasks.model_dir import read_model_info
+from renalflow.tasks.model_dir import check_same_preprocessing, read_model_info
 from renalflow.tasks.pseudonym import NO_KEY_HELP, check_key, key_from_env, key_id
 from renalflow.tasks.results import (
     SelectorUsed,
@@ -158,6 +158,7 @@ def score_flow(
     selector = None
     if selector_dir:
         found = read_model_info(selector_dir)
+        check_same_preprocessing(info, found)
         selector = SelectorRef(found.model_dir, found.model_version, selector_threshold(found))
     store = store or default_store(results)
     run_id = str(flow_run.get_id() or "local")

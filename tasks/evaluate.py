@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,22 @@ from renalflow.tasks.config import (
 from renalflow.tasks.dataset import SliceSet, load_slices
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.explain import heatmaps, write_overlay
-from renalflow.tasks.metrics import binary_metrics, bootstrap_auc_ci, roc_auc, roc_curve
+from renalflow.tasks.metrics import (
+    binary_metrics,
+    bootstrap_auc_ci,
+    evaluation_warnings,
+    roc_auc,
+    roc_curve,
+)
 from renalflow.tasks.model import predict_probabilities
-from renalflow.tasks.model_dir import ModelDir, load_model, model_version, profile_note
-from renalflow.tasks.report import percent, write_html
+from renalflow.tasks.model_dir import (
+    ModelDir,
+    check_store_matches,
+    load_model,
+    model_version,
+    profile_note,
+)
+from renalflow.tasks.report import decimal, percent, write_html
 from renalflow.tasks.split import load_split
 from renalflow.tasks.vote import deciding_slices, malignant_images, vote
 
@@ -78,6 +91,11 @@ def select_slices(
     return load_slices(store_uri, cohorts=[DEVELOPMENT], patients=patients, labelled_only=True)
 
 
+def _defined(value: Any) -> Any:
+    """None for an undefined (NaN) figure, else the value."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def evaluate(
     store_uri: str,
     model_dir: str | Path,
@@ -93,6 +111,7 @@ def evaluate(
     """Score a split or external cohort; write metrics.json, patients.csv, plots and report.md."""
     started = time.perf_counter()
     model_dir, report = Path(model_dir), Path(report_dir)
+    check_store_matches(model_dir, store_uri)
     report.mkdir(parents=True, exist_ok=True)
     slices = select_slices(store_uri, model_dir, split, cohort)
     model = load_model(model_dir)
@@ -100,7 +119,7 @@ def evaluate(
     y = slices.labels.astype(int)
     image_metrics = binary_metrics(y, malignant_images(probabilities, image_threshold))
     auc = roc_auc(y, probabilities)
-    low, high = bootstrap_auc_ci(
+    interval = bootstrap_auc_ci(
         y, probabilities, slices.meta["patient_id"].to_numpy(), n_boot=n_bootstrap, seed=seed
     )
     patients = patient_table(slices.meta, probabilities, image_threshold, vote_threshold)
@@ -117,16 +136,20 @@ def evaluate(
         "image_threshold": image_threshold,
         "vote_threshold": vote_threshold,
         "image": {
-            "auc": auc,
-            "auc_ci95": [low, high],
+            "auc": _defined(auc),
+            "auc_ci95": [_defined(interval.low), _defined(interval.high)],
             "auc_ci_method": (
-                f"percentile bootstrap over patients, {n_bootstrap} resamples, seed {seed}"
+                f"percentile bootstrap over patients, {interval.used} of {n_bootstrap} "
+                f"resamples usable, seed {seed}"
             ),
             **image_metrics.to_dict(),
         },
         "patient": {**patient_metrics.to_dict(), "false_negatives": patient_metrics.fn},
+        "warnings": evaluation_warnings(y, interval, len(patients)),
         "seconds": time.perf_counter() - started,
     }
+    for key in ("image", "patient"):  # JSON has no NaN: an undefined figure is null
+        metrics[key] = {k: _defined(v) for k, v in metrics[key].items()}
     patients.to_csv(report / "patients.csv", index=False)
     _plot_roc(y, probabilities, auc, report / "roc.png", name)
     metrics["heatmaps"] = _explain_misclassified(
@@ -226,8 +249,8 @@ def _write_markdown(
         "",
         "| set | AUC (image) | accuracy (image) | specificity (image) | patient vote accuracy |",
         "|---|---|---|---|---|",
-        f"| **{metrics['evaluated']}** (this run) | {image['auc']:.3f} "
-        f"(95% CI {image['auc_ci95'][0]:.3f}-{image['auc_ci95'][1]:.3f}) | "
+        f"| **{metrics['evaluated']}** (this run) | {decimal(image['auc'])} "
+        f"(95% CI {decimal(image['auc_ci95'][0])}-{decimal(image['auc_ci95'][1])}) | "
         f"{percent(image['accuracy'])} | {percent(image['specificity'])} | "
         f"{percent(patient['accuracy'])}, {patient['false_negatives']} false negatives |",
     ]

@@ -74,6 +74,17 @@ def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> BinaryMetrics:
     )
 
 
+@dataclass(frozen=True)
+class AucInterval:
+    """A bootstrap interval and how many resamples it rests on: a resample that drew
+    only one class has no AUC and is left out (NaN bounds when none had both)."""
+
+    low: float
+    high: float
+    used: int
+    requested: int
+
+
 def bootstrap_auc_ci(
     y_true: np.ndarray,
     scores: np.ndarray,
@@ -81,7 +92,7 @@ def bootstrap_auc_ci(
     n_boot: int = 1000,
     seed: int = SEED,
     level: float = 0.95,
-) -> tuple[float, float]:
+) -> AucInterval:
     """Percentile CI of the image-level AUC, resampling patients (groups), not images.
 
     Images of one patient are correlated; resampling them independently would give a
@@ -101,6 +112,30 @@ def bootstrap_auc_ci(
         if not np.isnan(auc):
             aucs.append(auc)
     if not aucs:
-        return float("nan"), float("nan")
+        return AucInterval(float("nan"), float("nan"), 0, n_boot)
     alpha = (1 - level) / 2
-    return float(np.quantile(aucs, alpha)), float(np.quantile(aucs, 1 - alpha))
+    low, high = float(np.quantile(aucs, alpha)), float(np.quantile(aucs, 1 - alpha))
+    return AucInterval(low, high, len(aucs), n_boot)
+
+
+def evaluation_warnings(
+    y_true: np.ndarray, interval: AucInterval, patients: int, min_patients: int = 10
+) -> list[str]:
+    """What a reader must know before trusting the figures of a small or one-class set
+    (our choice of `min_patients`: fewer make every rate swing by 10 points or more)."""
+    y = np.asarray(y_true).astype(bool)
+    notes = []
+    if y.all() or not y.any():
+        which = "malignant" if y.any() else "benign"
+        notes.append(
+            f"every image is {which}: AUC and the {'specificity' if y.any() else 'sensitivity'}"
+            " are undefined for a set with one class"
+        )
+    elif interval.used < interval.requested:
+        notes.append(
+            f"the AUC's CI rests on {interval.used} of {interval.requested} bootstrap "
+            "resamples: the others drew patients of one class only"
+        )
+    if patients < min_patients:
+        notes.append(f"only {patients} patients: every rate here is very uncertain")
+    return notes

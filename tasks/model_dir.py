@@ -129,6 +129,39 @@ class ModelInfo:
     preprocess: PreprocessConfig
 
 
+def check_store_matches(model_dir: str | Path, store_uri: str) -> None:
+    """Refuse a slice store made with other preprocessing than the model's training
+    slices: the model would see images that look different for no clinical reason."""
+    where = ModelDir(model_dir)
+    if not where.lineage.exists():
+        raise _no_model(model_dir)
+    trained_on = set(json.loads(where.lineage.read_text()).get("preprocess_version") or [])
+    try:
+        manifest = read_manifest(store_uri)
+    except StoreError:
+        return  # no manifest: the store's own reads say what is missing
+    stored = manifest.get("preprocess_version")
+    if stored and trained_on and stored not in trained_on:
+        raise ModelError(
+            f"{store_uri} holds slices made with preprocess_version {stored} "
+            f"({manifest.get('preprocess')}), but the model in {model_dir} was trained on "
+            f"{', '.join(sorted(trained_on))}: ingest the archive again into a new store "
+            "with the model's settings (renalflow score does that itself), or evaluate a "
+            "model trained on this store"
+        )
+
+
+def check_same_preprocessing(classifier: ModelInfo, selector: ModelInfo) -> None:
+    """A slice selector reads the same stored slices as its classifier."""
+    if classifier.preprocess.version != selector.preprocess.version:
+        raise ModelError(
+            f"the slice selector {selector.model_dir} was trained on preprocess_version "
+            f"{selector.preprocess.version}, the classifier {classifier.model_dir} on "
+            f"{classifier.preprocess.version}: both read the same stored slices, so train "
+            "them on stores made with the same settings"
+        )
+
+
 def read_model_info(model_dir: str | Path) -> ModelInfo:
     """Model version, profile and the preprocessing its training slices went through."""
     where = ModelDir(model_dir)

@@ -106,12 +106,14 @@ def build_store(root: Path, *, patients: int, seed: int, size: int = 64) -> str:
     """A small labelled slice store from a synthetic archive, without Prefect or Dask."""
     from renalflow.tasks.config import PreprocessConfig
     from renalflow.tasks.ingest import commit_batch, convert_files, discover_files, read_labels
+    from renalflow.tasks.store import check_manifest
     from renalflow.tasks.synth import SynthConfig, synthesize_archive
 
     synth = SynthConfig(patients=patients, seed=seed, benign_fraction=0.4, max_slices_per_series=4)
     synthesize_archive(root / "synth", synth, jobs=2)
     store = str(root / "store")
     config = PreprocessConfig(output_size=size)
+    check_manifest(store, config.to_dict(), config.version)  # as ingest makes the store
     uris = discover_files(str(root / "synth" / "archive"))
     labels = read_labels(str(root / "synth" / "labels.csv"))
     staged = convert_files(store, uris, config, "development", labels, "run")

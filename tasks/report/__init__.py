@@ -10,6 +10,14 @@ the code that fills them.
 
 from renalflow.tasks.report.cohort import cohort_report
 from renalflow.tasks.report.evaluation import calibration, vote_tradeoff, write_html
-from renalflow.tasks.report.render import percent, render
+from renalflow.tasks.report.render import decimal, percent, render
 
-__all__ = ["calibration", "cohort_report", "percent", "render", "vote_tradeoff", "write_html"]
+__all__ = [
+    "calibration",
+    "cohort_report",
+    "decimal",
+    "percent",
+    "render",
+    "vote_tradeoff",
+    "write_html",
+]

@@ -14,10 +14,18 @@ from typing import Any
 
 import jinja2
 
+UNDEFINED = "undefined"
+"""How a figure a set cannot give (a one-class set's AUC) is written everywhere."""
 
-def percent(value: float) -> str:
-    """A share as `12.3%`, or `n/a` for NaN (a class absent from the set)."""
-    return "n/a" if value != value else f"{100 * value:.1f}%"
+
+def percent(value: float | None) -> str:
+    """A share as `12.3%`, or `undefined` (a class absent from the set)."""
+    return UNDEFINED if value is None or value != value else f"{100 * value:.1f}%"
+
+
+def decimal(value: float | None, digits: int = 3) -> str:
+    """A figure with `digits` decimals, or `undefined`."""
+    return UNDEFINED if value is None or value != value else f"{value:.{digits}f}"
 
 
 @cache
@@ -29,6 +37,7 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["percent"] = percent
+    env.filters["decimal"] = decimal
     return env
 
 

@@ -4,6 +4,7 @@ import pytest
 from renalflow.tasks.metrics import (
     binary_metrics,
     bootstrap_auc_ci,
+    evaluation_warnings,
     roc_auc,
     roc_curve,
 )
@@ -37,7 +38,27 @@ def test_bootstrap_ci_resamples_patients_and_brackets_the_auc():
     groups = np.repeat(np.arange(40), 10)
     y = np.repeat(rng.integers(0, 2, 40), 10)
     scores = y * 0.6 + rng.random(400) * 0.7
-    low, high = bootstrap_auc_ci(y, scores, groups, n_boot=200, seed=1)
+    interval = bootstrap_auc_ci(y, scores, groups, n_boot=200, seed=1)
+    low, high = interval.low, interval.high
     auc = roc_auc(y, scores)
     assert low < auc < high
-    assert (low, high) == bootstrap_auc_ci(y, scores, groups, n_boot=200, seed=1)
+    assert interval == bootstrap_auc_ci(y, scores, groups, n_boot=200, seed=1)
+
+
+def test_one_class_and_tiny_sets_are_named_not_printed_as_numbers():
+    groups = np.repeat(np.arange(4), 5)
+    y = np.ones(20, int)  # every image malignant: DataTest_3 the other way round
+    scores = np.linspace(0, 1, 20)
+    interval = bootstrap_auc_ci(y, scores, groups, n_boot=50, seed=1)
+    assert np.isnan(roc_auc(y, scores)) and interval.used == 0 and interval.requested == 50
+    notes = evaluation_warnings(y, interval, patients=4)
+    assert notes[0].startswith("every image is malignant: AUC and the specificity")
+    assert notes[-1] == "only 4 patients: every rate here is very uncertain"
+    # Two classes, but few patients: some resamples draw one class and are left out.
+    y = np.repeat([0, 0, 0, 1], 5)
+    interval = bootstrap_auc_ci(y, scores, groups, n_boot=200, seed=1)
+    assert 0 < interval.used < 200
+    assert (
+        f"rests on {interval.used} of 200 bootstrap resamples"
+        in evaluation_warnings(y, interval, patients=4)[0]
+    )

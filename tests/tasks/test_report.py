@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from renalflow.tasks.report import cohort_report, percent, render, write_html
+from renalflow.tasks.report import cohort_report, decimal, percent, render, write_html
 from renalflow.tasks.results import (
     STUDY_VOTES,
     STUDY_VOTES_SCHEMA,
@@ -104,7 +104,7 @@ def test_evaluation_report_has_its_sections_and_numbers(tmp_path):
         assert section in page
     assert "<td><b>test split (this run)</b></td><td>0.900 (0.800-0.950)</td>" in page
     assert "<td>DataTest_1 (paper)</td><td>0.973</td><td>90.0%</td>" in page
-    assert "at least\n51% of the images are" in page and "specificity n/a" in page
+    assert "at least\n51% of the images are" in page and "specificity undefined" in page
     assert page.count("data:image/png;base64,") == 4  # roc, confusion, trade-off, calibration
     assert "<tr class='wrong'><td>RF00002</td><td>benign</td>" in page
     assert '<p class="note">cpu-demo model</p>' in page
@@ -152,5 +152,7 @@ def test_a_template_variable_nobody_passed_is_an_error():
         render("web_page.html.j2", note="", vote_threshold=0.51)
 
 
-def test_percent_says_n_a_for_a_missing_class():
-    assert percent(0.1234) == "12.3%" and percent(float("nan")) == "n/a"
+def test_a_figure_a_set_cannot_give_is_written_undefined():
+    assert percent(0.1234) == "12.3%" and percent(float("nan")) == "undefined"
+    assert percent(None) == "undefined" and decimal(None) == "undefined"
+    assert decimal(0.97345) == "0.973"

@@ -184,3 +184,14 @@ def test_a_failed_retraining_keeps_the_model_it_would_have_replaced(store, train
         train_model(store, copy, config, log=lambda _: None)
     assert (copy / "model_version.txt").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no leftovers
+
+
+def test_evaluate_refuses_a_store_made_with_other_preprocessing(trained, tmp_path):
+    from renalflow.tasks.errors import ModelError
+
+    _, model_dir = trained
+    other = build_store(tmp_path, patients=4, seed=6, size=32)  # another resize
+    with pytest.raises(ModelError, match="holds slices made with preprocess_version") as info:
+        evaluate(other, model_dir, tmp_path / "report")
+    assert "ingest the archive again into a new store" in str(info.value)
+    assert not (tmp_path / "report").exists()  # refused before any work
