@@ -243,6 +243,8 @@ def _write_markdown(
     ]
     if note:
         lines += ["", f"> **{note}**"]
+    for warning in metrics.get("warnings", []):
+        lines += ["", f"> Caution: {warning}."]
     lines += [
         "",
         "## This run beside the paper",
