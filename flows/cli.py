@@ -523,17 +523,29 @@ def cmd_serve(params: ServeParams) -> int:
 def cmd_web(params: WebParams) -> int:
     import uvicorn
 
-    from renalflow.flows.web import WebConfig, create_app
+    from renalflow.flows.web import WebConfig, check_exposure, create_app, read_token
 
+    hosts = tuple(h.strip().lower() for h in (params.allowed_hosts or "").split(",") if h.strip())
     config = WebConfig(
         model_dir=os.path.abspath(params.model_dir),
         workdir=os.path.abspath(params.out),
         max_upload_mb=params.max_upload_mb,
         keep_uploads=params.keep_uploads,
+        host=params.host,
+        port=params.port,
+        token=read_token(params.token_file),
+        allowed_hosts=hosts,
+        max_concurrent=params.max_concurrent,
     )
+    check_exposure(config)  # before the model is loaded
     app = create_app(config)
-    print(f"renalflow web: http://{params.host}:{params.port}/  (uploads in {config.workdir})")
-    uvicorn.run(app, host=params.host, port=params.port, log_level="info")
+    where = f"http://{params.host}:{params.port}/"
+    print(
+        f"renalflow web: {where}  (uploads in {config.workdir}"
+        + ("; open it once as /?token=TOKEN" if config.token else "")
+        + ")"
+    )
+    uvicorn.run(app, host=params.host, port=params.port, log_level="warning")
     return EXIT_OK
 
 

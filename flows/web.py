@@ -8,16 +8,20 @@ scorer give the same vote for the same series. Files land in a private folder un
 the working directory and are removed after scoring unless the server keeps them.
 """
 
+import asyncio
 import base64
+import hmac
 import io
+import json
+import os
 import shutil
 import tempfile
 import uuid
-import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
@@ -27,11 +31,18 @@ from renalflow.tasks.convert import convert_file
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.explain import heatmaps, write_overlay
 from renalflow.tasks.inference import cached_model
-from renalflow.tasks.ingest import as_reject
+from renalflow.tasks.ingest import FILE_ERRORS, as_reject
 from renalflow.tasks.model import predict_probabilities
 from renalflow.tasks.model_dir import read_model_info
 from renalflow.tasks.score import ScoreConfig
+from renalflow.tasks.upload import UnsafeUpload, UploadLimits, UploadTooLarge, take_upload
 from renalflow.tasks.vote import deciding_slices, malignant_images, vote
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+TOKEN_ENV = "RENALFLOW_WEB_TOKEN"
+TOKEN_COOKIE = "renalflow_token"
+RETRY_AFTER_S = 10
+"""Our choice: what a busy page asks the browser to wait before trying again."""
 
 
 @dataclass(frozen=True)
@@ -42,49 +53,44 @@ class WebConfig:
     max_files: int = 3000
     keep_uploads: bool = False
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None  # required on every request when set
+    allowed_hosts: tuple[str, ...] = ()  # Host names the page answers to besides its own
+    max_concurrent: int = 2  # uploads scored at once; more get 503 with Retry-After
+
+    @property
+    def limits(self) -> UploadLimits:
+        return UploadLimits(max_bytes=self.max_upload_mb * 2**20, max_files=self.max_files)
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        """Host header values (without port) the page answers to."""
+        own = {self.host} | (set(LOOPBACK) if self.host in LOOPBACK else set())
+        return frozenset(own | set(self.allowed_hosts))
 
 
-def _safe_name(name: str) -> str:
-    """A file name with no folders in it (uploads never choose where they land)."""
-    base = Path(name.replace("\\", "/")).name
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in base) or "file"
+def check_exposure(config: WebConfig) -> None:
+    """Refuse to listen beyond this machine without a token (one line, before start)."""
+    if config.host not in LOOPBACK and not config.token:
+        raise InputError(
+            f"--host {config.host} puts the page on the network: give it a token with "
+            f"--token-file FILE or {TOKEN_ENV} (every request must then carry it), or keep "
+            "the default 127.0.0.1"
+        )
 
 
-def save_uploads(files: list[tuple[str, bytes]], folder: Path, config: WebConfig) -> list[Path]:
-    """Write uploaded files (and the members of uploaded zips) into `folder` only."""
-    saved: list[Path] = []
-    total = 0
-    limit = config.max_upload_mb * 2**20
-
-    def add(name: str, data: bytes) -> None:
-        nonlocal total
-        total += len(data)
-        if total > limit:
-            raise InputError(
-                f"the upload is larger than {config.max_upload_mb} MB; send one series "
-                "at a time or ask for a higher --max-upload-mb"
-            )
-        if len(saved) >= config.max_files:
-            raise InputError(f"more than {config.max_files} files; send one series at a time")
-        path = folder / f"{len(saved):05d}-{_safe_name(name)}"
-        path.write_bytes(data)
-        saved.append(path)
-
-    for name, data in files:
-        if name.lower().endswith(".zip") or data[:4] == b"PK\x03\x04":
-            try:
-                archive = zipfile.ZipFile(io.BytesIO(data))
-            except zipfile.BadZipFile as err:
-                raise InputError(f"{_safe_name(name)} is not a readable zip file") from err
-            for member in archive.infolist():
-                if member.is_dir():
-                    continue
-                if member.file_size > limit:
-                    raise InputError(f"{member.filename} in the zip is too large")
-                add(member.filename, archive.read(member))
-        else:
-            add(name, data)
-    return saved
+def read_token(token_file: str | None) -> str | None:
+    """The page's token from --token-file or RENALFLOW_WEB_TOKEN (never printed)."""
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as err:
+            raise InputError(f"cannot read the token file {token_file}: {err.strerror}") from err
+        if len(token) < 16:
+            raise InputError(f"the token in {token_file} is shorter than 16 characters")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def score_upload(paths: list[Path], config: WebConfig) -> dict[str, Any]:
@@ -93,8 +99,8 @@ def score_upload(paths: list[Path], config: WebConfig) -> dict[str, Any]:
     converted, rejects = [], []
     for path in paths:
         try:
-            converted.append((path, convert_file(str(path), info.preprocess)))
-        except Exception as err:  # every file gets a verdict; none fails the upload
+            converted.append((path, convert_file(str(path), info.preprocess, str(path))))
+        except FILE_ERRORS as err:  # the file's own defect: a verdict, never a failed upload
             reject = as_reject(str(path), err)
             rejects.append(
                 {"file": path.name.split("-", 1)[-1], "code": reject.code.value,
@@ -163,13 +169,18 @@ def score_upload(paths: list[Path], config: WebConfig) -> dict[str, Any]:
 def create_app(config: WebConfig) -> Any:
     """The FastAPI application (pages and API); nothing is loaded until it is asked."""
     # FastAPI comes with the `web` extra: only `renalflow web` needs it.
-    from fastapi import FastAPI, File, UploadFile
+    from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.concurrency import run_in_threadpool
+    from starlette.datastructures import UploadFile
 
+    check_exposure(config)
     app = FastAPI(title="renalflow", docs_url=None, redoc_url=None)
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     info = read_model_info(config.model_dir)  # refuse to start without a model
+    gate = asyncio.Semaphore(config.max_concurrent)
+    app.state.gate = gate
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -178,18 +189,162 @@ def create_app(config: WebConfig) -> Any:
         return render_page(model, note, config.score.vote_threshold)
 
     @app.post("/api/score")
-    async def score(files: list[UploadFile] = File(...)) -> Any:  # noqa: B008
-        folder = Path(tempfile.mkdtemp(prefix=f"upload-{uuid.uuid4().hex[:8]}-", dir=workdir))
-        try:
-            uploads = [(f.filename or "file", await f.read()) for f in files]
-            paths = save_uploads(uploads, folder, config)
-            result = score_upload(paths, config)
-            result["kept_in"] = str(folder) if config.keep_uploads else None
-            return result
-        except InputError as err:
-            return JSONResponse({"error": str(err)}, status_code=422)
-        finally:
-            if not config.keep_uploads:
-                shutil.rmtree(folder, ignore_errors=True)
+    async def score(request: Request) -> Any:
+        if gate.locked():
+            return JSONResponse(
+                {"error": "the page is scoring other uploads; try again in a moment"},
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        async with gate:
+            folder = Path(tempfile.mkdtemp(prefix=f"upload-{uuid.uuid4().hex[:8]}-", dir=workdir))
+            form = None
+            try:
+                # Starlette spools each part to a temporary file as it arrives (the body
+                # size is bounded by BodyLimit); the copy below stops at the limits.
+                form = await request.form(max_files=config.max_files, max_fields=16)
+                files = [
+                    (f.filename or "file", f.file)
+                    for f in form.getlist("files")
+                    if isinstance(f, UploadFile)
+                ]
+                paths = await run_in_threadpool(take_upload, files, folder, config.limits)
+                result = await run_in_threadpool(score_upload, paths, config)
+                result["kept_in"] = str(folder) if config.keep_uploads else None
+                return result
+            except UploadTooLarge as err:
+                return JSONResponse({"error": str(err)}, status_code=413)
+            except UnsafeUpload as err:
+                return JSONResponse({"error": str(err)}, status_code=400)
+            except InputError as err:
+                return JSONResponse({"error": str(err)}, status_code=422)
+            finally:
+                if form is not None:
+                    await form.close()
+                if not config.keep_uploads:
+                    shutil.rmtree(folder, ignore_errors=True)
 
-    return app
+    guarded = Guard(app, config)
+    return BodyLimit(guarded, config.limits.max_bytes + _MULTIPART_SLACK)
+
+
+_MULTIPART_SLACK = 1 << 20  # boundaries and part headers of up to 3,000 files
+
+
+async def _reply(send: Any, status: int, error: str, headers: dict[str, str] | None = None) -> None:
+    body = json.dumps({"error": error}).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    head += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 as soon as its
+    declared length or the bytes received so far pass the limit; the rest is never
+    read, and nothing of it reaches the application."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
+            await self.app(scope, receive, send)
+            return
+        message = f"the upload is larger than {self.limit // 2**20} MB; send one series at a time"
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _reply(send, 413, message)
+            return
+        received, refused = 0, False
+
+        async def limited() -> Any:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            event = await receive()
+            if event["type"] == "http.request":
+                received += len(event.get("body", b""))
+                if received > self.limit:
+                    refused = True
+                    await _reply(send, 413, message)
+                    return {"type": "http.disconnect"}
+            return event
+
+        async def quiet_after_refusal(event: Any) -> None:
+            if not refused:
+                await send(event)
+
+        from starlette.requests import ClientDisconnect
+
+        try:
+            await self.app(scope, limited, quiet_after_refusal)
+        except ClientDisconnect:
+            if not refused:
+                raise
+
+
+class Guard:
+    """ASGI middleware: the Host header must name this page, a POST must come from its
+    own origin, and with a token every request must carry it (Authorization: Bearer,
+    or the cookie that opening /?token=... sets)."""
+
+    def __init__(self, app: Any, config: WebConfig) -> None:
+        self.app, self.config = app, config
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = _hostname(headers.get("host", ""))
+        if host not in self.config.hosts:
+            await _reply(send, 400, f"this page does not answer to the host {host!r}")
+            return
+        origin = headers.get("origin")
+        if scope["method"] == "POST" and origin and _hostname(urlsplit(origin).netloc) != host:
+            await _reply(send, 403, "uploads are only accepted from the page itself")
+            return
+        token = self.config.token
+        if token:
+            query = parse_qs(scope.get("query_string", b"").decode())
+            given = _bearer(headers.get("authorization", "")) or _cookie(headers, TOKEN_COOKIE)
+            if scope["path"] == "/" and query.get("token"):
+                if not hmac.compare_digest(query["token"][0], token):
+                    await _reply(send, 401, "wrong token")
+                    return
+                cookie = f"{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"
+                redirect = [(b"location", b"/"), (b"set-cookie", cookie.encode())]
+                await send({"type": "http.response.start", "status": 303, "headers": redirect})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            if not given or not hmac.compare_digest(given, token):
+                await _reply(
+                    send,
+                    401,
+                    "this page needs its token: open it once as /?token=TOKEN, or send "
+                    "Authorization: Bearer TOKEN",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+def _hostname(netloc: str) -> str:
+    """`host:port` or `[::1]:port` -> the host alone, lower case."""
+    if netloc.startswith("["):
+        return netloc[1 : netloc.find("]")].lower()
+    return netloc.rsplit(":", 1)[0].lower() if netloc.count(":") == 1 else netloc.lower()
+
+
+def _bearer(value: str) -> str | None:
+    scheme, _, credentials = value.partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" and credentials else None
+
+
+def _cookie(headers: dict[str, str], name: str) -> str | None:
+    for part in headers.get("cookie", "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return None

@@ -500,6 +500,23 @@ class WebParams(JobParams):
     port: int = Field(default=8000, ge=1, le=65535, description="port")
     max_upload_mb: int = Field(default=500, ge=1, description="largest upload in MB")
     keep_uploads: bool = Field(default=False, description="keep uploads after scoring")
+    token_file: str | None = Field(
+        default=None,
+        description="file holding the page's token (or RENALFLOW_WEB_TOKEN); required when "
+        "--host is not loopback, and then on every request",
+        json_schema_extra=cli(metavar="FILE"),
+    )
+    allowed_hosts: str | None = Field(
+        default=None,
+        description="comma-separated host names the page answers to besides --host (the "
+        "name users type, behind a proxy or DNS)",
+        json_schema_extra=cli(metavar="NAMES"),
+    )
+    max_concurrent: int = Field(
+        default=2,
+        ge=1,
+        description="uploads scored at once; more are told to retry (503) (our choice: 2)",
+    )
 
 
 class DemoParams(JobParams):
