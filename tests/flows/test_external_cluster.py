@@ -3,6 +3,7 @@ cluster, and losing a worker to SIGKILL half-way through."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -257,3 +258,78 @@ def test_the_old_poison_is_now_refused_from_its_header(tmp_path):
     with pytest.raises(RejectedFile, match="24576 x 24576 pixels") as info:
         convert_file(str(poison_rle(tmp_path / "poison.dcm")), PreprocessConfig())
     assert info.value.code is RejectReason.TOO_LARGE
+
+
+@pytest.mark.slow
+def test_chaos_workers_killed_at_random_during_ingest_and_scoring(cluster, tmp_path, monkeypatch):
+    """A seeded chaos run: worker processes are SIGKILLed at random moments while an
+    archive is ingested and then scored; their nannies restart them. Every file is
+    accounted for exactly once, every study voted once, every image scored once."""
+    import random
+
+    from distributed import Client
+    from prefect_dask import DaskTaskRunner
+
+    from renalflow.flows.score import score_flow
+    from renalflow.tasks.config import PreprocessConfig
+    from renalflow.tasks.model import profile_config
+    from renalflow.tasks.pseudonym import KEY_ENV
+    from renalflow.tasks.query import run_query
+    from renalflow.tasks.score import ScoreConfig
+    from renalflow.tasks.split import SplitConfig
+    from renalflow.tasks.train import train_model
+
+    monkeypatch.setenv(KEY_ENV, "chaos-test-key-0123456789abcdef")
+    root = tmp_path / "synth"
+    synthesize_archive(root, SynthConfig(patients=10, seed=77, max_slices_per_series=8), jobs=2)
+    source, store = str(root / "archive"), str(tmp_path / "store")
+    files = discover_files(source)
+    chaos = random.Random(2020)  # seeded: the same kills every run
+    kills: list[str] = []
+
+    def killer(stop: threading.Event, times: int) -> None:
+        for _ in range(times):
+            if stop.wait(chaos.uniform(0.5, 2.0)):
+                return
+            with Client(cluster) as client:
+                pids = sorted(client.run(os.getpid).values())
+            victim = chaos.choice(pids)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+                kills.append(f"worker {victim}")
+
+    def with_chaos(times: int, run):
+        stop = threading.Event()
+        thread = threading.Thread(target=killer, args=(stop, times))
+        thread.start()
+        try:
+            return run()
+        finally:
+            stop.set()
+            thread.join()
+
+    runner = DaskTaskRunner(address=cluster)
+    preprocess = PreprocessConfig(output_size=64)
+    with_chaos(3, lambda: ingest_flow.with_options(task_runner=runner)(
+        archive=source, store=store, labels=str(root / "labels.csv"), preprocess=preprocess,
+        batch_size=8,
+    ))  # fmt: skip
+    assert accounted(store) == Counter(files), "ingest: every file exactly once"
+    ingest_kills = len(kills)
+
+    model = tmp_path / "model"
+    train_model(store, model, profile_config("cpu-demo", input_size=64, epochs=1), SplitConfig())
+    results = str(tmp_path / "R")
+    summary = with_chaos(2, lambda: score_flow.with_options(task_runner=DaskTaskRunner(
+        address=cluster))(archive=source, model_dir=str(model), results=results, store=store,
+                          config=ScoreConfig(all_slices=True)))  # fmt: skip
+    votes = run_query(results, "select count(*) n, count(distinct study_key) k from study_votes")
+    assert votes.to_pylist() == [{"n": summary.studies_in_archive, "k": summary.studies_in_archive}]
+    images = run_query(
+        results, "select count(*) n, count(distinct image_key) k from slice_scores"
+    ).to_pylist()[0]
+    assert images["n"] == images["k"] == len(files), "scoring: every image exactly once"
+    print(f"chaos: {ingest_kills} kills during ingest, {len(kills) - ingest_kills} during "
+          f"scoring; {len(files)} files, {summary.studies_in_archive} studies, no row lost "
+          "or doubled")  # fmt: skip
+    assert kills, "the chaos run killed nothing"
