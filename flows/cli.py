@@ -655,11 +655,13 @@ def _stopped(err: BaseException, signals: StopSignals | None) -> int | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from renalflow.flows.runtime import StopSignals, configure_logging
+    from renalflow.flows.runtime import StopSignals, configure_logging, quiet_when_stopping
 
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     signals = StopSignals() if in_main_thread else None
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = quiet_when_stopping(unraisable)
     debug = bool(getattr(args, "debug", False))
 
     configure_logging(verbose=bool(getattr(args, "verbose", False)))
@@ -679,6 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         raise
     finally:
+        sys.unraisablehook = unraisable
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
         if signals is not None:

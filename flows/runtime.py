@@ -13,6 +13,7 @@ stopped when the command exits.
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import contextlib
 import importlib.metadata
@@ -637,6 +638,28 @@ class StopSignals:
         signal.set_wakeup_fd(self._previous)
         os.close(self._read)
         os.close(self._write)
+
+
+def quiet_when_stopping(hook: Any) -> Any:
+    """An unraisable-exception hook for stops. A signal handler's exception raised inside
+    a garbage-collection callback or a finaliser is 'ignored' by Python (it prints a
+    traceback and carries on, so the stop would be lost): the stop is raised again in
+    the main thread, and nothing is printed."""
+
+    def hook_for_stops(unraisable: Any) -> None:
+        from prefect.exceptions import TerminationSignal
+
+        error = unraisable.exc_value
+        if isinstance(error, TerminationSignal):
+            _thread.interrupt_main(signal.SIGTERM)
+        elif isinstance(error, KeyboardInterrupt):
+            _thread.interrupt_main(
+                signal.SIGTERM if type(error).__name__ == "Terminated" else signal.SIGINT
+            )
+        elif not stopping():
+            hook(unraisable)
+
+    return hook_for_stops
 
 
 def stopping() -> bool:

@@ -688,19 +688,7 @@ def result_rows(
             flags.append("unknown_phase")
         if chosen["manufacturer"].nunique() > 1:
             flags.append("mixed_scanners")
-        if n_images:
-            outcome = vote(p, config.image_threshold, config.vote_threshold)
-            status, decided = StudyStatus.VOTED.value, outcome.vote.value
-            n_malignant, fraction = outcome.n_malignant, outcome.fraction_malignant
-            mean: float | None = float(p.mean())
-        else:
-            status, decided, n_malignant, fraction, mean = (
-                StudyStatus.NO_MASS_FOUND.value,
-                None,
-                0,
-                None,
-                None,
-            )
+        outcome = vote_fields(p, config.image_threshold, config.vote_threshold)
         labels = {str(v) for v in group["label"] if v is not None and str(v) not in ("", "nan")}
         source = selection.source
         votes.append(
@@ -713,14 +701,9 @@ def result_rows(
                 "manufacturer": _joined(chosen["manufacturer"]),
                 "phases": _joined(chosen["phase"]),
                 "n_series": len(selection.series_used),
-                "n_images": n_images,
-                "n_malignant": n_malignant,
-                "fraction_malignant": fraction,
-                "status": status,
-                "vote": decided,
+                **outcome,
                 "vote_threshold": config.vote_threshold,
                 "image_threshold": config.image_threshold,
-                "mean_probability": mean,
                 "slices_in_study": selection.slices_in_study,
                 "selection_source": source.value if source else None,
                 "selector_version": selector.model_version
@@ -745,6 +728,29 @@ def result_rows(
         )
     vote_rows = pa.Table.from_pylist(votes, schema=STUDY_VOTES_SCHEMA)
     return slice_rows, vote_rows
+
+
+def vote_fields(p: np.ndarray, image_threshold: float, vote_threshold: float) -> dict[str, Any]:
+    """A study's or patient's vote columns over the probabilities of its selected
+    images: status `no_mass_found` and no vote when nothing was selected."""
+    if not len(p):
+        return {
+            "n_images": 0,
+            "n_malignant": 0,
+            "fraction_malignant": None,
+            "status": StudyStatus.NO_MASS_FOUND.value,
+            "vote": None,
+            "mean_probability": None,
+        }
+    outcome = vote(p, image_threshold, vote_threshold)
+    return {
+        "n_images": len(p),
+        "n_malignant": outcome.n_malignant,
+        "fraction_malignant": outcome.fraction_malignant,
+        "status": StudyStatus.VOTED.value,
+        "vote": outcome.vote.value,
+        "mean_probability": float(p.mean()),
+    }
 
 
 def _every_slice(frame: pd.DataFrame) -> list[StudySelection]:
@@ -810,19 +816,7 @@ def patient_rows(
         p = by_patient.get(patient, np.zeros(0))
         image_threshold = float(group["image_threshold"].iloc[-1])
         vote_threshold = float(group["vote_threshold"].iloc[-1])
-        if len(p):
-            outcome = vote(p, image_threshold, vote_threshold)
-            status, decided = StudyStatus.VOTED.value, outcome.vote.value
-            n_malignant, fraction = outcome.n_malignant, outcome.fraction_malignant
-            mean: float | None = float(p.mean())
-        else:
-            status, decided, n_malignant, fraction, mean = (
-                StudyStatus.NO_MASS_FOUND.value,
-                None,
-                0,
-                None,
-                None,
-            )
+        outcome = vote_fields(p, image_threshold, vote_threshold)
         labels = {str(v) for v in group["reference_label"].dropna()}
         months = sorted(str(v) for v in group["study_year_month"].dropna())
         rows.append(
@@ -830,14 +824,9 @@ def patient_rows(
                 "patient_key": patient,
                 "key_id": str(group["key_id"].iloc[0]),
                 "n_studies": len(group),
-                "n_images": len(p),
-                "n_malignant": n_malignant,
-                "fraction_malignant": fraction,
-                "status": status,
-                "vote": decided,
+                **outcome,
                 "vote_threshold": vote_threshold,
                 "image_threshold": image_threshold,
-                "mean_probability": mean,
                 "selection_sources": _joined(group["selection_source"]),
                 "first_study_year_month": months[0] if months else None,
                 "last_study_year_month": months[-1] if months else None,

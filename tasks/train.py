@@ -259,6 +259,8 @@ def _train_into(
         selected = config.select_epoch
     else:
         selected = int(np.argmin(history["val_loss"])) + 1
+    for warning in validation_warnings(validation.labels, history, selected):
+        log(f"caution: {warning}")
     shutil.copyfile(where.checkpoint(selected), where.model)
     version = file_digest(where.model)
     where.version.write_text(version + "\n")
@@ -278,6 +280,28 @@ def _train_into(
     seen = config.epochs * len(train_seq) * config.batch_size
     log(f"selected epoch {selected}; model version {version}; {seconds:.0f} s")
     return TrainResult(str(out), version, selected, history, seconds, seen / seconds)
+
+
+def validation_warnings(
+    labels: np.ndarray, history: dict[str, list[float]], selected: int
+) -> list[str]:
+    """What makes the validation figures of a run meaningless: a split with one class
+    (Keras then reports an AUC of 0), or an undefined AUC at the kept epoch."""
+    notes = []
+    known = labels[labels >= 0]
+    if len(known) and (known.all() or not known.any()):
+        which = "malignant" if known.any() else "benign"
+        notes.append(
+            f"every validation image is {which}: val_auc is meaningless (Keras reports 0) "
+            "and the kept epoch rests on val_loss alone; a larger cohort, or another "
+            "--seed, gives the split both classes"
+        )
+    auc = history.get("val_auc", [])
+    if auc and 0 < selected <= len(auc) and not notes:
+        value = auc[selected - 1]
+        if value != value or value == 0:
+            notes.append(f"validation AUC at the kept epoch {selected} is {value}: undefined")
+    return notes
 
 
 def _counts(values: Any) -> dict[str, int]:

@@ -40,7 +40,14 @@ def _without_api(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def test_sigterm_mid_flow_stops_the_flow_cluster_and_server_and_leaves_nothing(archive, tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "code", "said"),
+    [(signal.SIGTERM, 143, "stopped (SIGTERM)"), (signal.SIGINT, 130, "interrupted")],
+    ids=["SIGTERM", "SIGINT"],
+)
+def test_a_stop_mid_flow_stops_the_flow_cluster_and_server_and_leaves_nothing(
+    archive, tmp_path, signum, code, said
+):
     # A Prefect server of the command's own (RENALFLOW_SERVER_IDLE=0), which must go too.
     env = _without_api(tmp_path, RENALFLOW_SERVER_IDLE="0")
     command = [sys.executable, "-m", "renalflow.flows.cli", "ingest", str(archive)]
@@ -59,11 +66,11 @@ def test_sigterm_mid_flow_stops_the_flow_cluster_and_server_and_leaves_nothing(a
         pytest.fail("the flow never started: " + "".join(seen))
     time.sleep(1.0)  # mid-flow: conversion batches are running on both workers
     sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     took = time.monotonic() - sent
-    assert proc.returncode == 143, err
-    assert err.strip().splitlines()[-1] == "renalflow ingest: stopped (SIGTERM)", err
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1] == f"renalflow ingest: {said}", err
     assert "Traceback" not in err
     deadline = time.monotonic() + 20
     while _session_alive(proc.pid) and time.monotonic() < deadline:
@@ -72,7 +79,7 @@ def test_sigterm_mid_flow_stops_the_flow_cluster_and_server_and_leaves_nothing(a
         ["ps", "-o", "pid,args", "-g", str(proc.pid)], capture_output=True, text=True
     ).stdout
     assert not _session_alive(proc.pid), f"left behind:\n{leftover}"
-    print(f"SIGTERM to exit: {took:.1f} s")
+    print(f"{signal.Signals(signum).name} to exit: {took:.1f} s")
 
 
 def test_a_cluster_without_workers_fails_the_flow_in_one_line(archive, tmp_path, prefect_api):

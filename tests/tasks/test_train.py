@@ -195,3 +195,13 @@ def test_evaluate_refuses_a_store_made_with_other_preprocessing(trained, tmp_pat
         evaluate(other, model_dir, tmp_path / "report")
     assert "ingest the archive again into a new store" in str(info.value)
     assert not (tmp_path / "report").exists()  # refused before any work
+
+
+def test_a_one_class_validation_split_is_named_not_reported_as_auc_0():
+    from renalflow.tasks.train import validation_warnings
+
+    history = {"val_auc": [0.0, 0.0], "val_loss": [0.7, 0.6]}
+    (note,) = validation_warnings(np.ones(30, np.int8), history, 2)
+    assert note.startswith("every validation image is malignant: val_auc is meaningless")
+    assert validation_warnings(np.array([0, 1, 1], np.int8), {"val_auc": [0.8]}, 1) == []
+    assert "undefined" in validation_warnings(np.array([0, 1]), {"val_auc": [float("nan")]}, 1)[0]
