@@ -23,7 +23,7 @@ from renalflow.tasks.selection import (
     select_slices,
     thickness_distance,
 )
-from tests.factory import make_ct
+from tests.factory import ct_series
 
 CONFIG = PreprocessConfig()
 RULE = SeriesRule()
@@ -40,31 +40,15 @@ def _series(
     thickness: float,
     start: float = -300.0,
     frame_of_reference: str | None = None,
-    acquisition: int | None = 1,
+    acquisition: int = 1,
     patient: str = "P1",
     **tags,
 ) -> list[pydicom.Dataset]:
     """A contiguous axial series of `n` slices `thickness` mm apart, from z=`start` up."""
-    series = generate_uid()
-    frame = frame_of_reference or generate_uid()
-    out = []
-    for i in range(n):
-        extra = dict(tags)
-        if acquisition is not None:
-            extra["AcquisitionNumber"] = acquisition
-        out.append(
-            make_ct(
-                PatientID=patient,
-                StudyInstanceUID=study,
-                SeriesInstanceUID=series,
-                FrameOfReferenceUID=frame,
-                InstanceNumber=i + 1,
-                ImagePositionPatient=["0", "0", str(start + i * thickness)],
-                SliceThickness=str(thickness),
-                **extra,
-            )
-        )
-    return out
+    return ct_series(
+        study, patient, n=n, thickness=thickness, start=start,
+        frame_of_reference=frame_of_reference, AcquisitionNumber=acquisition, **tags,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
