@@ -63,21 +63,11 @@ def s3(prefect_api: str) -> Iterator[object]:
     The endpoint and credentials are exported, so s3fs, deltalake, Dask workers and
     CLI subprocesses all find it.
     """
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
+    from tests.factory import start_moto
 
-    from tests.factory import free_port
-
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server, url = start_moto()
     settings = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ENDPOINT_URL": url,
         "AWS_ACCESS_KEY_ID": "renalflow-test",
         "AWS_SECRET_ACCESS_KEY": "renalflow-test",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -87,16 +77,7 @@ def s3(prefect_api: str) -> Iterator[object]:
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()
-    fs = s3fs.S3FileSystem()
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            fs.ls("")
-            break
-        except Exception:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise
-            time.sleep(0.2)
+    fs = s3fs.S3FileSystem()  # start_moto waited until the server answers
     try:
         yield fs
     finally:

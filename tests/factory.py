@@ -197,3 +197,36 @@ def lesion_seg(source: list[Dataset], frames: range, *, organ: bool = False) -> 
         software_versions="1",
         device_serial_number="1",
     )
+
+
+def start_moto(env: dict[str, str] | None = None) -> tuple[Any, str]:
+    """moto's S3 server on a free loopback port, in a process of its own; returns the
+    process and its URL once it answers (an anonymous request gets 403 when `env`
+    turns authentication on, INITIAL_NO_AUTH_ACTION_COUNT=0)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return server, url
+        except urllib.error.HTTPError:
+            return server, url  # it answers
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise
+            time.sleep(0.2)
