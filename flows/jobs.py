@@ -100,25 +100,20 @@ def preflight_score(params: ScoreParams, *, remote: bool) -> None:
         check_archive(as_uri(params.archive))
 
 
+_PROFILE_OVERRIDES = (
+    *("epochs", "batch_size", "learning_rate", "weights", "select_epoch", "decay_after"),
+    *("mixed_precision", "seed", "oversample", "augment", "schedule"),
+)
+
+
 def train_config(params: TrainParams) -> "TrainConfig":
     """The profile's defaults with what the parameters set."""
     from renalflow.tasks.model import profile_config
 
     try:
-        config = profile_config(
-            params.profile,
-            epochs=params.epochs,
-            batch_size=params.batch_size,
-            learning_rate=params.learning_rate,
-            weights=params.weights,
-            select_epoch=params.select_epoch,
-            decay_after=params.decay_after,
-            mixed_precision=params.mixed_precision,
-            seed=params.seed,
-            oversample=params.oversample,
-            augment=params.augment,
-            schedule=params.schedule,
-        )
+        # The options named like TrainConfig's fields override the profile (None: unset).
+        overrides = params.model_dump(include=set(_PROFILE_OVERRIDES))
+        config = profile_config(params.profile, **overrides)
         if params.ema is not None:
             config = replace(config, ema=params.ema or None)  # 0 stands for "none"
         if params.region is not None:
