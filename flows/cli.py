@@ -68,7 +68,7 @@ Typical first run (or simply `renalflow demo`):
   renalflow train --store store --model-dir model --profile cpu-demo
   renalflow evaluate --store store --model-dir model --out report
   export RENALFLOW_PSEUDONYM_KEY=...   # a long random secret; keep it
-  renalflow score demo/archive --model-dir model --results results --store store
+  renalflow score demo/archive --model-dir model --results results --store store --all-slices
   renalflow query "select status, vote, count(*) from study_votes group by all" --results results
 """
 
