@@ -15,6 +15,11 @@ from pydicom.uid import (
     generate_uid,
 )
 
+HOSTILE = '<script>alert("x")</script>'
+"""A value that must reach a page as text, never as markup."""
+ESCAPED = "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;"
+"""HOSTILE as an escaping template writes it."""
+
 AXIAL = ["1", "0", "0", "0", "1", "0"]
 CORONAL = ["1", "0", "0", "0", "0", "-1"]
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from renalflow.tasks.config import PreprocessConfig
-from renalflow.tasks.errors import InputError, is_transient_io
+from renalflow.tasks.errors import InputError
 from renalflow.tasks.ingest import (
     commit_batch,
     convert_files,
@@ -70,19 +70,3 @@ def test_labels_are_case_insensitive(tmp_path: Path):
     labels = tmp_path / "labels.csv"
     labels.write_text("patient_id,label,histology\nP1,Benign,oncocytoma\n")
     assert read_labels(str(labels)) == {"P1": "benign"}
-
-
-def test_only_transient_io_errors_are_retried():
-    assert is_transient_io(TimeoutError("read timed out"))
-    assert is_transient_io(ConnectionResetError())
-    from botocore.exceptions import ClientError
-    from s3fs.errors import translate_boto_error
-
-    # S3's throttling answer as s3fs raises it (its own translation of botocore's error).
-    slow_down = {"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}}
-    wrapped = RuntimeError("write failed")
-    wrapped.__cause__ = translate_boto_error(ClientError(slow_down, "PutObject"))
-    assert is_transient_io(wrapped)
-    assert not is_transient_io(OSError("file 503.dcm is unreadable"))  # words are not types
-    assert not is_transient_io(ValueError("JPEG 2000 decoder failed"))
-    assert not is_transient_io(FileNotFoundError("gone"))

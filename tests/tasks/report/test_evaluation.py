@@ -1,4 +1,4 @@
-"""The pages renalflow writes: same sections as before, every value escaped."""
+"""tasks/report/evaluation.py: the evaluation page has its sections and escapes every value."""
 
 from __future__ import annotations
 
@@ -6,20 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pytest
 
-from renalflow.tasks.report import cohort_report, decimal, percent, render, write_html
-from renalflow.tasks.results import (
-    STUDY_VOTES,
-    STUDY_VOTES_SCHEMA,
-    ensure_tables,
-    merge_rows,
-)
-from tests.tasks.test_results import vote_rows
-
-HOSTILE = '<script>alert("x")</script>'
-ESCAPED = "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;"
+from renalflow.tasks.report import write_html
+from tests.factory import ESCAPED, HOSTILE
 
 
 def _metrics(evaluated: str, model_version: str = "m1") -> dict:
@@ -118,41 +107,3 @@ def test_evaluation_report_escapes_names_notes_and_paths(tmp_path):
     assert f'<p class="note">model note {ESCAPED}</p>' in page
     assert f"Model {ESCAPED};" in page and f"<td>RF{ESCAPED}</td>" in page
     assert 'src="heatmaps/RF00002-1.png&#34; onerror=&#34;alert(1)"' in page
-
-
-def test_cohort_report_escapes_what_the_results_table_holds(tmp_path):
-    results = str(tmp_path / "R")
-    ensure_tables(results)
-    hostile = vote_rows(["a"]).to_pylist()
-    for row in hostile:
-        row.update(manufacturer=f"ACME {HOSTILE}", phases=HOSTILE, qc_flags=HOSTILE)
-        row.update(model_version=f"m{HOSTILE}", model_profile=HOSTILE)
-    merge_rows(results, STUDY_VOTES, pa.Table.from_pylist(hostile, schema=STUDY_VOTES_SCHEMA))
-    page = cohort_report(results, tmp_path / "out").read_text()
-    assert "<script>" not in page
-    assert f"<td>ACME {ESCAPED}</td>" in page and f"<td>{ESCAPED}</td><td>1</td>" in page
-    assert f"<tr><td>m{ESCAPED}</td><td>{ESCAPED}</td><td>1</td></tr>" in page
-    assert page.count("data:image/png;base64,") == 3
-
-
-def test_web_page_names_the_model_as_text():
-    from renalflow.flows.web_page import render_page
-
-    page = render_page(f"v1 ({HOSTILE})", f"note {HOSTILE}", vote_threshold=0.6)
-    assert "<script>alert" not in page and f"Model v1 ({ESCAPED})." in page
-    assert f"A research tool, not a diagnosis. note {ESCAPED}" in page
-    assert "the vote threshold\n(60%) of the slices are" in page
-    assert 'fetch("/api/score"' in page and "const esc = (s) =>" in page  # the script, unescaped
-
-
-def test_a_template_variable_nobody_passed_is_an_error():
-    import jinja2
-
-    with pytest.raises(jinja2.UndefinedError, match="model"):
-        render("web_page.html.j2", note="", vote_threshold=0.51)
-
-
-def test_a_figure_a_set_cannot_give_is_written_undefined():
-    assert percent(0.1234) == "12.3%" and percent(float("nan")) == "undefined"
-    assert percent(None) == "undefined" and decimal(None) == "undefined"
-    assert decimal(0.97345) == "0.973"
