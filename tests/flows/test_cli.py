@@ -167,16 +167,3 @@ def test_bad_label_is_reported_with_its_line(tmp_path: Path, capsys):
     assert "line 3: label 'cancer' for patient P2 must be 'benign' or 'malignant'" in (
         capsys.readouterr().err
     )
-
-
-def test_demo_refuses_a_leftover_store_resized_otherwise_before_any_step(tmp_path, capsys):
-    from renalflow.tasks.config import PreprocessConfig
-    from renalflow.tasks.store import check_manifest
-
-    config = PreprocessConfig()  # the paper's nearest, as `renalflow ingest` makes stores
-    check_manifest(str(tmp_path / "store"), config.to_dict(), config.version)
-    assert main(["demo", "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "was made with nearest resizing, this demo resizes with box" in err
-    assert "--interpolation nearest" in err
-    assert not (tmp_path / "synthetic").exists()
