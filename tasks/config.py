@@ -120,6 +120,18 @@ SLICE_THICKNESS_MM = (1.5, 5.0)
 """The slice thicknesses of the study's images (paper): of two reconstructions of one
 acquisition, the one nearest this range is voted on."""
 
+# PACS sources (tasks/sources): our choices, gentle on a system the whole hospital uses.
+PACS_CONCURRENCY = 2
+"""Studies retrieved at once from one PACS."""
+PACS_TIMEOUT_S = 60.0
+"""Seconds a PACS may stay silent before a request counts as timed out."""
+PACS_LOOKBACK_DAYS = 3
+"""A run without a date range queries from this many days before the newest StudyDate
+already delivered, for studies that reach the PACS late (already delivered ones are
+skipped by their UID)."""
+CALLING_AE = "RENALFLOW"
+"""renalflow's AE title towards a DIMSE PACS (its administrator registers it)."""
+
 
 class SelectionSource(StrEnum):
     """What decided which slices of a study vote.
