@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 # Installs compile bytecode up front: Prefect and TensorFlow import several times faster.
 UV_INSTALL := $(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --quiet
 
-.PHONY: demo test lint format bench bench-ingest bench-cpu-demo clean help browser
+.PHONY: demo test lint format bench bench-ingest bench-cpu-demo clean help browser pacs
 
 help:
 	@echo "make demo   - set up .venv and run the pipeline on a synthetic archive"
@@ -30,7 +30,7 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
 demo: $(VENV)/.runtime
 	$(BIN)/renalflow demo
 
-test: lint browser
+test: lint browser pacs
 	$(BIN)/python -m pytest
 
 # The web page is tested in a real headless browser: Debian's chromium and its driver
@@ -40,6 +40,14 @@ browser:
 	  SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
 	  $$SUDO apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
+
+# PACS sources are tested against a real PACS: Debian's Orthanc and its DICOMweb plugin,
+# started by the tests on loopback (tests/orthanc.py).
+pacs:
+	@command -v Orthanc >/dev/null && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || { \
+	  SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q orthanc orthanc-dicomweb; }
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check tasks flows tests bench

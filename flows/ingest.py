@@ -17,6 +17,7 @@ from renalflow.flows.fanout import (
     cluster_threads,
     completed_batches,
 )
+from renalflow.flows.pacs import fetch_source
 from renalflow.flows.runtime import load_s3_credentials
 from renalflow.tasks.config import DEVELOPMENT, PreprocessConfig
 from renalflow.tasks.ingest import (
@@ -28,6 +29,8 @@ from renalflow.tasks.ingest import (
     quarantine,
 )
 from renalflow.tasks.ingest_run import IngestSummary, format_summary, plan_ingest, summary_dict
+from renalflow.tasks.sources import archive_folder, is_pacs
+from renalflow.tasks.sources.query import PacsSettings
 from renalflow.tasks.store import clear_staging
 
 # The summary and its formats live with the ingest logic; callers import them from here.
@@ -61,15 +64,17 @@ def ingest_flow(
     preprocess: PreprocessConfig | None = None,
     batch_size: int = 512,
     lesions: str | None = None,
+    pacs: PacsSettings | None = None,
 ) -> IngestSummary:
     """Convert every new DICOM file under `archive` into the slice store at `store`.
 
     Files already in the store (as a slice or a reject) are skipped, so a rerun after
-    a crash or after the archive grew does only the missing work.
+    a crash or after the archive grew does only the missing work. A PACS archive is
+    queried first and its new studies fetched into the store's cache (flows/pacs.py).
     """
     announce_run("ingest")
     run_id = str(flow_run.get_id() or "local")
-    return run_ingest(archive, store, labels, cohort, preprocess, batch_size, run_id, lesions)
+    return run_ingest(archive, store, labels, cohort, preprocess, batch_size, run_id, lesions, pacs)
 
 
 def run_ingest(
@@ -81,6 +86,7 @@ def run_ingest(
     batch_size: int,
     run_id: str,
     lesions: str | None = None,
+    pacs: PacsSettings | None = None,
 ) -> IngestSummary:
     """The ingest flow's work, on the task runner of whichever flow calls it (the score
     flow ingests new files this way, on its own cluster)."""
@@ -91,7 +97,9 @@ def run_ingest(
     if lesions:
         summary.lesion_rows = ingest_lesions_csv(store, lesions, run_id)
         logger.info("%d lesion ranges from %s", summary.lesion_rows, lesions)
-    plan = plan_ingest(archive, store, labels, config)
+    if is_pacs(archive):  # fetched into the store's cache, then ingested like a folder
+        summary.source = fetch_source(archive, store, pacs or PacsSettings())
+    plan = plan_ingest(archive_folder(archive, store), store, labels, config)
     summary.add_plan(plan)
     if plan.stale_batches:
         logger.info("removed %d uncommitted batches left by an interrupted run", plan.stale_batches)

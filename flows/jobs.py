@@ -58,20 +58,43 @@ def _reach(*locations: tuple[str | None, str, bool]) -> None:
             check_location(as_uri(location), what, must_exist=must_exist)
 
 
+def preflight_pacs(params: IngestParams | ScoreParams, *, remote: bool) -> bool:
+    """For a PACS archive: the extra installed, the URI and settings valid, and (`remote`)
+    the PACS answering with these credentials and AE titles. False for other archives."""
+    from renalflow.flows.runtime import require_extra
+    from renalflow.tasks.sources import is_pacs, parse_source
+
+    if not is_pacs(params.archive):
+        return False
+    require_extra("pacs", "a PACS archive")
+    source = parse_source(params.archive)
+    settings = params.pacs_settings()
+    if remote:
+        from renalflow.tasks.sources.fetch import open_client
+
+        client = open_client(source, settings)
+        try:
+            client.check()
+        finally:
+            client.close()
+    return True
+
+
 def preflight_ingest(params: IngestParams, *, remote: bool) -> None:
     """Refuse a missing archive or a bad labels file with a clear message. Local inputs
     are checked at once; remote ones (`remote=True`) once credentials are loaded."""
     from renalflow.tasks.annotations import read_lesions_csv
     from renalflow.tasks.ingest import check_archive, read_labels
 
+    pacs = preflight_pacs(params, remote=remote)
     if remote:  # object storage reached once, each problem in one line
         _reach(
-            (params.archive, "archive", True),
+            (None if pacs else params.archive, "archive", True),
             (params.store, "slice store", False),
             (params.labels, "labels file", True),
             (params.lesions, "lesions file", True),
         )
-    if remote or _is_local(params.archive):
+    if not pacs and (remote or _is_local(params.archive)):
         check_archive(as_uri(params.archive))
     if params.labels and (remote or _is_local(params.labels)):
         read_labels(params.labels)
@@ -90,13 +113,14 @@ def preflight_score(params: ScoreParams, *, remote: bool) -> None:
     read_model_info(params.model_dir)
     if params.selector:
         read_model_info(params.selector)
+    pacs = preflight_pacs(params, remote=remote)
     if remote:  # object storage reached once, each problem in one line
         _reach(
-            (params.archive, "archive", True),
+            (None if pacs else params.archive, "archive", True),
             (params.results, "results table", False),
             (params.store, "slice store", False),
         )
-    if remote or _is_local(params.archive):
+    if not pacs and (remote or _is_local(params.archive)):
         check_archive(as_uri(params.archive))
 
 
@@ -169,6 +193,7 @@ def ingest_job(params: IngestParams) -> "IngestSummary":
         cohort=params.cohort,
         preprocess=params.preprocess_config(),
         batch_size=params.slices_per_task,
+        pacs=params.pacs_settings(),
     )
     get_run_logger().info(format_summary(summary))
     _write_json(params.summary_json, summary_dict(summary))
@@ -256,6 +281,7 @@ def score_job(params: ScoreParams) -> "ScoreSummary":
         gpu=gpu,
         explain_dir=as_uri(params.explain_dir) if params.explain_dir else None,
         selector_dir=os.path.abspath(params.selector) if params.selector else None,
+        pacs=params.pacs_settings(),
     )
     logger.info(format_summary(summary))
     _write_json(params.summary_json, summary_dict(summary))

@@ -464,6 +464,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "hpc": ("dask_jobqueue",),
     "kubernetes": ("dask_kubernetes",),
     "jax": ("jax",),
+    "pacs": ("dicomweb_client", "pynetdicom"),
 }
 
 

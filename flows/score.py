@@ -53,6 +53,8 @@ from renalflow.tasks.score import (
     summary_dict,
 )
 from renalflow.tasks.selection import select_slices
+from renalflow.tasks.sources import archive_folder
+from renalflow.tasks.sources.query import PacsSettings
 from renalflow.tasks.store import read_inventory
 
 # The summary and its formats live with the scoring logic; callers import them from here.
@@ -139,6 +141,7 @@ def score_flow(
     ingest_batch_size: int = 512,
     explain_dir: str | None = None,
     selector_dir: str | None = None,
+    pacs: PacsSettings | None = None,
 ) -> ScoreSummary:
     """Score every study of `archive` that this model version has not scored yet.
 
@@ -165,12 +168,14 @@ def score_flow(
     summary = ScoreSummary(archive, results, store, info.model_version, run_id)
     summary.key_id = key_id(key)
 
-    ingest = run_ingest(archive, store, None, cohort, info.preprocess, ingest_batch_size, run_id)
+    ingest = run_ingest(
+        archive, store, None, cohort, info.preprocess, ingest_batch_size, run_id, pacs=pacs
+    )
     summary.files_new = ingest.files_new
 
     ensure_tables(results, key)  # a table of another key is refused before any work
     plan = plan_scoring(
-        read_inventory(store, archive, info.preprocess.version),
+        read_inventory(store, archive_folder(archive, store), info.preprocess.version),
         scored_studies(results, info.model_version),
         key,
     )

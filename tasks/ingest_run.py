@@ -14,6 +14,7 @@ from typing import Any
 from renalflow.tasks.config import PreprocessConfig
 from renalflow.tasks.dicom import RejectReason
 from renalflow.tasks.ingest import BatchReport, Reject, discover_files, read_labels
+from renalflow.tasks.sources.fetch import SourceSummary
 from renalflow.tasks.store import (
     SLICES,
     check_manifest,
@@ -77,6 +78,7 @@ class IngestSummary:
     worker_seconds: dict[str, float] = field(default_factory=dict)
     labelled_patients_without_slices: int = 0
     lesion_rows: int = 0
+    source: SourceSummary | None = None  # what was fetched from a PACS archive
 
     @property
     def n_rejects(self) -> int:
@@ -131,6 +133,7 @@ def format_summary(summary: IngestSummary) -> str:
         f"ingest run {summary.run_id}  (preprocess_version {summary.preprocess_version})",
         f"  archive          {summary.archive}",
         f"  store            {summary.store}",
+        *(summary.source.lines() if summary.source else []),
         f"  files found      {summary.files_found:>8,}",
         f"  already stored   {summary.files_already_stored:>8,}",
         f"  new files        {summary.files_new:>8,}",

@@ -10,14 +10,17 @@ Nothing here runs anything: `flows/` turns a model into a run.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from renalflow.tasks.config import (
+    CALLING_AE,
     DEVELOPMENT,
     IMAGE_THRESHOLD,
     MIN_IMAGES,
+    PACS_CONCURRENCY,
+    PACS_TIMEOUT_S,
     SCREENING,
     SEED,
     VOTE_THRESHOLD,
@@ -31,6 +34,9 @@ from renalflow.tasks.config import (
     WindowSource,
 )
 from renalflow.tasks.model import check_region
+
+if TYPE_CHECKING:
+    from renalflow.tasks.sources.query import PacsSettings
 
 _PREPROCESS = PreprocessConfig()
 
@@ -88,13 +94,59 @@ class SummaryParams(JobParams):
     )
 
 
-class ScreeningParams(JobParams):
+ARCHIVE_HELP = (
+    "archive folder or URI (file://, s3://), or a PACS: dicomweb+https://HOST/PATH "
+    "(DICOMweb) or dimse://AET@HOST:PORT (C-FIND/C-GET)"
+)
+
+
+class PacsParams(JobParams):
+    """How a PACS archive is queried and fetched (ignored for folders and buckets).
+    Credentials come from the environment (tasks/sources/credentials.py), never from here."""
+
+    study_dates: str | None = Field(
+        default=None,
+        description="StudyDate range to fetch from a PACS: YYYYMMDD-YYYYMMDD, YYYYMMDD- or "
+        "-YYYYMMDD (default: from a few days before the newest study fetched by an earlier "
+        "run; everything on the first)",
+        json_schema_extra=cli(metavar="RANGE"),
+    )
+    calling_ae: str = Field(
+        default=CALLING_AE,
+        description="renalflow's AE title towards a dimse:// PACS (registered there by its "
+        "administrator)",
+        json_schema_extra=cli(metavar="AET"),
+    )
+    pacs_concurrency: int = Field(
+        default=PACS_CONCURRENCY,
+        ge=1,
+        description="studies fetched from a PACS at once (our choice: gentle on a system the "
+        "whole hospital uses)",
+        json_schema_extra=cli(metavar="N"),
+    )
+    pacs_timeout: float = Field(
+        default=PACS_TIMEOUT_S,
+        gt=0,
+        description="seconds a PACS may stay silent before a request counts as timed out",
+        json_schema_extra=cli(metavar="SECONDS"),
+    )
+
+    def pacs_settings(self) -> PacsSettings:
+        from renalflow.tasks.sources.query import PacsSettings, parse_study_dates
+
+        return PacsSettings(
+            calling_ae=self.calling_ae,
+            timeout_s=self.pacs_timeout,
+            concurrency=self.pacs_concurrency,
+            study_dates=parse_study_dates(self.study_dates),
+        )
+
+
+class ScreeningParams(PacsParams):
     """What a screening run reads and writes: the archive, the model, the results table
     (scoring now, or on a schedule)."""
 
-    archive: str = Field(
-        description="archive folder or URI (file://, s3://)", json_schema_extra=positional()
-    )
+    archive: str = Field(description=ARCHIVE_HELP, json_schema_extra=positional())
     model_dir: str = Field(description="trained model (renalflow train)")
     results: str = Field(description="results table folder or s3:// URI")
     store: str | None = Field(
@@ -192,15 +244,13 @@ class PreprocessParams(JobParams):
         )
 
 
-class IngestParams(PreprocessParams, ClusterParams, SummaryParams):
+class IngestParams(PreprocessParams, PacsParams, ClusterParams, SummaryParams):
     command: ClassVar[str] = "ingest"
     summary: ClassVar[str] = (
         "convert a DICOM archive into the Parquet slice store (Prefect flow on Dask)"
     )
 
-    archive: str = Field(
-        description="archive folder or URI (file://, s3://)", json_schema_extra=positional()
-    )
+    archive: str = Field(description=ARCHIVE_HELP, json_schema_extra=positional())
     store: str = Field(description="slice store folder or URI")
     labels: str | None = Field(
         default=None,

@@ -1,0 +1,188 @@
+"""Fetching a PACS source before ingest: query in this process, then one task per study on
+the Dask workers, at most `concurrency` at once (a PACS is a shared clinical system),
+each retried with backoff on transient errors only; every study recorded in the
+watermark the moment its fetch ends.
+
+Wiring only: the work is in tasks/sources.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+from prefect.tasks import exponential_backoff
+
+from renalflow.flows.fanout import (
+    NO_WORKERS_GRACE_S,
+    NoWorkersError,
+    live_workers,
+    retry_on_transient_io,
+    worker_died,
+)
+from renalflow.tasks.sources import (
+    PacsSource,
+    PacsUnavailableError,
+    StudyNotDelivered,
+    pacs_root,
+    parse_source,
+)
+from renalflow.tasks.sources.fetch import (
+    SourceSummary,
+    StudyFetch,
+    fetch_study,
+    make_cache,
+    open_client,
+)
+from renalflow.tasks.sources.query import (
+    PacsSettings,
+    StudyRef,
+    date_range,
+    dicom_range,
+    newest_date,
+    study_skip_reason,
+)
+from renalflow.tasks.sources.watermark import (
+    Delivery,
+    StudyRecord,
+    advance_watermark,
+    is_delivered,
+    read_watermark,
+    record_study,
+)
+
+T = TypeVar("T")
+
+FETCH_RETRIES = 3
+"""Our choice: attempts after the first for a study whose PACS was busy or unreachable,
+10, 20 then 40 s later (with jitter); after that the study is recorded as failed and
+retried on the next run."""
+
+
+@task(
+    name="fetch-study",
+    cache_policy=NO_CACHE,
+    retries=FETCH_RETRIES,
+    retry_delay_seconds=exponential_backoff(backoff_factor=10),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_on_transient_io,
+)
+def fetch_study_task(
+    source: PacsSource, study: StudyRef, store: str, settings: PacsSettings
+) -> StudyFetch:
+    return fetch_study(source, study, store, settings)
+
+
+def bounded(
+    submit: Callable[[T], PrefectFuture[Any]], items: list[T], limit: int
+) -> Iterator[tuple[T, PrefectFuture[Any]]]:
+    """Submit `items` keeping at most `limit` in flight; yield each with its future as it
+    completes. A cluster without workers for NO_WORKERS_GRACE_S ends the wait."""
+    finished: queue.SimpleQueue[PrefectFuture[Any]] = queue.SimpleQueue()
+    waiting = list(reversed(items))
+    running: dict[int, T] = {}
+
+    def start() -> None:
+        item = waiting.pop()
+        future = submit(item)
+        running[id(future)] = item
+        future.add_done_callback(finished.put)
+
+    while waiting and len(running) < max(1, limit):
+        start()
+    without_since: float | None = None
+    while running:
+        try:
+            future = finished.get(timeout=5.0)
+        except queue.Empty:
+            if live_workers() != 0:
+                without_since = None
+                continue
+            without_since = without_since or time.monotonic()
+            if time.monotonic() - without_since >= NO_WORKERS_GRACE_S:
+                raise NoWorkersError(
+                    f"the Dask cluster has had no workers for {NO_WORKERS_GRACE_S:.0f} s with "
+                    f"{len(running) + len(waiting)} studies to fetch: start workers for it or "
+                    "run without --dask-address, then rerun; fetched studies are kept"
+                ) from None
+            continue
+        item = running.pop(id(future))
+        if waiting:
+            start()
+        yield item, future
+
+
+def fetch_source(archive: str, store: str, settings: PacsSettings) -> SourceSummary:
+    """Bring what the screening needs of the PACS `archive` into its cache in `store`:
+    studies not delivered before, and those that failed before."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    source = parse_source(archive)
+    root = pacs_root(store, source)
+    mark = read_watermark(root)
+    make_cache(store, source)
+    dates = date_range(settings, mark.since)
+    client = open_client(source, settings)
+    try:
+        client.check()
+        listed = client.find_studies(dates)
+    finally:
+        client.close()
+    summary = SourceSummary(archive, root, dicom_range(dates) or "any")
+    summary.studies_listed = len(listed)
+    todo: list[StudyRef] = []
+    for study in listed:
+        if is_delivered(mark, study):
+            summary.already_delivered += 1
+        elif reason := study_skip_reason(study, settings.rule):
+            summary.studies_skipped[reason] += 1
+        else:
+            todo.append(study)
+    queued = {study.study_instance_uid for study in todo}
+    for record in mark.failed.values():
+        if record.study.study_instance_uid not in queued:
+            todo.append(record.study)
+            summary.retried += 1
+    logger.info(
+        "%s: %d CT studies (StudyDate %s), %d delivered before, %d to fetch (%d failed "
+        "before), %d at a time",
+        source.uri,
+        len(listed),
+        summary.dates,
+        summary.already_delivered,
+        len(todo),
+        len(mark.failed),
+        settings.concurrency,
+    )
+
+    def submit(study: StudyRef) -> PrefectFuture[StudyFetch]:
+        return fetch_study_task.submit(source, study, store, settings)
+
+    delivered_dates = []
+    for study, future in bounded(submit, todo, settings.concurrency):
+        try:
+            fetched: StudyFetch = future.result()
+        except (StudyNotDelivered, PacsUnavailableError) as err:
+            reason = str(err)
+        except Exception as err:
+            if not worker_died(err):
+                raise
+            reason = "the worker fetching it died"
+        else:
+            record_study(
+                root, StudyRecord(study, Delivery.DELIVERED, "", fetched.instances_fetched)
+            )
+            summary.add(fetched)
+            delivered_dates.append(study.study_date)
+            continue
+        logger.warning("study %s not delivered: %s", study.study_instance_uid, reason)
+        record_study(root, StudyRecord(study, Delivery.FAILED, reason))
+        summary.failed[study.study_instance_uid] = reason
+    advance_watermark(root, newest_date(delivered_dates, mark.since))
+    summary.seconds = time.perf_counter() - started
+    return summary

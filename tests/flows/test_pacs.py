@@ -1,0 +1,225 @@
+"""Ingest from a real PACS (Orthanc from Debian, started on loopback) over DICOMweb and
+DIMSE, through the real Prefect engine on a real Dask cluster."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from renalflow.flows.cli import main
+from renalflow.flows.ingest import IngestSummary, ingest_flow
+from renalflow.tasks.sources import archive_folder, pacs_root, parse_source
+from renalflow.tasks.sources.credentials import PASSWORD_ENV, TOKEN_ENV, USER_ENV
+from renalflow.tasks.sources.watermark import read_watermark
+from renalflow.tasks.store import read_slices
+from renalflow.tasks.synth import SynthConfig, synthesize_archive
+from tests.orthanc import PASSWORD, USER, Orthanc, start_orthanc
+
+KEPT_FILES = [
+    "CT_small.dcm",  # no BodyPartExamined, no telling description: kept
+    "693_J2KR.dcm",  # JPEG 2000 lossless
+    "explicit_VR-UN.dcm",  # BodyPartExamined PANCREAS, JPEG 2000 lossless
+]
+LEFT_FILES = ["J2K_pixelrep_mismatch.dcm"]  # BodyPartExamined HEAD: never fetched
+UN_FILE = "explicit_VR-UN.dcm"
+"""Its SOPClassUID is encoded with VR UN: Orthanc sends it over DICOMweb, but its C-GET
+finds no presentation context for it ("No presentation context for: (OT)"), so over
+DIMSE its study is listed and not delivered: a real PACS failure to account for."""
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    """A small synthetic archive (three transfer syntaxes) and real CT from pydicom."""
+    root = tmp_path_factory.mktemp("pacs-archive")
+    synthesize_archive(root / "synth", SynthConfig(patients=2, seed=18, max_slices_per_series=3))
+    folder = root / "synth" / "archive"
+    for name in KEPT_FILES + LEFT_FILES:
+        shutil.copy(get_testdata_file(name), folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory, archive: Path) -> Iterator[Orthanc]:
+    with start_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+        server.upload(p for p in sorted(archive.rglob("*")) if p.is_file())
+        yield server
+
+
+@pytest.fixture(scope="module", autouse=True)
+def credentials() -> Iterator[None]:
+    """Orthanc's user in the environment before the module's Dask workers start: they
+    read the credentials from their own environment, as workers elsewhere would."""
+    saved = {name: os.environ.pop(name, None) for name in (TOKEN_ENV, USER_ENV, PASSWORD_ENV)}
+    os.environ[USER_ENV] = USER
+    os.environ[PASSWORD_ENV] = PASSWORD
+    yield
+    for name, value in saved.items():
+        os.environ.pop(name, None)
+        if value is not None:
+            os.environ[name] = value
+
+
+def _ingest(cluster, archive: str, store: Path, **kwargs) -> IngestSummary:
+    from prefect_dask import DaskTaskRunner
+
+    runner = DaskTaskRunner(address=cluster.scheduler_address)
+    return ingest_flow.with_options(task_runner=runner)(archive=archive, store=str(store), **kwargs)
+
+
+def _slices(store: Path) -> dict[str, np.ndarray]:
+    meta, images = read_slices(str(store))
+    return dict(zip(meta["sop_instance_uid"], images, strict=True))
+
+
+@pytest.fixture(scope="module")
+def from_folder(dask_cluster, archive: Path, tmp_path_factory) -> dict[str, np.ndarray]:
+    store = tmp_path_factory.mktemp("folder") / "store"
+    _ingest(dask_cluster, str(archive), store)
+    return _slices(store)
+
+
+def _uids(*names: str, keyword: str = "SOPInstanceUID") -> set[str]:
+    return {str(pydicom.dcmread(get_testdata_file(n))[keyword].value) for n in names}
+
+
+@pytest.mark.parametrize("protocol", ["dicomweb", "dimse"])
+def test_pacs_ingest_gives_the_folders_slices_and_reruns_fetch_nothing(
+    protocol, pacs, dask_cluster, from_folder, tmp_path
+):
+    uri = pacs.dicomweb if protocol == "dicomweb" else pacs.dimse()
+    store = tmp_path / "store"
+    first = _ingest(dask_cluster, uri, store)
+
+    fetched = _slices(store)
+    left = _uids(*LEFT_FILES)
+    assert fetched and not left & set(fetched)  # the head CT stayed on the PACS
+    expected = set(from_folder) - left
+    undelivered = set()
+    if protocol == "dimse":
+        expected -= _uids(UN_FILE)
+        undelivered = _uids(UN_FILE, keyword="StudyInstanceUID")
+    assert set(fetched) == expected
+    for uid, image in fetched.items():
+        np.testing.assert_array_equal(image, from_folder[uid])
+    assert first.source is not None
+    assert set(first.source.failed) == undelivered
+    assert all("status 0xC000" in reason for reason in first.source.failed.values())
+    assert first.source.instances_fetched == len(fetched)
+    assert sum(first.source.series_skipped.values()) == len(LEFT_FILES)
+    assert first.n_rejects == 0
+    # What was fetched lies in the store's cache and is what the slices came from.
+    cache = archive_folder(uri, str(store))
+    assert len([p for p in Path(cache).rglob("*.dcm")]) == len(fetched)
+
+    second = _ingest(dask_cluster, uri, store)
+    assert second.source is not None
+    assert second.source.instances_fetched == 0
+    assert second.source.delivered == 0
+    # Asked only from a few days before the newest study, each of them delivered before.
+    assert second.source.dates.endswith("-") and second.source.dates != first.source.dates
+    assert second.source.already_delivered == second.source.studies_listed >= 1
+    # The study not delivered is asked for again, whatever its date, and still recorded.
+    assert second.source.retried == len(undelivered)
+    assert set(second.source.failed) == undelivered
+    assert second.files_new == 0 and second.slices == 0
+
+
+def test_a_study_added_between_runs_is_the_only_one_fetched(pacs, dask_cluster, tmp_path):
+    store = tmp_path / "store"
+    first = _ingest(dask_cluster, pacs.dicomweb, store)
+    assert first.source is not None and first.source.delivered >= 3
+    later = tmp_path / "later"
+    synthesize_archive(later, SynthConfig(patients=1, seed=1818, max_slices_per_series=2))
+    new_files = [p for p in (later / "archive").rglob("*") if p.is_file()]
+    for path in new_files:  # a study of today, sent to the PACS after the first run
+        dataset = pydicom.dcmread(path)
+        dataset.StudyDate = date.today().strftime("%Y%m%d")
+        dataset.save_as(path)
+    pacs.upload(new_files)
+    try:
+        second = _ingest(dask_cluster, pacs.dicomweb, store)
+    finally:
+        pacs.delete_patient(str(pydicom.dcmread(new_files[0]).PatientID))
+    assert second.source is not None
+    assert second.source.delivered == 1
+    assert second.source.instances_fetched == len(new_files) == second.slices
+    mark = read_watermark(pacs_root(str(store), parse_source(pacs.dicomweb)))
+    assert len(mark.delivered) == first.source.delivered + 1
+
+
+def test_a_crashed_retrieval_resumes_without_fetching_twice(pacs, dask_cluster, tmp_path):
+    """A run killed mid-study leaves whole instances in the cache and no record of the
+    study: the rerun fetches only the rest of it, and ingests every instance once."""
+    store = tmp_path / "store"
+    whole = _ingest(dask_cluster, pacs.dimse(), store)
+    assert whole.source is not None
+    root = Path(pacs_root(str(store), parse_source(pacs.dimse())))
+    # The state a kill leaves: the store as before the run, part of one study cached.
+    shutil.rmtree(root / "studies")
+    (root / "watermark.json").unlink()
+    for table in ("slices", "rejects"):
+        shutil.rmtree(store / table)
+    cached = sorted((root / "instances").rglob("*.dcm"))
+    removed = cached[1::2]
+    for path in removed:
+        path.unlink()
+
+    resumed = _ingest(dask_cluster, pacs.dimse(), store)
+    assert resumed.source is not None
+    assert resumed.source.instances_fetched == len(removed)
+    assert resumed.source.instances_cached == len(cached) - len(removed)
+    assert resumed.slices == whole.slices and resumed.n_rejects == 0
+
+
+def test_wrong_password_is_one_line(pacs, prefect_api, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv(USER_ENV, USER)
+    monkeypatch.setenv(PASSWORD_ENV, "not-the-password")
+    code = main(["ingest", pacs.dicomweb, "--store", str(tmp_path / "store")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1, err
+    assert "refused the credentials (HTTP 401, user 'renalflow')" in err[0]
+    assert "not-the-password" not in err[0]
+
+
+def test_no_credentials_is_one_line_naming_the_variables(
+    pacs, prefect_api, monkeypatch, tmp_path, capsys
+):
+    for name in (TOKEN_ENV, USER_ENV, PASSWORD_ENV):
+        monkeypatch.delenv(name, raising=False)
+    code = main(["ingest", pacs.dicomweb, "--store", str(tmp_path / "store")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f"set {TOKEN_ENV}, or {USER_ENV} and {PASSWORD_ENV}" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("called", "calling", "expected"),
+    [
+        ("NOT_ORTHANC", "RENALFLOW", "the called AE title 'NOT_ORTHANC' is not the PACS's"),
+        ("ORTHANC", "STRANGER", "calling AE title 'STRANGER'"),
+    ],
+)
+def test_wrong_ae_titles_are_one_line(
+    called, calling, expected, pacs, prefect_api, tmp_path, capsys
+):
+    store = str(tmp_path / "store")
+    code = main(["ingest", pacs.dimse(called), "--store", store, "--calling-ae", calling])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert expected in err[0]
+
+
+def test_credentials_never_travel_in_the_uri(tmp_path, capsys):
+    code = main(["ingest", "dicomweb+https://user:secret@pacs.example/dicom-web", "--store", "s"])
+    err = capsys.readouterr().err
+    assert code == 2 and "do not put credentials in the archive URI" in err
+    assert "secret" not in err
