@@ -133,6 +133,35 @@ CALLING_AE = "RENALFLOW"
 """renalflow's AE title towards a DIMSE PACS (its administrator registers it)."""
 
 
+@dataclass(frozen=True)
+class SynthDefaults:
+    """What `renalflow synth` writes by default (our choices): whole studies, as a
+    hospital archive holds them; `lesion_only` gives the paper's curated slices instead.
+
+    Attributes:
+        study_slices: fewest and most slices of a whole-study series: the scan range
+            (liver dome to iliac crest, 220-290 mm) at the series' thickness, clipped.
+        matrix: Rows and Columns of every image (512 as scanners write; tests use less).
+        chest_share, head_share: shares of patients who also have a chest CT (no
+            kidneys, BodyPartExamined CHEST) or a head CT study.
+        scout_share: share of abdominal studies with a scout (LOCALIZER) image.
+        twin_share: share of abdominal studies where one contrast phase is also
+            reconstructed thin (same acquisition and FrameOfReferenceUID, another series).
+        seg_share: share of patients whose lesion comes as a DICOM SEG in the archive
+            (OUT/lesions.csv always has every patient's lesion).
+        max_lesion_slices: the curated archives' cap on slices per series through the mass.
+    """
+
+    study_slices: tuple[int, int] = (40, 150)
+    matrix: int = 512
+    chest_share: float = 0.3
+    head_share: float = 0.15
+    scout_share: float = 0.5
+    twin_share: float = 0.3
+    seg_share: float = 1.0
+    max_lesion_slices: int = 30
+
+
 class SelectionSource(StrEnum):
     """What decided which slices of a study vote.
 
