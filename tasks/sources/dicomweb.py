@@ -94,6 +94,8 @@ class DicomwebPacs:
         self._client = DICOMwebClient(
             source.url, session=session, headers=headers, timeout=settings.timeout_s
         )
+        # Retries are the flows' (typed, with backoff, counted): none hidden in the library.
+        self._client.set_http_retry_params(retry=False)
 
     # -- errors -------------------------------------------------------------------------
 
