@@ -47,6 +47,7 @@ def build_archive(root: Path, slices: int) -> tuple[Path, int]:
             patients=patients,
             seed=4000,
             max_slices_per_series=30,
+            lesion_only=True,
             syntaxes={str(ExplicitVRLittleEndian): 1.0},
         )
         report = synthesize_archive(root, config)

@@ -38,7 +38,8 @@ def build_store(root: Path, patients: int) -> tuple[str, str]:
     archive, store = root / "synth" / "archive", str(root / "store")
     if not archive.exists():
         synthesize_archive(
-            root / "synth", SynthConfig(patients=patients, seed=5000, max_slices_per_series=10)
+            root / "synth",
+            SynthConfig(patients=patients, seed=5000, max_slices_per_series=10, lesion_only=True),
         )
     if not Path(store, "slices").exists():
         config = PreprocessConfig()

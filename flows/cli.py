@@ -63,7 +63,7 @@ carcinoma) following Pedersen et al., Eur J Radiol 2020: 2D axial slices, a
 ResNet50V2 classifier and a {VOTE_THRESHOLD:.0%} majority vote per patient.
 
 Typical first run (or simply `renalflow demo`):
-  renalflow synth --out demo --patients 100
+  renalflow synth --out demo --patients 100 --lesion-only
   renalflow ingest demo/archive --store store --labels demo/labels.csv
   renalflow train --store store --model-dir model --profile cpu-demo
   renalflow evaluate --store store --model-dir model --out report
@@ -84,9 +84,15 @@ started for the command are stopped first.
 DETAILS: dict[str, str] = {
     "synth": (
         "Write OUT/archive/ (DICOM files in nested folders, mixed transfer syntaxes) and "
-        "OUT/labels.csv (patient_id,label,histology). Lesions follow the literature: "
-        "oncocytoma homogeneous and well circumscribed, sometimes with a central scar; RCC "
-        "heterogeneous with necrosis and irregular margins. Same seed, same bytes."
+        "OUT/labels.csv (patient_id,label,histology). By default whole studies, as a "
+        "hospital archive holds them: per phase an axial series from the liver dome to the "
+        "iliac crest with the mass on some of its slices, a DICOM SEG of the mass per "
+        "series, and for some patients a scout, a thin+thick reconstruction pair, a chest "
+        "and a head CT; OUT/lesions.csv holds every lesion's slice range (for ingest "
+        "--lesions) and OUT/series.csv what each series is. --lesion-only writes the "
+        "paper's curated format instead: only slices through the mass. Lesions follow the "
+        "literature: oncocytoma homogeneous and well circumscribed, sometimes with a central "
+        "scar; RCC heterogeneous with necrosis and irregular margins. Same seed, same bytes."
     ),
     "ingest": (
         "Find every file under ARCHIVE (a folder or an fsspec URI such as s3://bucket/path), "
@@ -385,6 +391,13 @@ def cmd_synth(params: SynthParams) -> int:
         f"{report.slices} slices in {report.seconds:.1f} s ({rate:.0f} slices/s)\n"
         f"  archive  {Path(params.out, 'archive')}\n  labels   {Path(params.out, 'labels.csv')}"
     )
+    if not params.lesion_only:
+        studies = ", ".join(f"{n} {kind}" for kind, n in sorted(report.studies.items()))
+        print(
+            f"  studies  {studies}; {report.seg_objects} lesion SEG objects\n"
+            f"  lesions  {Path(params.out, 'lesions.csv')} ({report.lesion_series} series)\n"
+            f"  series   {Path(params.out, 'series.csv')}"
+        )
     for name, count in sorted(report.by_syntax.items()):
         print(f"  {name:<48} {count:>6} files")
     return EXIT_OK

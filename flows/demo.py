@@ -108,6 +108,7 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
                 patients=params.patients,
                 seed=params.seed,
                 benign_fraction=params.benign_fraction,
+                lesion_only=True,  # the classifier learns from curated lesion slices (paper)
             )
         )
 
@@ -153,7 +154,12 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
     step(f"5/7 synth: a screening archive of {params.screening} new patients")
     if not (where.screening / "archive").exists():
         run_synth(
-            SynthParams(out=str(where.screening), patients=params.screening, seed=params.seed + 1)
+            SynthParams(
+                out=str(where.screening),
+                patients=params.screening,
+                seed=params.seed + 1,
+                lesion_only=True,  # curated, as --all-slices below assumes
+            )
         )
 
     step(f"6/7 score: {where.screening / 'archive'} -> {where.results} (Delta tables)")

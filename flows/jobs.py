@@ -156,18 +156,43 @@ def run_synth(params: SynthParams, progress: Any = None) -> "SynthReport":
         seed=params.seed,
         benign_fraction=params.benign_fraction,
         max_slices_per_series=params.max_slices_per_series,
+        lesion_only=params.lesion_only,
+        study_slices=(params.min_study_slices, params.max_study_slices),
+        matrix=params.matrix,
+        chest_share=params.chest_share,
+        head_share=params.head_share,
+        scout_share=params.scout_share,
+        twin_share=params.twin_share,
+        seg_share=params.seg_share,
     )
     report = synthesize_archive(params.out, config, jobs=params.workers, progress=progress)
-    record = {
+    record: dict[str, Any] = {
         "seed": config.seed,
         "patients": report.patients,
         "benign": report.benign,
         "series": report.series,
         "slices": report.slices,
         "benign_fraction": config.benign_fraction,
-        "max_slices_per_series": config.max_slices_per_series,
+        "lesion_only": config.lesion_only,
         "transfer_syntaxes": report.by_syntax,
     }
+    if config.lesion_only:
+        record["max_slices_per_series"] = config.max_slices_per_series
+    else:
+        record |= {
+            "studies": report.studies,
+            "seg_objects": report.seg_objects,
+            "lesion_series": report.lesion_series,
+            "study_slices": list(config.study_slices),
+            "matrix": config.matrix,
+            "shares": {
+                "chest": config.chest_share,
+                "head": config.head_share,
+                "scout": config.scout_share,
+                "twin": config.twin_share,
+                "seg": config.seg_share,
+            },
+        }
     Path(params.out, "synth.json").write_text(json.dumps(record, indent=2))
     return report
 

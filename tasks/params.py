@@ -31,6 +31,7 @@ from renalflow.tasks.config import (
     Schedule,
     ServerAction,
     Split,
+    SynthDefaults,
     WindowSource,
 )
 from renalflow.tasks.model import check_region
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from renalflow.tasks.sources.query import PacsSettings
 
 _PREPROCESS = PreprocessConfig()
+_SYNTH = SynthDefaults()
 
 
 def positional(**extra: Any) -> dict[str, Any]:
@@ -177,7 +179,10 @@ class SynthParams(JobParams):
     command: ClassVar[str] = "synth"
     summary: ClassVar[str] = "write a synthetic renal-mass CT archive and its labels"
 
-    out: str = Field(description="output folder for archive/, labels.csv and synth.json")
+    out: str = Field(
+        description="output folder for archive/, labels.csv, synth.json and (whole studies) "
+        "lesions.csv and series.csv"
+    )
     patients: int = Field(default=20, ge=1, description="number of patients")
     seed: int = Field(default=0, description="random seed; recorded in OUT/synth.json")
     benign_fraction: float = Field(
@@ -186,12 +191,75 @@ class SynthParams(JobParams):
         le=1,
         description="share of benign (oncocytoma) patients (the paper's cohort had 0.19)",
     )
+    lesion_only: bool = Field(
+        default=False,
+        description="write the paper's curated format instead of whole studies: only slices "
+        "through the mass, no annotations (the same bytes as before whole studies existed)",
+    )
     max_slices_per_series: int = Field(
-        default=30, ge=1, description="cap on slices per series through the lesion"
+        default=_SYNTH.max_lesion_slices,
+        ge=1,
+        description="with --lesion-only: cap on slices per series through the lesion",
+    )
+    min_study_slices: int = Field(
+        default=_SYNTH.study_slices[0],
+        ge=1,
+        description="whole studies: fewest slices of an abdominal series (its scan range, "
+        "liver dome to iliac crest, at its thickness, clipped to these bounds)",
+    )
+    max_study_slices: int = Field(
+        default=_SYNTH.study_slices[1], ge=1, description="whole studies: most slices a series"
+    )
+    matrix: int = Field(
+        default=_SYNTH.matrix,
+        ge=32,
+        le=1024,
+        description="whole studies: Rows and Columns of every image (512 as scanners write; "
+        "less for quick tests)",
+    )
+    chest_share: float = Field(
+        default=_SYNTH.chest_share, ge=0, le=1, description="share of patients with a chest CT"
+    )
+    head_share: float = Field(
+        default=_SYNTH.head_share, ge=0, le=1, description="share of patients with a head CT"
+    )
+    scout_share: float = Field(
+        default=_SYNTH.scout_share,
+        ge=0,
+        le=1,
+        description="share of abdominal studies with a scout (localizer) image",
+    )
+    twin_share: float = Field(
+        default=_SYNTH.twin_share,
+        ge=0,
+        le=1,
+        description="share of abdominal studies with one phase also reconstructed thin "
+        "(same acquisition and FrameOfReferenceUID, another series)",
+    )
+    seg_share: float = Field(
+        default=_SYNTH.seg_share,
+        ge=0,
+        le=1,
+        description="share of patients whose lesion also comes as a DICOM SEG in the archive "
+        "(lesions.csv always holds every lesion)",
     )
     workers: int | None = Field(
         default=None, ge=1, description="processes writing files (default: one per core)"
     )
+
+    @model_validator(mode="after")
+    def _check_study_slices(self) -> SynthParams:
+        if self.min_study_slices > self.max_study_slices:
+            raise ValueError(
+                f"--min-study-slices {self.min_study_slices} is above --max-study-slices "
+                f"{self.max_study_slices}"
+            )
+        if self.lesion_only and self.matrix != _SYNTH.matrix:
+            raise ValueError(
+                f"--matrix shapes whole studies; --lesion-only archives are {_SYNTH.matrix} x "
+                f"{_SYNTH.matrix} (leave --matrix out)"
+            )
+        return self
 
 
 class PreprocessParams(JobParams):

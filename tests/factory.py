@@ -114,7 +114,9 @@ def build_store(root: Path, *, patients: int, seed: int, size: int = 64) -> str:
     from renalflow.tasks.store import check_manifest
     from renalflow.tasks.synth import SynthConfig, synthesize_archive
 
-    synth = SynthConfig(patients=patients, seed=seed, benign_fraction=0.4, max_slices_per_series=4)
+    synth = SynthConfig(
+        patients=patients, seed=seed, benign_fraction=0.4, max_slices_per_series=4, lesion_only=True
+    )
     synthesize_archive(root / "synth", synth, jobs=2)
     store = str(root / "store")
     config = PreprocessConfig(output_size=size)

@@ -4,6 +4,11 @@ A body is fixed geometry (drawn once per patient from its generator) whose
 cross-sections change along z: the liver and spleen shrink towards their tips,
 vertebral bodies alternate with discs, the body outline tapers. The kidneys and
 bowel gas are painted per slice on top.
+
+For whole studies (`Trunk`) the body also reaches from the neck to the pelvis: lungs
+and the heart above the liver dome, bowel loops and more fat below the kidneys, the
+iliac wings at the bottom. A head is drawn apart (`head_tissue`). Curated lesion-only
+archives draw no trunk, so their bytes do not change.
 """
 
 from __future__ import annotations
@@ -33,15 +38,20 @@ TISSUE_HU: dict[str, tuple[float, float, float]] = {
     "medulla": (30, 80, 165),
     "sinus_fat": (-90, -90, -90),
     "bowel_gas": (-900, -900, -900),
+    # Whole studies only (appended, so the curated archives' lookup stays the same).
+    "lung": (-850, -850, -850),
+    "bowel": (35, 60, 95),
+    "brain": (35, 35, 35),
+    "csf": (5, 5, 5),
 }
 TISSUES = list(TISSUE_HU)
 TISSUE_INDEX = {name: i for i, name in enumerate(TISSUES)}
 PHASE_INDEX = {Phase.NONCONTRAST: 0, Phase.ARTERIAL: 1, Phase.VENOUS: 2}
 
 
-def grid() -> tuple[np.ndarray, np.ndarray]:
-    """Pixel coordinates (x, y) of a SIZE x SIZE slice."""
-    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+def grid(size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (x, y) of a size x size slice."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
     return x, y
 
 
@@ -77,6 +87,8 @@ class Anatomy:
     kidneys: list[tuple[float, float, float, float]]  # cx, cy, rx, ry at the mid-plane
     outside_fov: np.ndarray  # pixels outside the reconstructed circle
     gas_box: tuple[float, float, float, float]  # where bowel gas moves, slice to slice
+    size: int = SIZE  # Rows and Columns
+    trunk: Trunk | None = None  # whole studies: the body above and below the kidneys
     cache: dict[int, np.ndarray] = field(default_factory=dict)
 
     def tissue_at(self, dz_mm: float) -> np.ndarray:
@@ -86,17 +98,25 @@ class Anatomy:
         return self.cache[key]
 
     def _draw(self, z: float) -> np.ndarray:
-        x, y = grid()
+        x, y = grid(self.size)
         c, cy, mm = self.c, self.cy, self.mm
         rx0, ry0, fat = self.body
         scale = 1.0 + self.taper * z
         body_rx, body_ry = rx0 * scale, ry0 * scale
-        tissue = np.full((SIZE, SIZE), TISSUE_INDEX["air"], dtype=np.uint8)
+        visceral_scale = 1.0
+        if self.trunk is not None:  # more fat towards the pelvis, less in the chest
+            fat *= self.trunk.fat_scale(z)
+            visceral_scale = self.trunk.visceral_scale(z)
+        tissue = np.full((self.size, self.size), TISSUE_INDEX["air"], dtype=np.uint8)
         tissue[ellipse(x, y, c, cy, body_rx, body_ry)] = TISSUE_INDEX["fat"]
         tissue[ellipse(x, y, c, cy, body_rx - fat, body_ry - fat)] = TISSUE_INDEX["muscle"]
         # Retroperitoneal and visceral fat around the organs.
-        visceral = ellipse(x, y, c, cy + 15 * mm, body_rx * 0.62, body_ry * 0.55)
+        visceral = ellipse(
+            x, y, c, cy + 15 * mm, body_rx * 0.62 * visceral_scale, body_ry * 0.55 * visceral_scale
+        )
         tissue[visceral] = TISSUE_INDEX["fat"]
+        if self.trunk is not None:
+            self.trunk.paint_below_organs(tissue, x, y, self, z, body_rx, body_ry)
         # Liver on the patient's right (image left), spleen on the left; both taper.
         liver = math.sqrt(max(0.0, 1 - ((z - self.liver_z) / 90.0) ** 2))
         if liver > 0.15:
@@ -125,14 +145,134 @@ class Anatomy:
         aorta = ellipse(x, y, c + 14 * mm, spine_y - 27 * mm, 11 * mm, 11 * mm)
         tissue[aorta] = TISSUE_INDEX["aorta"]
         tissue[ellipse(x, y, c - 18 * mm, spine_y - 25 * mm, 12 * mm, 9 * mm)] = TISSUE_INDEX["ivc"]
+        if self.trunk is not None:
+            self.trunk.paint_over_organs(tissue, x, y, self, z, body_rx, body_ry)
         return tissue
 
+    @property
+    def liver_dome(self) -> float:
+        """z (mm from the kidneys' mid-plane) of the liver's top, where it is last drawn."""
+        return self.liver_z + 90.0 * math.sqrt(1 - 0.15**2)
 
-def build_anatomy(rng: np.random.Generator, spacing: float) -> Anatomy:
-    """Draw a patient's body (size, fat, organ positions, kidneys) from `rng`."""
-    x, y = grid()
+
+@dataclass(frozen=True)
+class Trunk:
+    """The body above and below the kidneys, for whole studies (z in mm from the
+    kidneys' mid-plane, feet to head): lungs and heart from a little below the liver
+    dome, bowel loops below the liver, the iliac crest at `crest_z`."""
+
+    crest_z: float  # top of the iliac wings (negative: below the kidneys)
+    lung_z: float  # where the lung bases begin (behind the liver dome)
+    bowel_cells: int  # how crowded the bowel loops are
+    bowel_seed: int
+    fat_gain: float  # relative gain of subcutaneous fat per cm towards the pelvis
+
+    def fat_scale(self, z: float) -> float:
+        return float(np.clip(1.0 + self.fat_gain * (-z) / 10.0, 0.6, 1.8))
+
+    def visceral_scale(self, z: float) -> float:
+        return float(np.clip(1.0 - 0.0015 * z, 0.75, 1.15))
+
+    def paint_below_organs(
+        self,
+        tissue: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        body: Anatomy,
+        z: float,
+        body_rx: float,
+        body_ry: float,
+    ) -> None:
+        """Bowel loops in the visceral fat, more of them further down; drawn before the
+        organs, which cover them."""
+        share = float(np.clip((body.liver_z + 40.0 - z) / 120.0, 0.0, 0.55))
+        if share <= 0:
+            return
+        rng = np.random.default_rng([self.bowel_seed, round(z / 4.0) & 0xFFFF])
+        texture = smooth_noise(rng, tissue.shape, self.bowel_cells)
+        inside = ellipse(x, y, body.c, body.cy - 5 * body.mm, body_rx * 0.6, body_ry * 0.5)
+        loops = inside & (texture > np.quantile(texture[inside], 1 - share))
+        tissue[loops & (tissue == TISSUE_INDEX["fat"])] = TISSUE_INDEX["bowel"]
+
+    def paint_over_organs(
+        self,
+        tissue: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        body: Anatomy,
+        z: float,
+        body_rx: float,
+        body_ry: float,
+    ) -> None:
+        """Lungs and the heart above the lung bases; the iliac wings below the crest."""
+        c, cy, mm = body.c, body.cy, body.mm
+        soft = np.isin(tissue, [TISSUE_INDEX["fat"], TISSUE_INDEX["muscle"]])
+        lungs = float(np.clip((z - self.lung_z) / 80.0, 0.0, 1.0))
+        if lungs > 0.05:
+            grow = math.sqrt(lungs)
+            for side in (-1, 1):
+                mask = ellipse(
+                    x,
+                    y,
+                    c + side * body_rx * 0.42,
+                    cy + body_ry * (0.25 - 0.2 * grow),
+                    body_rx * 0.38 * grow,
+                    body_ry * 0.7 * grow,
+                )
+                tissue[mask & soft] = TISSUE_INDEX["lung"]
+        heart = float(np.clip((z - body.liver_dome + 10.0) / 40.0, 0.0, 1.0))
+        heart *= float(np.clip((body.liver_dome + 150.0 - z) / 40.0, 0.0, 1.0))
+        if heart > 0.1:
+            mask = ellipse(x, y, c + 25 * mm, cy - body_ry * 0.15, 55 * mm * heart, 45 * mm * heart)
+            tissue[mask] = TISSUE_INDEX["aorta"]  # the blood pool enhances like the aorta
+        wings = float(np.clip((self.crest_z + 5.0 - z) / 45.0, 0.0, 1.0))
+        if wings > 0:
+            for side in (-1, 1):
+                wx = c + side * body_rx * (0.55 - 0.15 * wings)
+                outer = ellipse(x, y, wx, cy + body_ry * 0.3, 14 * mm, 45 * mm * wings + 5 * mm)
+                inner = ellipse(x, y, wx, cy + body_ry * 0.3, 9 * mm, 40 * mm * wings + 2 * mm)
+                tissue[outer] = TISSUE_INDEX["bone_cortex"]
+                tissue[inner] = TISSUE_INDEX["bone_marrow"]
+
+
+def build_trunk(rng: np.random.Generator, anatomy: Anatomy) -> Trunk:
+    """Draw the body above and below the kidneys of `anatomy` from `rng` (whole studies)."""
+    return Trunk(
+        crest_z=float(rng.uniform(-110.0, -80.0)),
+        lung_z=anatomy.liver_dome - float(rng.uniform(25.0, 45.0)),
+        bowel_cells=int(rng.integers(7, 12)),
+        bowel_seed=int(rng.integers(0, 2**31)),
+        fat_gain=float(rng.uniform(0.0, 0.08)),
+    )
+
+
+def head_tissue(size: int, mm: float, z: float) -> np.ndarray:
+    """An axial cross-section of a head `z` mm above the skull base (0 to ~150): skull,
+    brain and the ventricles, shrinking towards the vertex."""
+    x, y = grid(size)
+    c = size / 2
+    scale = math.sqrt(max(0.0, 1 - ((z - 60.0) / 95.0) ** 2))
+    tissue = np.full((size, size), TISSUE_INDEX["air"], dtype=np.uint8)
+    if scale <= 0.1:
+        return tissue
+    rx, ry = 72 * mm * scale, 92 * mm * scale
+    tissue[ellipse(x, y, c, c, rx + 3 * mm, ry + 3 * mm)] = TISSUE_INDEX["muscle"]  # scalp
+    tissue[ellipse(x, y, c, c, rx, ry)] = TISSUE_INDEX["bone_cortex"]
+    tissue[ellipse(x, y, c, c, rx - 6 * mm, ry - 6 * mm)] = TISSUE_INDEX["brain"]
+    ventricles = math.sqrt(max(0.0, 1 - ((z - 70.0) / 25.0) ** 2))
+    if ventricles > 0.1:
+        for side in (-1, 1):
+            mask = ellipse(x, y, c + side * 8 * mm, c, 5 * mm * ventricles, 28 * mm * ventricles)
+            tissue[mask] = TISSUE_INDEX["csf"]
+    return tissue
+
+
+def build_anatomy(rng: np.random.Generator, spacing: float, size: int = SIZE) -> Anatomy:
+    """Draw a patient's body (size, fat, organ positions, kidneys) from `rng`, on a
+    `size` x `size` matrix of `spacing` mm pixels."""
+    x, y = grid(size)
     mm = 1.0 / spacing
-    c = SIZE / 2
+    c = size / 2
     body_rx = rng.uniform(140, 175) * mm
     body_ry = rng.uniform(100, 125) * mm
     cy = c + rng.uniform(-8, 8) * mm
@@ -148,7 +288,7 @@ def build_anatomy(rng: np.random.Generator, spacing: float) -> Anatomy:
                 rng.uniform(30, 38) * mm,
             )
         )
-    outside = (x - c) ** 2 + (y - c) ** 2 > (SIZE / 2 - 2) ** 2
+    outside = (x - c) ** 2 + (y - c) ** 2 > (size / 2 - 2) ** 2
     gas_box = (c - 0.4 * body_rx, cy - 0.7 * body_ry, c + 0.4 * body_rx, cy)
     return Anatomy(
         c=c,
@@ -162,6 +302,7 @@ def build_anatomy(rng: np.random.Generator, spacing: float) -> Anatomy:
         kidneys=kidneys,
         outside_fov=outside,
         gas_box=gas_box,
+        size=size,
     )
 
 
@@ -200,7 +341,7 @@ def paint_kidneys(
         target = hu[y0 : y0 + 2 * half, x0 : x0 + 2 * half]
         target[e <= 1.0] = TISSUE_HU["cortex"][p]
         target[e <= 0.55] = TISSUE_HU["medulla"][p]
-        sinus = ((xs - (cx - np.sign(cx - SIZE / 2) * 8 * mm)) / (rx * scale * 0.35)) ** 2 + (
+        sinus = ((xs - (cx - np.sign(cx - anatomy.c) * 8 * mm)) / (rx * scale * 0.35)) ** 2 + (
             (ys - cy) / (ry * scale * 0.3)
         ) ** 2
         target[sinus <= 1.0] = TISSUE_HU["sinus_fat"][p]

@@ -2,6 +2,13 @@
 
 Every patient is drawn from its own seeded generator (seeded from the archive's
 seed), so the same seed gives byte-identical files however many processes write them.
+
+Two kinds of archive. Whole studies (the default; tasks/synth/studies.py) are what a
+hospital holds: `OUT/archive/` with every series of every study and a DICOM SEG of the
+lesion, plus `OUT/lesions.csv` (the lesion range of every abdominal series) and
+`OUT/series.csv` (what each series is). `lesion_only` writes the paper's curated
+format instead, unchanged: only slices through the mass, and no annotations (every
+slice shows it).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.uid import UID
 
-from renalflow.tasks.config import Phase
+from renalflow.tasks.config import Phase, SynthDefaults
 from renalflow.tasks.synth.anatomy import (
     PHASE_INDEX,
     SIZE,
@@ -31,6 +38,14 @@ from renalflow.tasks.synth.anatomy import (
     paint_kidneys,
 )
 from renalflow.tasks.synth.lesions import MALIGNANT_MIX, paint_lesion, place_lesion
+from renalflow.tasks.synth.seg import LesionRange, write_lesions_csv
+from renalflow.tasks.synth.studies import (
+    SERIES_CSV_HEADER,
+    PatientResult,
+    SeriesRecord,
+    choose_phases,
+    write_whole_patient,
+)
 from renalflow.tasks.synth.writer import (
     DEFAULT_SYNTAXES,
     VENDORS,
@@ -42,19 +57,37 @@ from renalflow.tasks.synth.writer import (
     slice_dataset,
 )
 
+_DEFAULTS = SynthDefaults()
+
+LESIONS_CSV = "lesions.csv"
+SERIES_CSV = "series.csv"
+LABELS_CSV = "labels.csv"
+
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """What `renalflow synth` makes. Defaults follow the paper's cohort (19% benign)."""
+    """What `renalflow synth` makes. Defaults follow the paper's cohort (19% benign) and
+    tasks/config.py's SynthDefaults (whole studies).
+
+    `lesion_only` writes the curated archive (slices through the mass, at most
+    `max_slices_per_series` a series); the other fields shape whole studies."""
 
     patients: int = 20
     seed: int = 0
     benign_fraction: float = 0.19
-    max_slices_per_series: int = 30
+    max_slices_per_series: int = _DEFAULTS.max_lesion_slices
     syntaxes: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SYNTAXES))
     first_study_year: int = 2015
     last_study_year: int = 2018
     patient_prefix: str = "RF"
+    lesion_only: bool = False
+    study_slices: tuple[int, int] = _DEFAULTS.study_slices
+    matrix: int = _DEFAULTS.matrix
+    chest_share: float = _DEFAULTS.chest_share
+    head_share: float = _DEFAULTS.head_share
+    scout_share: float = _DEFAULTS.scout_share
+    twin_share: float = _DEFAULTS.twin_share
+    seg_share: float = _DEFAULTS.seg_share
 
     def __post_init__(self) -> None:
         if self.patients < 1:
@@ -63,6 +96,16 @@ class SynthConfig:
             raise ValueError(f"benign_fraction must be in [0, 1], got {self.benign_fraction}")
         if self.max_slices_per_series < 1:
             raise ValueError("max_slices_per_series must be at least 1")
+        low, high = self.study_slices
+        if not 1 <= low <= high:
+            raise ValueError(f"study_slices must be 1 <= fewest <= most, got {low}, {high}")
+        if self.lesion_only and self.matrix != SIZE:
+            raise ValueError(f"curated (lesion-only) archives are {SIZE} x {SIZE}")
+        if not 32 <= self.matrix <= 1024:
+            raise ValueError(f"matrix must be 32 to 1024 pixels, got {self.matrix}")
+        for name in ("chest_share", "head_share", "scout_share", "twin_share", "seg_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for uid in self.syntaxes:
             if uid not in DEFAULT_SYNTAXES:
                 raise ValueError(
@@ -88,6 +131,9 @@ class SynthReport:
     benign: int = 0
     seconds: float = 0.0
     by_syntax: dict[str, int] = field(default_factory=dict)
+    studies: dict[str, int] = field(default_factory=dict)  # whole studies: by kind
+    seg_objects: int = 0
+    lesion_series: int = 0  # rows of lesions.csv
 
 
 def plan_patients(config: SynthConfig) -> list[PatientPlan]:
@@ -118,32 +164,17 @@ def plan_patients(config: SynthConfig) -> list[PatientPlan]:
     return plans
 
 
-def _choose_phases(rng: np.random.Generator) -> list[Phase]:
-    """The contrast phases a patient's study has, with a hospital's mix."""
-    roll = rng.random()
-    if roll < 0.5:
-        return [Phase.NONCONTRAST, Phase.ARTERIAL, Phase.VENOUS]
-    if roll < 0.85:
-        return (
-            [Phase.NONCONTRAST, Phase.VENOUS]
-            if rng.random() < 0.5
-            else [Phase.ARTERIAL, Phase.VENOUS]
-        )
-    if roll < 0.97:
-        return [Phase.VENOUS]
-    return [Phase.NONCONTRAST]  # contrast allergy, as 9 of the study's patients
-
-
 def write_patient(
     plan: PatientPlan, config: SynthConfig, archive: Path
 ) -> tuple[int, int, dict[str, int]]:
-    """Write every series of one patient; returns (series, slices, files per syntax)."""
+    """Write every series of one curated (lesion-only) patient; returns (series, slices,
+    files per syntax)."""
     rng = np.random.default_rng(plan.seed)
     vendor = VENDORS[int(rng.integers(len(VENDORS)))]
     spacing = float(rng.uniform(0.68, 0.86))
     anatomy = build_anatomy(rng, spacing)
     lesion = place_lesion(rng, anatomy, plan.label, plan.histology)
-    phases = _choose_phases(rng)
+    phases = choose_phases(rng)
     year = int(rng.integers(config.first_study_year, config.last_study_year + 1))
     study_date = date(year, 1, 1) + timedelta(days=int(rng.integers(0, 365)))
     birth = date(int(rng.integers(1935, 1990)), int(rng.integers(1, 13)), int(rng.integers(1, 29)))
@@ -221,11 +252,22 @@ def write_labels(plans: list[PatientPlan], path: Path) -> None:
             writer.writerow([plan.patient_id, plan.label, plan.histology])
 
 
-def _write_patient_job(
-    args: tuple[PatientPlan, SynthConfig, str],
-) -> tuple[int, int, dict[str, int]]:
+def write_series_csv(records: list[SeriesRecord], path: Path) -> None:
+    """`series.csv`: what each series of a whole-study archive is (SeriesRecord)."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SERIES_CSV_HEADER)
+        for record in records:
+            row = [getattr(record, name) for name in SERIES_CSV_HEADER]
+            writer.writerow("" if value is None else value for value in row)
+
+
+def _write_patient_job(args: tuple[PatientPlan, SynthConfig, str]) -> PatientResult:
     plan, config, archive = args
-    return write_patient(plan, config, Path(archive))
+    if not config.lesion_only:
+        return write_whole_patient(plan, config, Path(archive))
+    series, slices, by_syntax = write_patient(plan, config, Path(archive))
+    return PatientResult(series=series, slices=slices, by_syntax=by_syntax)
 
 
 def synthesize_archive(
@@ -234,7 +276,8 @@ def synthesize_archive(
     jobs: int | None = None,
     progress: Callable[[int, int, int], None] | None = None,
 ) -> SynthReport:
-    """Write `OUT/archive/` and `OUT/labels.csv`; deterministic for `config.seed`.
+    """Write `OUT/archive/` and `OUT/labels.csv` (and for whole studies `OUT/lesions.csv`
+    and `OUT/series.csv`); deterministic for `config.seed`.
 
     `progress(done_patients, total_patients, slices_so_far)` is called after each patient.
     """
@@ -243,32 +286,42 @@ def synthesize_archive(
     archive = out / "archive"
     archive.mkdir(parents=True, exist_ok=True)
     plans = plan_patients(config)
-    write_labels(plans, out / "labels.csv")
+    write_labels(plans, out / LABELS_CSV)
     report = SynthReport(patients=len(plans), benign=sum(p.label == "benign" for p in plans))
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(plans)))
     work = [(plan, config, str(archive)) for plan in plans]
-    results: list[tuple[int, int, dict[str, int]]]
+    results: list[PatientResult] = []
     if jobs == 1:
-        results = []
         for done, item in enumerate(work, start=1):
             results.append(_write_patient_job(item))
-            report.slices += results[-1][1]
+            report.slices += results[-1].slices
             if progress:
                 progress(done, len(work), report.slices)
     else:
-        results = []
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             for done, result in enumerate(pool.map(_write_patient_job, work), start=1):
                 results.append(result)
-                report.slices += result[1]
+                report.slices += result.slices
                 if progress:
                     progress(done, len(work), report.slices)
     report.slices = 0
-    for series, slices, by_syntax in results:
-        report.series += series
-        report.slices += slices
-        for name, count in by_syntax.items():
+    lesions: list[LesionRange] = []
+    records: list[SeriesRecord] = []
+    for result in results:
+        report.series += result.series
+        report.slices += result.slices
+        report.seg_objects += result.seg_objects
+        for name, count in result.by_syntax.items():
             report.by_syntax[name] = report.by_syntax.get(name, 0) + count
+        lesions.extend(result.lesions)
+        records.extend(result.records)
+    if not config.lesion_only:
+        write_lesions_csv(lesions, out / LESIONS_CSV)
+        write_series_csv(records, out / SERIES_CSV)
+        report.lesion_series = len(lesions)
+        studies = {(r.study_instance_uid, r.study) for r in records}
+        for _, kind in sorted(studies):
+            report.studies[kind.value] = report.studies.get(kind.value, 0) + 1
     report.seconds = time.perf_counter() - started
     return report
 

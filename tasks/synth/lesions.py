@@ -93,14 +93,17 @@ def place_lesion(rng: np.random.Generator, anatomy: Anatomy, label: str, histolo
 
 def paint_lesion(
     rng_seed: int, lesion: Lesion, spacing: float, dz_mm: float, phase: Phase, hu: np.ndarray
-) -> None:
-    """Paint the lesion cross-section `dz_mm` from its centre into `hu` (in place)."""
+) -> np.ndarray | None:
+    """Paint the lesion cross-section `dz_mm` from its centre into `hu` (in place).
+
+    Returns the mask of the pixels painted (the slice shows the mass), or None where
+    the slice misses it: the lesion truth a DICOM SEG and the lesions CSV record."""
     looks = HISTOLOGY[lesion.histology]
     r_mm = lesion.radius_mm * math.sqrt(
         max(0.0, 1 - (dz_mm / (lesion.radius_mm * lesion.z_scale)) ** 2)
     )
     if r_mm < 1.5:
-        return
+        return None
     r = r_mm / spacing
     half = int(r * 1.4) + 4
     x0, y0 = int(lesion.cx) - half, int(lesion.cy) - half
@@ -116,7 +119,7 @@ def paint_lesion(
     dist = np.sqrt(dx * dx + dy * dy)
     inside = dist <= boundary
     if not inside.any():
-        return
+        return None
     rng = np.random.default_rng(
         [lesion.necrosis_seed, round(dz_mm * 10) & 0xFFFF, rng_seed & 0xFFFF]
     )
@@ -144,3 +147,11 @@ def paint_lesion(
     # A rim of partial volume against the kidney, then paste.
     target = hu[y0 : y0 + 2 * half, x0 : x0 + 2 * half]
     target[inside] = region[inside]
+    mask = np.zeros(hu.shape, dtype=bool)
+    mask[y0 : y0 + 2 * half, x0 : x0 + 2 * half][inside] = True
+    return mask
+
+
+def lesion_half_length(lesion: Lesion) -> float:
+    """Half the lesion's extent along z in mm (no slice further from its centre shows it)."""
+    return lesion.radius_mm * lesion.z_scale

@@ -25,7 +25,11 @@ from pydicom.uid import (
 )
 
 from renalflow.tasks.config import Phase
-from renalflow.tasks.synth.anatomy import SIZE
+
+AXIAL = ("1", "0", "0", "0", "1", "0")
+CORONAL = ("1", "0", "0", "0", "0", "-1")
+ORIGINAL_AXIAL = ("ORIGINAL", "PRIMARY", "AXIAL")
+LOCALIZER = ("ORIGINAL", "PRIMARY", "LOCALIZER")
 
 # Transfer syntaxes the generator writes, with their default shares.
 DEFAULT_SYNTAXES: dict[str, float] = {
@@ -130,6 +134,9 @@ class StudyTags:
     birth: date
     sex: str
     bolus_start: int  # seconds after midnight
+    description: str = "CT ABDOMEN KIDNEYS"  # StudyDescription
+    body_part: str = "ABDOMEN"  # BodyPartExamined
+    study_id: str = "1"
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,10 @@ class SeriesTags:
     thickness: float
     syntax: UID
     acquired: int  # seconds after midnight
+    image_type: tuple[str, ...] = ORIGINAL_AXIAL
+    orientation: tuple[str, ...] = AXIAL  # ImageOrientationPatient
+    acquisition: int = 1  # AcquisitionNumber: two reconstructions of one scan share it
+    pixel_spacing: tuple[float, float] | None = None  # row, column (default: the study's)
 
 
 def slice_dataset(
@@ -153,11 +164,13 @@ def slice_dataset(
     z: float,
     hu: np.ndarray,
     outside_fov: np.ndarray,
+    y: float | None = None,
 ) -> Dataset:
     """The dataset of one slice (`index` in its series, at `z` mm) with `hu` as its
-    pixels, encoded in the series' transfer syntax; ready for `save_as`."""
+    pixels, encoded in the series' transfer syntax; ready for `save_as`. A coronal
+    image (a scout) sits at `y` mm with `z` its top row."""
     ds = _base_dataset(sop_uid, series.syntax)
-    _fill_tags(ds, study, series, sop_uid, index, z)
+    _fill_tags(ds, study, series, sop_uid, index, z, hu.shape, y)
     stored, padding = _to_stored(hu, study.vendor, outside_fov)
     if padding is not None:
         ds.PixelPaddingValue = padding
@@ -183,11 +196,19 @@ def _hms(seconds: int) -> str:
 
 
 def _fill_tags(
-    ds: Dataset, study: StudyTags, series: SeriesTags, sop_uid: str, index: int, z: float
+    ds: Dataset,
+    study: StudyTags,
+    series: SeriesTags,
+    sop_uid: str,
+    index: int,
+    z: float,
+    shape: tuple[int, ...],
+    y: float | None,
 ) -> None:
     vendor, spacing = study.vendor, study.spacing
+    rows, columns = int(shape[0]), int(shape[1])
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.ImageType = list(series.image_type)
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = sop_uid
     ds.StudyDate = study.study_date.strftime("%Y%m%d")
@@ -203,14 +224,14 @@ def _fill_tags(
     ds.Manufacturer = vendor.manufacturer
     ds.InstitutionName = "RENALFLOW SYNTHETIC HOSPITAL"
     ds.ReferringPhysicianName = ""
-    ds.StudyDescription = "CT ABDOMEN KIDNEYS"
+    ds.StudyDescription = study.description
     ds.SeriesDescription = series.description
     ds.ManufacturerModelName = vendor.model
     ds.PatientName = study.patient_name
     ds.PatientID = study.patient_id
     ds.PatientBirthDate = study.birth.strftime("%Y%m%d")
     ds.PatientSex = study.sex
-    ds.BodyPartExamined = "ABDOMEN"
+    ds.BodyPartExamined = study.body_part
     ds.SliceThickness = f"{series.thickness:.1f}"
     ds.KVP = "120"
     ds.ConvolutionKernel = vendor.kernel
@@ -222,21 +243,24 @@ def _fill_tags(
         ds.ContrastBolusStartTime = _hms(study.bolus_start)
     ds.StudyInstanceUID = study.study_uid
     ds.SeriesInstanceUID = series.series_uid
-    ds.StudyID = "1"
+    ds.StudyID = study.study_id
     ds.SeriesNumber = series.number
-    ds.AcquisitionNumber = 1
+    ds.AcquisitionNumber = series.acquisition
     ds.InstanceNumber = index + 1
-    half = SIZE / 2 * spacing
-    ds.ImagePositionPatient = [f"{-half:.3f}", f"{-half:.3f}", f"{z:.3f}"]
-    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    half = columns / 2 * spacing
+    y_mm = -half if y is None else y
+    ds.ImagePositionPatient = [f"{-half:.3f}", f"{y_mm:.3f}", f"{z:.3f}"]
+    ds.ImageOrientationPatient = list(series.orientation)
     ds.FrameOfReferenceUID = derive_uid(study.study_uid, "for")
     ds.PositionReferenceIndicator = ""
-    ds.SliceLocation = f"{z:.3f}"
+    if series.orientation == AXIAL:
+        ds.SliceLocation = f"{z:.3f}"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = SIZE
-    ds.Columns = SIZE
-    ds.PixelSpacing = [f"{spacing:.6f}", f"{spacing:.6f}"]
+    ds.Rows = rows
+    ds.Columns = columns
+    row_spacing, column_spacing = series.pixel_spacing or (spacing, spacing)
+    ds.PixelSpacing = [f"{row_spacing:.6f}", f"{column_spacing:.6f}"]
     ds.BitsAllocated = 16
     ds.BitsStored = 12
     ds.HighBit = 11

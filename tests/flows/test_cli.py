@@ -129,6 +129,7 @@ def test_synth_writes_archive_labels_and_seed_record(tmp_path: Path, capsys):
                 "9",
                 "--max-slices-per-series",
                 "4",
+                "--lesion-only",
                 "--workers",
                 "1",
             ]
@@ -137,8 +138,30 @@ def test_synth_writes_archive_labels_and_seed_record(tmp_path: Path, capsys):
     )
     record = json.loads((tmp_path / "out" / "synth.json").read_text())
     assert record["seed"] == 9 and record["patients"] == 2 and record["slices"] > 0
+    assert record["lesion_only"] is True and record["max_slices_per_series"] == 4
     assert (tmp_path / "out" / "labels.csv").read_text().startswith("patient_id,label,histology")
     assert "2 patients" in capsys.readouterr().out
+    assert not (tmp_path / "out" / "lesions.csv").exists()
+
+
+def test_synth_writes_whole_studies_with_their_lesion_truth_by_default(tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    small = ["--matrix", "64", "--min-study-slices", "10", "--max-study-slices", "14"]
+    args = ["synth", "--out", str(out), "--patients", "2", "--seed", "9", "--workers", "1"]
+    assert main([*args, *small, "--chest-share", "1"]) == 0
+    record = json.loads((out / "synth.json").read_text())
+    assert record["lesion_only"] is False and record["studies"]["chest"] == 2
+    assert record["study_slices"] == [10, 14] and record["matrix"] == 64
+    assert record["seg_objects"] == record["lesion_series"] > 0
+    printed = capsys.readouterr().out
+    assert "lesion SEG objects" in printed and str(out / "lesions.csv") in printed
+    assert (out / "series.csv").exists()
+
+
+def test_synth_refuses_study_bounds_that_cross(tmp_path: Path, capsys):
+    args = ["synth", "--out", str(tmp_path), "--min-study-slices", "50"]
+    assert main([*args, "--max-study-slices", "40"]) == 2
+    assert "--min-study-slices 50 is above --max-study-slices 40" in capsys.readouterr().err
 
 
 def test_missing_archive_fails_fast_with_a_clear_message(tmp_path: Path, capsys):

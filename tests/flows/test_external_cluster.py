@@ -69,7 +69,9 @@ def cluster(prefect_api, tmp_path) -> Iterator[str]:
 
 
 def archive(root: Path) -> str:
-    synthesize_archive(root, SynthConfig(patients=8, seed=12, max_slices_per_series=6), jobs=2)
+    synthesize_archive(
+        root, SynthConfig(patients=8, seed=12, max_slices_per_series=6, lesion_only=True), jobs=2
+    )
     return str(root / "archive")
 
 
@@ -137,6 +139,7 @@ def test_memory_per_worker_stays_bounded_on_a_large_archive(prefect_api, tmp_pat
         patients=70,
         seed=21,
         max_slices_per_series=30,
+        lesion_only=True,
         syntaxes={str(ExplicitVRLittleEndian): 1.0},
     )
     synthesize_archive(tmp_path / "synth", config, jobs=2)
@@ -281,7 +284,9 @@ def test_chaos_workers_killed_at_random_during_ingest_and_scoring(cluster, tmp_p
 
     monkeypatch.setenv(KEY_ENV, "chaos-test-key-0123456789abcdef")
     root = tmp_path / "synth"
-    synthesize_archive(root, SynthConfig(patients=10, seed=77, max_slices_per_series=8), jobs=2)
+    synthesize_archive(
+        root, SynthConfig(patients=10, seed=77, max_slices_per_series=8, lesion_only=True), jobs=2
+    )
     source, store = str(root / "archive"), str(tmp_path / "store")
     files = discover_files(source)
     chaos = random.Random(2020)  # seeded: the same kills every run

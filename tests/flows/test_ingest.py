@@ -59,7 +59,9 @@ def mixed_archive(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     """Synthetic patients mixed with real and odd DICOM from other sources."""
     root = tmp_path_factory.mktemp("mixed")
     synthesize_archive(
-        root / "synth", SynthConfig(patients=3, seed=3, max_slices_per_series=4), jobs=1
+        root / "synth",
+        SynthConfig(patients=3, seed=3, max_slices_per_series=4, lesion_only=True),
+        jobs=1,
     )
     archive = root / "synth" / "archive"
     extra = archive / "zz_other_sources"
@@ -199,7 +201,9 @@ def test_rerun_adds_nothing_and_decodes_nothing(dask_cluster, ingested):
 
 def test_new_files_are_the_only_work_of_a_rerun(dask_cluster, tmp_path):
     synthesize_archive(
-        tmp_path / "a", SynthConfig(patients=2, seed=21, max_slices_per_series=3), jobs=1
+        tmp_path / "a",
+        SynthConfig(patients=2, seed=21, max_slices_per_series=3, lesion_only=True),
+        jobs=1,
     )
     archive = tmp_path / "a" / "archive"
     store = tmp_path / "store"
@@ -207,7 +211,9 @@ def test_new_files_are_the_only_work_of_a_rerun(dask_cluster, tmp_path):
     # The archive grows: new patients arrive in new folders.
     synthesize_archive(
         tmp_path / "b",
-        SynthConfig(patients=3, seed=22, max_slices_per_series=3, patient_prefix="NEW"),
+        SynthConfig(
+            patients=3, seed=22, max_slices_per_series=3, lesion_only=True, patient_prefix="NEW"
+        ),
         jobs=1,
     )
     added = [p for p in (tmp_path / "b" / "archive").rglob("*") if p.is_file()]
@@ -221,7 +227,9 @@ def test_new_files_are_the_only_work_of_a_rerun(dask_cluster, tmp_path):
 
 def test_killed_run_then_rerun_leaves_one_row_per_slice(dask_cluster, tmp_path):
     synthesize_archive(
-        tmp_path / "k", SynthConfig(patients=6, seed=31, max_slices_per_series=8), jobs=2
+        tmp_path / "k",
+        SynthConfig(patients=6, seed=31, max_slices_per_series=8, lesion_only=True),
+        jobs=2,
     )
     archive = tmp_path / "k" / "archive"
     store = tmp_path / "store"

@@ -14,7 +14,9 @@ def test_ingest_from_s3_archive_into_s3_store(s3, tmp_path: Path):
     from distributed import LocalCluster
     from prefect_dask import DaskTaskRunner
 
-    synthesize_archive(tmp_path, SynthConfig(patients=2, seed=4, max_slices_per_series=3), jobs=1)
+    synthesize_archive(
+        tmp_path, SynthConfig(patients=2, seed=4, max_slices_per_series=3, lesion_only=True), jobs=1
+    )
     (tmp_path / "archive" / "notes.txt").write_text("not an image")
     s3.mkdir("hospital-pacs")
     s3.put(str(tmp_path / "archive") + "/", "hospital-pacs/export/", recursive=True)

@@ -39,7 +39,9 @@ DIMSE its study is listed and not delivered: a real PACS failure to account for.
 def archive(tmp_path_factory) -> Path:
     """A small synthetic archive (three transfer syntaxes) and real CT from pydicom."""
     root = tmp_path_factory.mktemp("pacs-archive")
-    synthesize_archive(root / "synth", SynthConfig(patients=2, seed=18, max_slices_per_series=3))
+    synthesize_archive(
+        root / "synth", SynthConfig(patients=2, seed=18, max_slices_per_series=3, lesion_only=True)
+    )
     folder = root / "synth" / "archive"
     for name in KEPT_FILES + LEFT_FILES:
         shutil.copy(get_testdata_file(name), folder / name)
@@ -137,7 +139,9 @@ def test_a_study_added_between_runs_is_the_only_one_fetched(pacs, dask_cluster, 
     first = _ingest(dask_cluster, pacs.dicomweb, store)
     assert first.source is not None and first.source.delivered >= 3
     later = tmp_path / "later"
-    synthesize_archive(later, SynthConfig(patients=1, seed=1818, max_slices_per_series=2))
+    synthesize_archive(
+        later, SynthConfig(patients=1, seed=1818, max_slices_per_series=2, lesion_only=True)
+    )
     new_files = [p for p in (later / "archive").rglob("*") if p.is_file()]
     for path in new_files:  # a study of today, sent to the PACS after the first run
         dataset = pydicom.dcmread(path)

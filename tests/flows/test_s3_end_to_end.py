@@ -25,7 +25,9 @@ def test_ingest_train_score_and_query_on_s3(s3, tmp_path: Path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "renalflow-s3-test-key-0123456789")
     synthesize_archive(
         tmp_path,
-        SynthConfig(patients=6, seed=41, benign_fraction=0.5, max_slices_per_series=3),
+        SynthConfig(
+            patients=6, seed=41, benign_fraction=0.5, max_slices_per_series=3, lesion_only=True
+        ),
         jobs=2,
     )
     s3.mkdir("pacs-export")
@@ -89,7 +91,11 @@ def test_credentials_from_a_prefect_secret_block_are_used_and_never_printed(
             "region": "us-east-1",
         }
     ).save("renalflow-s3-test", overwrite=True)
-    synthesize_archive(tmp_path, SynthConfig(patients=1, seed=43, max_slices_per_series=2), jobs=1)
+    synthesize_archive(
+        tmp_path,
+        SynthConfig(patients=1, seed=43, max_slices_per_series=2, lesion_only=True),
+        jobs=1,
+    )
     s3.mkdir("block-test")
     s3.put(str(tmp_path / "archive") + "/", "block-test/ct/", recursive=True)
     env = {

@@ -42,7 +42,9 @@ def trained(dask_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("score")
     synthesize_archive(
         root / "synth",
-        SynthConfig(patients=6, seed=31, benign_fraction=0.5, max_slices_per_series=4),
+        SynthConfig(
+            patients=6, seed=31, benign_fraction=0.5, max_slices_per_series=4, lesion_only=True
+        ),
         jobs=2,
     )
     archive, store = str(root / "synth" / "archive"), str(root / "store")
@@ -143,7 +145,9 @@ def test_new_studies_are_the_only_work_of_the_next_night(dask_cluster, trained, 
     score(dask_cluster, trained, results, archive=str(archive))
     synthesize_archive(
         tmp_path / "new",
-        SynthConfig(patients=2, seed=77, patient_prefix="NEW", max_slices_per_series=3),
+        SynthConfig(
+            patients=2, seed=77, patient_prefix="NEW", max_slices_per_series=3, lesion_only=True
+        ),
         jobs=1,
     )
     shutil.copytree(tmp_path / "new" / "archive", archive / "arrived-tonight")
@@ -217,7 +221,9 @@ def test_killed_run_leaves_the_table_as_it_was_and_a_rerun_completes(
     before = history(results)[0]["version"]
     synthesize_archive(
         tmp_path / "new",
-        SynthConfig(patients=3, seed=78, patient_prefix="LATE", max_slices_per_series=3),
+        SynthConfig(
+            patients=3, seed=78, patient_prefix="LATE", max_slices_per_series=3, lesion_only=True
+        ),
         jobs=1,
     )
     shutil.copytree(tmp_path / "new" / "archive", archive / "late")

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("stopping")
-    synthesize_archive(root, SynthConfig(patients=8, seed=3, max_slices_per_series=30), jobs=1)
+    synthesize_archive(
+        root, SynthConfig(patients=8, seed=3, max_slices_per_series=30, lesion_only=True), jobs=1
+    )
     return root / "archive"
 
 

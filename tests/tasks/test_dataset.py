@@ -12,7 +12,9 @@ def test_two_stores_of_one_archive_give_the_same_slices_in_the_same_order(tmp_pa
     """Training shuffles by index, so the order load_slices returns must not depend on
     the order files were converted or batches committed."""
     synthesize_archive(
-        tmp_path / "synth", SynthConfig(patients=4, seed=3, max_slices_per_series=3), jobs=1
+        tmp_path / "synth",
+        SynthConfig(patients=4, seed=3, max_slices_per_series=3, lesion_only=True),
+        jobs=1,
     )
     uris = discover_files(str(tmp_path / "synth" / "archive"))
     labels = read_labels(str(tmp_path / "synth" / "labels.csv"))

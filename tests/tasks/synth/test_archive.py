@@ -11,7 +11,8 @@ from renalflow.tasks.synth import SynthConfig, archive_digest, plan_patients, sy
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
-    synthesize_archive(out, SynthConfig(patients=6, seed=11, max_slices_per_series=6), jobs=1)
+    config = SynthConfig(patients=6, seed=11, max_slices_per_series=6, lesion_only=True)
+    synthesize_archive(out, config, jobs=1)
     return out
 
 
@@ -42,14 +43,25 @@ def test_files_carry_realistic_ct_tags(archive: Path):
 
 
 def test_same_seed_gives_identical_bytes(tmp_path: Path):
-    config = SynthConfig(patients=2, seed=5, max_slices_per_series=4)
+    config = SynthConfig(patients=2, seed=5, max_slices_per_series=4, lesion_only=True)
     synthesize_archive(tmp_path / "a", config, jobs=1)
     synthesize_archive(tmp_path / "b", config, jobs=2)
-    synthesize_archive(
-        tmp_path / "c", SynthConfig(patients=2, seed=6, max_slices_per_series=4), jobs=1
-    )
+    other = SynthConfig(patients=2, seed=6, max_slices_per_series=4, lesion_only=True)
+    synthesize_archive(tmp_path / "c", other, jobs=1)
     assert archive_digest(tmp_path / "a") == archive_digest(tmp_path / "b")
     assert archive_digest(tmp_path / "a") != archive_digest(tmp_path / "c")
+
+
+# The digest of a curated archive as renalflow wrote it before whole studies existed
+# (commit e562512): --lesion-only must keep writing these very bytes.
+CURATED_SEED_5 = "712728a7f39a89c32f6147014564287de2f2050be0085c149e0e8a4e16634df6"
+
+
+def test_lesion_only_writes_the_curated_archive_byte_for_byte(tmp_path: Path):
+    config = SynthConfig(patients=3, seed=5, max_slices_per_series=4, lesion_only=True)
+    synthesize_archive(tmp_path, config, jobs=1)
+    assert archive_digest(tmp_path / "archive") == CURATED_SEED_5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive", "labels.csv"]
 
 
 def test_benign_share_follows_the_papers_cohort():

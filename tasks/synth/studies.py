@@ -1,0 +1,530 @@
+"""Whole studies, as a hospital archive holds them.
+
+A patient's abdominal study has one axial series per contrast phase, each covering the
+scan range from the liver dome to the iliac crest at its slice thickness; the renal mass
+shows on a contiguous sub-range of one kidney. Some patients (drawn from their seed, and
+recorded in `OUT/series.csv`) also have a scout, one phase reconstructed a second time
+with thin slices (same acquisition and FrameOfReferenceUID, another series), a chest CT
+study (no kidneys) and a head CT study. The lesion truth is written as a DICOM SEG per
+annotated series (for `seg_share` of the patients) and always as rows of
+`OUT/lesions.csv`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import date, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from renalflow.tasks.config import Phase
+from renalflow.tasks.synth.anatomy import (
+    PHASE_INDEX,
+    TISSUE_HU,
+    TISSUES,
+    Anatomy,
+    build_anatomy,
+    build_trunk,
+    head_tissue,
+    paint_bowel_gas,
+    paint_kidneys,
+)
+from renalflow.tasks.synth.lesions import (
+    Lesion,
+    lesion_half_length,
+    paint_lesion,
+    place_lesion,
+)
+from renalflow.tasks.synth.seg import LesionRange, lesion_range, lesion_seg
+from renalflow.tasks.synth.writer import (
+    CORONAL,
+    LOCALIZER,
+    VENDORS,
+    SeriesTags,
+    StudyTags,
+    Vendor,
+    choose_syntax,
+    derive_uid,
+    random_name,
+    slice_dataset,
+)
+
+if TYPE_CHECKING:
+    from renalflow.tasks.synth.archive import PatientPlan, SynthConfig
+
+THICKNESSES = (1.5, 2.0, 2.5, 3.0, 5.0)
+THIN = (0.625, 1.0, 1.25)  # thin reconstructions, below the paper's 1.5-5 mm
+SPACING_512 = (0.68, 0.86)  # mm per pixel at 512 x 512 (a 350-440 mm field of view)
+
+
+class StudyKind(StrEnum):
+    """Which study a series belongs to (the `study` column of series.csv)."""
+
+    ABDOMEN = "abdomen"
+    CHEST = "chest"
+    HEAD = "head"
+
+
+class SeriesKind(StrEnum):
+    """What a series is (the `kind` column of series.csv)."""
+
+    AXIAL = "axial"  # original axial CT slices
+    LOCALIZER = "localizer"  # one scout image
+    SEG = "seg"  # the lesion's DICOM SEG
+
+
+@dataclass(frozen=True)
+class SeriesRecord:
+    """A row of `OUT/series.csv`: what each series of the archive is."""
+
+    patient_id: str
+    study_instance_uid: str
+    series_instance_uid: str
+    study: StudyKind
+    kind: SeriesKind
+    body_part_examined: str
+    series_description: str
+    phase: str
+    slice_thickness: float | None
+    slices: int
+    lesion_slices: int
+    twin_of: str = ""  # the other reconstruction of the same acquisition
+    annotated: str = ""  # "seg+csv", "csv", or "" (no lesion truth: not abdominal)
+
+
+SERIES_CSV_HEADER = list(SeriesRecord.__dataclass_fields__)
+
+
+@dataclass
+class PatientResult:
+    """What writing one patient made."""
+
+    series: int = 0
+    slices: int = 0
+    by_syntax: dict[str, int] = field(default_factory=dict)
+    records: list[SeriesRecord] = field(default_factory=list)
+    lesions: list[LesionRange] = field(default_factory=list)
+    seg_objects: int = 0
+
+    def count(self, syntax: str) -> None:
+        self.by_syntax[syntax] = self.by_syntax.get(syntax, 0) + 1
+        self.slices += 1
+
+
+@dataclass(frozen=True)
+class _Patient:
+    plan: PatientPlan
+    config: SynthConfig
+    vendor: Vendor
+    spacing: float
+    anatomy: Anatomy
+    lesion: Lesion
+    lesion_z: float  # the lesion's centre, mm from the kidneys' mid-plane
+    table_z: float  # the kidneys' mid-plane in patient coordinates
+    folder: Path
+
+
+def scan_positions(
+    top: float, bottom: float, thickness: float, limits: tuple[int, int], cover: tuple[float, float]
+) -> list[float]:
+    """z (mm, head to feet) of a series from `top` to `bottom` at `thickness`, its
+    number of slices clipped to `limits`; a clipped range stays around `cover` (the mass)."""
+    low, high = limits
+    n = int(np.clip(round((top - bottom) / thickness) + 1, low, high))
+    span = (n - 1) * thickness
+    start = (top + bottom) / 2 + span / 2
+    start = max(start, cover[1] + thickness)  # keep the mass inside
+    if start - span > cover[0] - thickness:
+        start = min(start, cover[0] - thickness + span)
+    return [start - i * thickness for i in range(n)]
+
+
+def choose_phases(rng: np.random.Generator) -> list[Phase]:
+    """The contrast phases a patient's study has, with a hospital's mix."""
+    roll = rng.random()
+    if roll < 0.5:
+        return [Phase.NONCONTRAST, Phase.ARTERIAL, Phase.VENOUS]
+    if roll < 0.85:
+        return (
+            [Phase.NONCONTRAST, Phase.VENOUS]
+            if rng.random() < 0.5
+            else [Phase.ARTERIAL, Phase.VENOUS]
+        )
+    if roll < 0.97:
+        return [Phase.VENOUS]
+    return [Phase.NONCONTRAST]  # contrast allergy, as 9 of the study's patients
+
+
+def write_whole_patient(plan: PatientPlan, config: SynthConfig, archive: Path) -> PatientResult:
+    """Write every study of one patient (whole studies); deterministic for `plan.seed`."""
+    rng = np.random.default_rng(plan.seed)
+    vendor = VENDORS[int(rng.integers(len(VENDORS)))]
+    spacing = float(rng.uniform(*SPACING_512)) * 512 / config.matrix
+    anatomy = build_anatomy(rng, spacing, config.matrix)
+    lesion = place_lesion(rng, anatomy, plan.label, plan.histology)
+    # A second generator for what curated archives never drew, so the patient's body,
+    # mass and phases are the same in both kinds of archive.
+    extra = np.random.default_rng([plan.seed, 1])
+    anatomy.trunk = build_trunk(extra, anatomy)
+    reach = max(0.0, 40.0 - lesion_half_length(lesion))  # the mass stays on the kidney
+    lesion_z = float(extra.uniform(-reach, reach))
+    chest, head, scout, twin, seg = (
+        extra.random() < share
+        for share in (
+            config.chest_share,
+            config.head_share,
+            config.scout_share,
+            config.twin_share,
+            config.seg_share,
+        )
+    )
+    # The same draws, in the same order, as a curated archive's patient.
+    phases = choose_phases(rng)
+    year = int(rng.integers(config.first_study_year, config.last_study_year + 1))
+    study_date = date(year, 1, 1) + timedelta(days=int(rng.integers(0, 365)))
+    birth = date(int(rng.integers(1935, 1990)), int(rng.integers(1, 13)), int(rng.integers(1, 29)))
+    sex = str(rng.choice(["M", "F"]))
+    folder = archive / random_name(rng, 2)
+    bolus_start = 10 * 3600 + int(rng.integers(0, 6 * 3600))
+    patient = _Patient(
+        plan=plan,
+        config=config,
+        vendor=vendor,
+        spacing=spacing,
+        anatomy=anatomy,
+        lesion=lesion,
+        lesion_z=lesion_z,
+        table_z=float(rng.uniform(-250.0, -120.0)),
+        folder=folder,
+    )
+    abdomen = StudyTags(
+        patient_name=f"SYNTH^PATIENT{plan.index + 1:05d}",
+        patient_id=plan.patient_id,
+        vendor=vendor,
+        spacing=spacing,
+        study_uid=derive_uid(config.seed, plan.patient_id, "study"),
+        accession=f"A{plan.seed % 10**8:08d}",
+        study_date=study_date,
+        birth=birth,
+        sex=sex,
+        bolus_start=bolus_start,
+    )
+    result = PatientResult()
+    _write_abdomen(rng, extra, patient, abdomen, phases, scout, twin, seg, result)
+    if chest:
+        when = study_date + timedelta(days=int(extra.integers(-400, 400)))
+        study = replace(
+            abdomen,
+            study_uid=derive_uid(config.seed, plan.patient_id, "study", StudyKind.CHEST),
+            accession=f"C{plan.seed % 10**8:08d}",
+            study_date=when,
+            description="CT THORAX",
+            body_part="CHEST",
+            study_id="2",
+        )
+        _write_chest(rng, patient, study, result)
+    if head:
+        when = study_date + timedelta(days=int(extra.integers(-900, 900)))
+        study = replace(
+            abdomen,
+            study_uid=derive_uid(config.seed, plan.patient_id, "study", StudyKind.HEAD),
+            accession=f"H{plan.seed % 10**8:08d}",
+            study_date=when,
+            description="CT HEAD",
+            body_part="HEAD",
+            study_id="3",
+        )
+        _write_head(rng, patient, study, result)
+    return result
+
+
+def _lut(phase: Phase) -> np.ndarray:
+    return np.array([TISSUE_HU[t][PHASE_INDEX[phase]] for t in TISSUES], dtype=np.float32)
+
+
+def _noise(rng: np.random.Generator, patient: _Patient, thickness: float, hu: np.ndarray) -> None:
+    noise = rng.standard_normal(hu.shape, dtype=np.float32)
+    modulation = float(np.exp(rng.normal(0.0, 0.3)))
+    hu += patient.vendor.noise_hu * modulation * (thickness / 3.0) ** -0.5 * noise
+
+
+def _series_folder(rng: np.random.Generator, patient: _Patient) -> tuple[Path, str]:
+    folder = patient.folder / random_name(rng, 8)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder, ".dcm" if rng.random() < 0.5 else ""
+
+
+def _save(ds: Dataset, rng: np.random.Generator, folder: Path, extension: str) -> None:
+    path = folder / f"{random_name(rng, 8)}{extension}"
+    while path.exists():  # never overwrite a file already written
+        path = folder / f"{random_name(rng, 8)}{extension}"
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _write_axial(
+    rng: np.random.Generator,
+    patient: _Patient,
+    study: StudyTags,
+    series: SeriesTags,
+    positions: list[float],
+    draw: str,
+    result: PatientResult,
+) -> tuple[list[Dataset], list[np.ndarray]]:
+    """One axial series at `positions` (mm from the kidneys' mid-plane); returns the
+    slices that show the mass and their masks. `draw` is the study kind."""
+    anatomy, spacing = patient.anatomy, patient.spacing
+    folder, extension = _series_folder(rng, patient)
+    lut = _lut(series.phase)
+    shown: list[Dataset] = []
+    masks: list[np.ndarray] = []
+    for i, dz in enumerate(positions):
+        if draw == StudyKind.HEAD:
+            hu = lut[head_tissue(anatomy.size, anatomy.mm, dz)]
+            z = patient.table_z + anatomy.liver_dome + 450.0 + dz
+        else:
+            hu = lut[anatomy.tissue_at(dz)]
+            z = patient.table_z + dz
+            if dz < anatomy.liver_dome - 20.0:  # bowel gas below the diaphragm only
+                paint_bowel_gas(rng, anatomy, spacing, hu)
+        mask = None
+        if draw == StudyKind.ABDOMEN:
+            paint_kidneys(anatomy, spacing, dz, series.phase, hu)
+            mask = paint_lesion(
+                series.number, patient.lesion, spacing, dz - patient.lesion_z, series.phase, hu
+            )
+        _noise(rng, patient, series.thickness, hu)
+        sop_uid = derive_uid(
+            patient.config.seed, patient.plan.patient_id, "sop", study.study_uid, series.number, i
+        )
+        ds = slice_dataset(study, series, sop_uid, i, z, hu, anatomy.outside_fov)
+        _save(ds, rng, folder, extension)
+        result.count(series.syntax.name)
+        if mask is not None:
+            shown.append(ds)
+            masks.append(mask)
+    result.series += 1
+    return shown, masks
+
+
+def _write_abdomen(
+    rng: np.random.Generator,
+    extra: np.random.Generator,
+    patient: _Patient,
+    study: StudyTags,
+    phases: list[Phase],
+    scout: bool,
+    twin: bool,
+    seg: bool,
+    result: PatientResult,
+) -> None:
+    anatomy, config = patient.anatomy, patient.config
+    top = anatomy.liver_dome + float(extra.uniform(0.0, 15.0))
+    bottom = anatomy.trunk.crest_z - float(extra.uniform(0.0, 20.0)) if anatomy.trunk else -100.0
+    half = lesion_half_length(patient.lesion)
+    cover = (patient.lesion_z - half, patient.lesion_z + half)
+    annotated: list[tuple[SeriesTags, list[Dataset], list[np.ndarray]]] = []
+    # The thin reconstruction is of the last contrast phase (or the only phase).
+    twin_phase = len(phases) - 1 if twin else -1
+    number = 2
+    for p_index, phase in enumerate(phases):
+        syntax = choose_syntax(rng, config.syntaxes)
+        thickness = float(rng.choice(THICKNESSES if p_index != twin_phase else (3.0, 5.0)))
+        delay = {Phase.ARTERIAL: 35, Phase.VENOUS: 85}.get(phase, 0)
+        acquired = study.bolus_start + delay if delay else study.bolus_start - 300
+        descriptions = patient.vendor.descriptions[phase]
+        template = str(rng.choice(descriptions))
+        reconstructions = [thickness]
+        if p_index == twin_phase:
+            reconstructions.append(float(extra.choice(THIN)))
+        uids: list[str] = []
+        for recon, t in enumerate(reconstructions):
+            series = SeriesTags(
+                series_uid=derive_uid(
+                    config.seed, patient.plan.patient_id, "series", study.study_uid, number
+                ),
+                number=number,
+                phase=phase,
+                description=template.format(t=f"{t:.1f}" if round(t, 1) == t else f"{t:g}"),
+                thickness=t,
+                syntax=syntax if recon == 0 else choose_syntax(extra, config.syntaxes),
+                acquired=acquired,
+                acquisition=p_index + 1,
+            )
+            positions = scan_positions(top, bottom, t, config.study_slices, cover)
+            shown, masks = _write_axial(
+                rng, patient, study, series, positions, StudyKind.ABDOMEN, result
+            )
+            annotated.append((series, shown, masks))
+            uids.append(series.series_uid)
+            result.records.append(
+                SeriesRecord(
+                    patient_id=patient.plan.patient_id,
+                    study_instance_uid=study.study_uid,
+                    series_instance_uid=series.series_uid,
+                    study=StudyKind.ABDOMEN,
+                    kind=SeriesKind.AXIAL,
+                    body_part_examined=study.body_part,
+                    series_description=series.description,
+                    phase=phase.value,
+                    slice_thickness=t,
+                    slices=len(positions),
+                    lesion_slices=len(shown),
+                    annotated=("seg+csv" if seg else "csv") if shown else "",
+                )
+            )
+            number += 1
+        if len(uids) == 2:  # name each reconstruction's twin
+            a, b = result.records[-2], result.records[-1]
+            result.records[-2] = replace(a, twin_of=uids[1])
+            result.records[-1] = replace(b, twin_of=uids[0])
+    for series, shown, masks in annotated:
+        if not shown:
+            continue
+        result.lesions.append(lesion_range(shown))
+        if seg:
+            seg_ds = lesion_seg(shown, masks, 900 + series.number, study.study_date)
+            folder, extension = _series_folder(rng, patient)
+            _save(seg_ds, rng, folder, extension)
+            result.seg_objects += 1
+            result.series += 1
+            result.records.append(
+                SeriesRecord(
+                    patient_id=patient.plan.patient_id,
+                    study_instance_uid=study.study_uid,
+                    series_instance_uid=str(seg_ds.SeriesInstanceUID),
+                    study=StudyKind.ABDOMEN,
+                    kind=SeriesKind.SEG,
+                    body_part_examined=study.body_part,
+                    series_description=str(seg_ds.SeriesDescription),
+                    phase="",
+                    slice_thickness=None,
+                    slices=1,
+                    lesion_slices=len(shown),
+                )
+            )
+    if scout:
+        _write_scout(rng, patient, study, top + 40.0, bottom - 40.0, result)
+
+
+def _write_scout(
+    rng: np.random.Generator,
+    patient: _Patient,
+    study: StudyTags,
+    top: float,
+    bottom: float,
+    result: PatientResult,
+) -> None:
+    """One coronal scout (ORIGINAL/PRIMARY/LOCALIZER): the attenuation summed front to
+    back, one row per z from `top` to `bottom`."""
+    anatomy = patient.anatomy
+    rows = anatomy.size
+    row_mm = (top - bottom) / rows
+    lut = _lut(Phase.NONCONTRAST)
+    image = np.empty((rows, anatomy.size), dtype=np.float32)
+    for r in range(rows):
+        image[r] = lut[anatomy.tissue_at(top - r * row_mm)].mean(axis=0)
+    _noise(rng, patient, 5.0, image)
+    series = SeriesTags(
+        series_uid=derive_uid(
+            patient.config.seed, patient.plan.patient_id, "series", study.study_uid, 1
+        ),
+        number=1,
+        phase=Phase.NONCONTRAST,
+        description="Topogram 0.6 T20f" if patient.vendor.manufacturer == "SIEMENS" else "Scout",
+        thickness=0.6,
+        syntax=ExplicitVRLittleEndian,
+        acquired=study.bolus_start - 900,
+        image_type=LOCALIZER,
+        orientation=CORONAL,
+        acquisition=0,
+        pixel_spacing=(row_mm, patient.spacing),
+    )
+    sop_uid = derive_uid(patient.config.seed, patient.plan.patient_id, "sop", study.study_uid, 1, 0)
+    no_pad = np.zeros(image.shape, dtype=bool)
+    ds = slice_dataset(study, series, sop_uid, 0, patient.table_z + top, image, no_pad, y=0.0)
+    folder, extension = _series_folder(rng, patient)
+    _save(ds, rng, folder, extension)
+    result.count(series.syntax.name)
+    result.series += 1
+    result.records.append(
+        SeriesRecord(
+            patient_id=patient.plan.patient_id,
+            study_instance_uid=study.study_uid,
+            series_instance_uid=series.series_uid,
+            study=StudyKind.ABDOMEN,
+            kind=SeriesKind.LOCALIZER,
+            body_part_examined=study.body_part,
+            series_description=series.description,
+            phase=Phase.NONCONTRAST.value,
+            slice_thickness=None,
+            slices=1,
+            lesion_slices=0,
+        )
+    )
+
+
+def _write_other(
+    rng: np.random.Generator,
+    patient: _Patient,
+    study: StudyTags,
+    kind: StudyKind,
+    phase: Phase,
+    description: str,
+    positions_of: tuple[float, float],
+    result: PatientResult,
+) -> None:
+    config = patient.config
+    thickness = float(rng.choice((1.0, 2.0, 3.0, 5.0)))
+    top, bottom = positions_of
+    series = SeriesTags(
+        series_uid=derive_uid(config.seed, patient.plan.patient_id, "series", study.study_uid, 2),
+        number=2,
+        phase=phase,
+        description=description.format(t=f"{thickness:g}"),
+        thickness=thickness,
+        syntax=choose_syntax(rng, config.syntaxes),
+        acquired=study.bolus_start + (70 if phase is Phase.VENOUS else -300),
+    )
+    # Only the abdominal series have a smallest number of slices.
+    limits = (1, config.study_slices[1])
+    positions = scan_positions(top, bottom, thickness, limits, (bottom, bottom))
+    _write_axial(rng, patient, study, series, positions, kind, result)
+    result.records.append(
+        SeriesRecord(
+            patient_id=patient.plan.patient_id,
+            study_instance_uid=study.study_uid,
+            series_instance_uid=series.series_uid,
+            study=kind,
+            kind=SeriesKind.AXIAL,
+            body_part_examined=study.body_part,
+            series_description=series.description,
+            phase=phase.value,
+            slice_thickness=thickness,
+            slices=len(positions),
+            lesion_slices=0,
+        )
+    )
+
+
+def _write_chest(
+    rng: np.random.Generator, patient: _Patient, study: StudyTags, result: PatientResult
+) -> None:
+    """A contrast chest CT from the lung apices to just below the liver dome: no kidney."""
+    dome = patient.anatomy.liver_dome
+    phase = Phase.VENOUS if rng.random() < 0.7 else Phase.NONCONTRAST
+    text = "Thorax {t} B31f" if patient.vendor.manufacturer == "SIEMENS" else "CHEST {t}mm"
+    reach = (dome + 230.0, dome - 25.0)
+    _write_other(rng, patient, study, StudyKind.CHEST, phase, text, reach, result)
+
+
+def _write_head(
+    rng: np.random.Generator, patient: _Patient, study: StudyTags, result: PatientResult
+) -> None:
+    """A non-contrast head CT from the skull base to the vertex."""
+    text = "Head {t} H31s" if patient.vendor.manufacturer == "SIEMENS" else "BRAIN {t}mm"
+    _write_other(rng, patient, study, StudyKind.HEAD, Phase.NONCONTRAST, text, (150.0, 0.0), result)
