@@ -4,12 +4,17 @@ true, false or unknown."""
 
 from __future__ import annotations
 
+import copy
 import csv
+from io import BytesIO
 from pathlib import Path
 
+import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from renalflow.tasks.annotations import read_lesions_csv, seg_lesions
@@ -137,3 +142,57 @@ def test_a_broken_lesions_csv_is_named_with_its_line(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(InputError, match=message):
         read_lesions_csv(str(path))
+
+
+def test_a_seg_made_elsewhere_over_real_ct_slices_marks_its_lesion_frames():
+    """A SEG renalflow did not write: highdicom over a series made of the real CT slices
+    pydicom ships (CT_small and pydicom-data's 693 CT, each at a few positions)."""
+    for name, lesion in (("CT_small.dcm", [1, 2]), ("693_UNCR.dcm", [0])):
+        real = pydicom.dcmread(get_testdata_file(name))
+        real.FrameOfReferenceUID = real.get("FrameOfReferenceUID") or generate_uid()
+        for keyword in ("AccessionNumber", "ReferringPhysicianName", "StudyID"):
+            setattr(real, keyword, real.get(keyword, ""))
+        series = []
+        for i in range(4):  # the same real slice at four positions, as a small series
+            ds = copy.deepcopy(real)
+            ds.SOPInstanceUID = generate_uid()
+            ds.ImagePositionPatient = [*real.ImagePositionPatient[:2], 5.0 * i]
+            ds.InstanceNumber = i + 1
+            series.append(ds)
+        mask = np.zeros((4, real.Rows, real.Columns), bool)
+        mask[lesion, 10:20, 10:20] = True
+        seg = hd.seg.Segmentation(
+            source_images=series,
+            pixel_array=mask,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[
+                hd.seg.SegmentDescription(
+                    segment_number=1,
+                    segment_label="Tumor",
+                    segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+                    segmented_property_type=codes.SCT.Neoplasm,
+                    algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+                )
+            ],
+            series_instance_uid=generate_uid(),
+            series_number=50,
+            sop_instance_uid=generate_uid(),
+            instance_number=1,
+            manufacturer="another vendor",
+            manufacturer_model_name="segmenter",
+            software_versions="1",
+            device_serial_number="1",
+        )
+        reread = pydicom.dcmread(_bytes(seg))
+        rows, described = seg_lesions(reread, f"file:///{name}.seg")
+        assert {r.sop_instance_uid for r in rows} == {series[i].SOPInstanceUID for i in lesion}
+        assert {r.series_instance_uid for r in rows} == {real.SeriesInstanceUID}
+        assert {r.study_instance_uid for r in rows} == {real.StudyInstanceUID}
+        assert f"lesion on {len(lesion)} slices" in described
+
+
+def _bytes(ds: pydicom.Dataset) -> BytesIO:
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return buffer
