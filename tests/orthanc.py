@@ -54,19 +54,15 @@ class Orthanc:
                 n += 1
         return n
 
-    def delete_patient(self, patient_id: str) -> None:
+    def delete_study(self, study_instance_uid: str) -> None:
         with requests.Session() as session:
             session.auth = (USER, PASSWORD)
-            query = {"Level": "Patient", "Query": {"PatientID": patient_id}}
+            query = {"Level": "Study", "Query": {"StudyInstanceUID": study_instance_uid}}
             found = session.post(f"{self.rest}/tools/find", json=query)
             found.raise_for_status()
-            for patient in found.json():
-                session.delete(f"{self.rest}/patients/{patient}").raise_for_status()
-
-    def instances(self) -> int:
-        answer = requests.get(f"{self.rest}/statistics", auth=(USER, PASSWORD))
-        answer.raise_for_status()
-        return int(answer.json()["CountInstances"])
+            assert found.json(), f"no study {study_instance_uid} to delete"
+            for study in found.json():
+                session.delete(f"{self.rest}/studies/{study}").raise_for_status()
 
 
 @contextmanager

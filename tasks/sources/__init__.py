@@ -18,7 +18,6 @@ import os
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from renalflow.tasks.errors import InputError
@@ -174,12 +173,3 @@ def uid_name(uid: str) -> str:
 def instance_path(folder: str, study: str, series: str, sop: str) -> str:
     """Where one fetched instance is cached."""
     return "/".join((folder, uid_name(study), uid_name(series), uid_name(sop) + ".dcm"))
-
-
-def local_path(uri: str) -> Path | None:
-    """A local folder as a Path (None for object storage)."""
-    if "://" not in uri:
-        return Path(uri)
-    if uri.startswith("file://"):
-        return Path(uri.removeprefix("file://"))
-    return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from renalflow.tasks.config import (
@@ -142,10 +142,6 @@ def newest_date(dates: Iterable[str], since: str | None) -> str | None:
     """The newest of `since` and `dates` (empty dates ignored)."""
     known = [d for d in dates if d] + ([since] if since else [])
     return max(known) if known else None
-
-
-def today() -> date:
-    return date.today()
 
 
 Sink = Callable[[str, str, str, bytes], None]

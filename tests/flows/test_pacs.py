@@ -151,7 +151,7 @@ def test_a_study_added_between_runs_is_the_only_one_fetched(pacs, dask_cluster, 
     try:
         second = _ingest(dask_cluster, pacs.dicomweb, store)
     finally:
-        pacs.delete_patient(str(pydicom.dcmread(new_files[0]).PatientID))
+        pacs.delete_study(str(pydicom.dcmread(new_files[0]).StudyInstanceUID))
     assert second.source is not None
     assert second.source.delivered == 1
     assert second.source.instances_fetched == len(new_files) == second.slices
@@ -227,3 +227,65 @@ def test_credentials_never_travel_in_the_uri(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "do not put credentials in the archive URI" in err
     assert "secret" not in err
+
+
+@pytest.mark.slow
+def test_scoring_a_pacs_votes_as_scoring_the_folder(
+    pacs, dask_cluster, archive, tmp_path, monkeypatch
+):
+    """score takes a PACS like a folder: the same studies, the same images, the same
+    scores (votes themselves are not compared: a one-epoch model puts images near 0.5,
+    where float round-off between inference batches can tip one)."""
+    from prefect_dask import DaskTaskRunner
+
+    from renalflow.flows.score import score_flow
+    from renalflow.tasks.config import PreprocessConfig
+    from renalflow.tasks.model import profile_config
+    from renalflow.tasks.pseudonym import KEY_ENV
+    from renalflow.tasks.query import run_query
+    from renalflow.tasks.score import ScoreConfig
+    from renalflow.tasks.split import SplitConfig
+    from renalflow.tasks.train import train_model
+
+    monkeypatch.setenv(KEY_ENV, "renalflow-test-key-0123456789abcdef")
+    training = tmp_path / "training"
+    synth = SynthConfig(
+        patients=6, seed=31, benign_fraction=0.5, max_slices_per_series=4, lesion_only=True
+    )
+    synthesize_archive(training, synth)
+    store = tmp_path / "training-store"
+    _ingest(
+        dask_cluster,
+        str(training / "archive"),
+        store,
+        labels=str(training / "labels.csv"),
+        preprocess=PreprocessConfig(output_size=64),
+    )
+    model = tmp_path / "model"
+    config = profile_config("cpu-demo", input_size=64, epochs=1)
+    train_model(str(store), model, config, SplitConfig(seed=1))
+
+    def votes(source: str, name: str) -> list[dict[str, object]]:
+        results = str(tmp_path / name)
+        score_flow.with_options(task_runner=DaskTaskRunner(address=dask_cluster.scheduler_address))(
+            archive=source,
+            model_dir=str(model),
+            results=results,
+            store=str(tmp_path / f"{name}-store"),
+            config=ScoreConfig(all_slices=True),
+        )
+        studies = "select study_key, status, n_images, slices_in_study from study_votes"
+        images = "select image_key, study_key, probability from slice_scores"
+        return (
+            sorted(map(str, run_query(results, studies).to_pylist())),
+            {r["image_key"]: r for r in run_query(results, images).to_pylist()},
+        )
+
+    pacs_studies, pacs_images = votes(pacs.dicomweb, "pacs")
+    folder_studies, folder_images = votes(str(archive), "folder")
+    assert pacs_studies and pacs_studies == folder_studies
+    # The same images, scored alike (inference batches differ: float round-off only).
+    assert pacs_images.keys() == folder_images.keys()
+    for key, row in pacs_images.items():
+        assert row["study_key"] == folder_images[key]["study_key"]
+        assert row["probability"] == pytest.approx(folder_images[key]["probability"], abs=1e-4)
