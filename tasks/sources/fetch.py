@@ -94,7 +94,7 @@ class SourceSummary:
         lines.append(
             f"  PACS instances   {self.instances_fetched:>8,}  fetched ({megabytes:,.1f} MB, "
             f"{rate:,.1f} MB/s), {self.instances_cached:,} already cached, "
-            f"{self.localizers_skipped:,} localizers left"
+            f"{self.localizers_skipped:,} localizers not fetched"
         )
         lines.append(
             f"  PACS series      {self.series_fetched:>8,}  fetched, "

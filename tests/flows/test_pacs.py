@@ -159,13 +159,15 @@ def test_a_study_added_between_runs_is_the_only_one_fetched(pacs, dask_cluster, 
     assert len(mark.delivered) == first.source.delivered + 1
 
 
-def test_a_crashed_retrieval_resumes_without_fetching_twice(pacs, dask_cluster, tmp_path):
+@pytest.mark.parametrize("protocol", ["dicomweb", "dimse"])
+def test_a_crashed_retrieval_resumes_without_fetching_twice(protocol, pacs, dask_cluster, tmp_path):
     """A run killed mid-study leaves whole instances in the cache and no record of the
     study: the rerun fetches only the rest of it, and ingests every instance once."""
+    uri = pacs.dicomweb if protocol == "dicomweb" else pacs.dimse()
     store = tmp_path / "store"
-    whole = _ingest(dask_cluster, pacs.dimse(), store)
+    whole = _ingest(dask_cluster, uri, store)
     assert whole.source is not None
-    root = Path(pacs_root(str(store), parse_source(pacs.dimse())))
+    root = Path(pacs_root(str(store), parse_source(uri)))
     # The state a kill leaves: the store as before the run, part of one study cached.
     shutil.rmtree(root / "studies")
     (root / "watermark.json").unlink()
@@ -176,7 +178,7 @@ def test_a_crashed_retrieval_resumes_without_fetching_twice(pacs, dask_cluster, 
     for path in removed:
         path.unlink()
 
-    resumed = _ingest(dask_cluster, pacs.dimse(), store)
+    resumed = _ingest(dask_cluster, uri, store)
     assert resumed.source is not None
     assert resumed.source.instances_fetched == len(removed)
     assert resumed.source.instances_cached == len(cached) - len(removed)
