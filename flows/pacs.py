@@ -31,6 +31,7 @@ from renalflow.tasks.sources import (
     StudyNotDelivered,
     pacs_root,
     parse_source,
+    plain_http_warning,
 )
 from renalflow.tasks.sources.fetch import (
     SourceSummary,
@@ -123,6 +124,8 @@ def fetch_source(archive: str, store: str, settings: PacsSettings) -> SourceSumm
     logger = get_run_logger()
     started = time.perf_counter()
     source = parse_source(archive)
+    if warning := plain_http_warning(source):
+        logger.warning(warning)
     root = pacs_root(store, source)
     mark = read_watermark(root)
     make_cache(store, source)

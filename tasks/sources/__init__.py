@@ -139,6 +139,18 @@ def parse_source(archive: str) -> PacsSource:
     return PacsSource(SourceKind.DICOMWEB, host, port, url=url, uri=archive)
 
 
+def plain_http_warning(source: PacsSource) -> str | None:
+    """What to tell the user when a DICOMweb source beyond this machine is plain HTTP."""
+    if source.kind is not SourceKind.DICOMWEB or not source.url.startswith("http://"):
+        return None
+    if source.host in ("localhost", "::1") or source.host.startswith("127."):
+        return None
+    return (
+        f"{source.url} is plain HTTP: credentials and images cross the network unencrypted; "
+        "use dicomweb+https:// if the PACS offers it"
+    )
+
+
 def pacs_root(store: str, source: PacsSource) -> str:
     """The folder of `source` inside the slice store (its cache and its watermark)."""
     base = store.rstrip("/")

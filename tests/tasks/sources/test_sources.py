@@ -12,6 +12,7 @@ from renalflow.tasks.sources import (
     is_pacs,
     pacs_root,
     parse_source,
+    plain_http_warning,
     uid_name,
 )
 
@@ -74,3 +75,10 @@ def test_uids_from_a_pacs_never_leave_the_cache():
         assert name.startswith("x") and "/" not in name and ".." not in name
     path = instance_path("/cache", "1.2", "../..", "../../x")
     assert path.startswith("/cache/1.2/x") and ".." not in path
+
+
+def test_plain_http_beyond_this_machine_is_warned_about():
+    assert plain_http_warning(parse_source("dicomweb+https://pacs/dicom-web")) is None
+    assert plain_http_warning(parse_source("dicomweb+http://127.0.0.1:8042/dicom-web")) is None
+    warning = plain_http_warning(parse_source("dicomweb+http://pacs.hospital/dicom-web"))
+    assert warning and "unencrypted" in warning
