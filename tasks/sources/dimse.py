@@ -27,6 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     EnhancedCTImageStorage,
     LegacyConvertedEnhancedCTImageStorage,
+    SegmentationStorage,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
 )
@@ -52,8 +53,9 @@ STORAGE_CLASSES = (
     CTImageStorage,
     EnhancedCTImageStorage,
     LegacyConvertedEnhancedCTImageStorage,
+    SegmentationStorage,
 )
-"""The SOP classes a CT series holds and ingest reads."""
+"""The SOP classes of the series fetched: CT, and lesion annotations (SEG)."""
 TRANSFER_SYNTAXES = (
     *UncompressedTransferSyntaxes,
     *JPEGTransferSyntaxes,

@@ -25,6 +25,9 @@ from renalflow.tasks.selection import judge_region
 
 MODALITY = "CT"
 """The modality screened: studies must list it in ModalitiesInStudy, series must be it."""
+ANNOTATION_MODALITIES = ("SEG",)
+"""Series fetched beside the CT of a study: lesion annotations (DICOM SEG), which ingest
+reads into the store's `lesions` (they decide which slices vote)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,10 @@ def study_skip_reason(study: StudyRef, rule: SeriesRule) -> str | None:
 
 def series_skip_reason(series: SeriesRef, rule: SeriesRule) -> str | None:
     """Why a series is not fetched (None: it is): another modality, or a body part or
-    description that says the kidneys are not in it (the rule series selection uses)."""
+    description that says the kidneys are not in it (the rule series selection uses).
+    Lesion annotations are always fetched: they are small, and name the slices to vote."""
+    if series.modality.upper() in ANNOTATION_MODALITIES:
+        return None
     if series.modality.upper() != MODALITY:
         return f"modality {series.modality or 'missing'}"
     region = judge_region(series.body_part_examined, series.series_description, rule)

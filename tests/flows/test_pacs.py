@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -19,7 +20,7 @@ from renalflow.flows.ingest import IngestSummary, ingest_flow
 from renalflow.tasks.sources import archive_folder, pacs_root, parse_source
 from renalflow.tasks.sources.credentials import PASSWORD_ENV, TOKEN_ENV, USER_ENV
 from renalflow.tasks.sources.watermark import read_watermark
-from renalflow.tasks.store import read_slices
+from renalflow.tasks.store import read_lesions, read_slices
 from renalflow.tasks.synth import SynthConfig, synthesize_archive
 from tests.orthanc import PASSWORD, USER, Orthanc, start_orthanc
 
@@ -37,11 +38,11 @@ DIMSE its study is listed and not delivered: a real PACS failure to account for.
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
-    """A small synthetic archive (three transfer syntaxes) and real CT from pydicom."""
+    """Small whole synthetic studies (abdominal phases, scouts, lesion SEGs, chest CT; three
+    transfer syntaxes) and real CT from pydicom."""
     root = tmp_path_factory.mktemp("pacs-archive")
-    synthesize_archive(
-        root / "synth", SynthConfig(patients=2, seed=18, max_slices_per_series=3, lesion_only=True)
-    )
+    synth = SynthConfig(patients=3, seed=18, study_slices=(4, 6), matrix=64)
+    synthesize_archive(root / "synth", synth)
     folder = root / "synth" / "archive"
     for name in KEPT_FILES + LEFT_FILES:
         shutil.copy(get_testdata_file(name), folder / name)
@@ -82,10 +83,37 @@ def _slices(store: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def from_folder(dask_cluster, archive: Path, tmp_path_factory) -> dict[str, np.ndarray]:
+def folder_store(dask_cluster, archive: Path, tmp_path_factory) -> Path:
     store = tmp_path_factory.mktemp("folder") / "store"
     _ingest(dask_cluster, str(archive), store)
-    return _slices(store)
+    return store
+
+
+@pytest.fixture(scope="module")
+def from_folder(folder_store: Path) -> dict[str, np.ndarray]:
+    return _slices(folder_store)
+
+
+@pytest.fixture(scope="module")
+def folder_lesions(folder_store: Path) -> list[tuple[object, ...]]:
+    return _lesions(folder_store)
+
+
+def _lesions(store: Path) -> list[tuple[object, ...]]:
+    """The lesion truth, without where its file lay or which run read it."""
+    columns = ["study_instance_uid", "series_instance_uid", "sop_instance_uid", "segment"]
+    return sorted(read_lesions(str(store))[columns].itertuples(index=False, name=None))
+
+
+def _not_abdominal(archive: Path) -> set[str]:
+    """SOPInstanceUIDs of the synthetic chest and head CT slices."""
+    found = set()
+    for path in archive.rglob("*"):
+        if path.is_file():
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            if header.get("BodyPartExamined") in ("CHEST", "HEAD"):
+                found.add(str(header.SOPInstanceUID))
+    return found
 
 
 def _uids(*names: str, keyword: str = "SOPInstanceUID") -> set[str]:
@@ -94,15 +122,15 @@ def _uids(*names: str, keyword: str = "SOPInstanceUID") -> set[str]:
 
 @pytest.mark.parametrize("protocol", ["dicomweb", "dimse"])
 def test_pacs_ingest_gives_the_folders_slices_and_reruns_fetch_nothing(
-    protocol, pacs, dask_cluster, from_folder, tmp_path
+    protocol, pacs, dask_cluster, archive, from_folder, folder_lesions, tmp_path
 ):
     uri = pacs.dicomweb if protocol == "dicomweb" else pacs.dimse()
     store = tmp_path / "store"
     first = _ingest(dask_cluster, uri, store)
 
     fetched = _slices(store)
-    left = _uids(*LEFT_FILES)
-    assert fetched and not left & set(fetched)  # the head CT stayed on the PACS
+    left = _uids(*LEFT_FILES) | _not_abdominal(archive)
+    assert fetched and not left & set(fetched)  # head and chest CT stayed on the PACS
     expected = set(from_folder) - left
     undelivered = set()
     if protocol == "dimse":
@@ -114,12 +142,19 @@ def test_pacs_ingest_gives_the_folders_slices_and_reruns_fetch_nothing(
     assert first.source is not None
     assert set(first.source.failed) == undelivered
     assert all("status 0xC000" in reason for reason in first.source.failed.values())
-    assert first.source.instances_fetched == len(fetched)
-    assert sum(first.source.series_skipped.values()) == len(LEFT_FILES)
+    # Head CT is left by its series' body part, scout series (body part ABDOMEN) by their
+    # instances' ImageType, chest CT by its study's description.
+    skipped = " ".join(first.source.series_skipped)
+    assert "only localizers" in skipped and "HEAD" in skipped
+    assert first.source.localizers_skipped >= 1
+    assert "another region" in " ".join(first.source.studies_skipped)
     assert first.n_rejects == 0
-    # What was fetched lies in the store's cache and is what the slices came from.
+    # The lesion SEGs came too: the same lesion truth as from the folder.
+    assert _lesions(store) == folder_lesions and folder_lesions
+    # What was fetched lies in the store's cache: the slices' files and the SEGs.
     cache = archive_folder(uri, str(store))
-    assert len([p for p in Path(cache).rglob("*.dcm")]) == len(fetched)
+    cached = len(list(Path(cache).rglob("*.dcm")))
+    assert first.source.instances_fetched == cached == len(fetched) + first.n_non_image
 
     second = _ingest(dask_cluster, uri, store)
     assert second.source is not None
@@ -235,9 +270,9 @@ def test_credentials_never_travel_in_the_uri(tmp_path, capsys):
 def test_scoring_a_pacs_votes_as_scoring_the_folder(
     pacs, dask_cluster, archive, tmp_path, monkeypatch
 ):
-    """score takes a PACS like a folder: the same studies, the same images, the same
-    scores (votes themselves are not compared: a one-epoch model puts images near 0.5,
-    where float round-off between inference batches can tip one)."""
+    """score takes a PACS like a folder: for the studies it fetched, the same status and
+    images, scored alike (the votes themselves are not compared: a one-epoch model puts
+    images near 0.5, where float round-off between inference batches can tip one)."""
     from prefect_dask import DaskTaskRunner
 
     from renalflow.flows.score import score_flow
@@ -267,7 +302,7 @@ def test_scoring_a_pacs_votes_as_scoring_the_folder(
     config = profile_config("cpu-demo", input_size=64, epochs=1)
     train_model(str(store), model, config, SplitConfig(seed=1))
 
-    def votes(source: str, name: str) -> list[dict[str, object]]:
+    def votes(source: str, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
         results = str(tmp_path / name)
         score_flow.with_options(task_runner=DaskTaskRunner(address=dask_cluster.scheduler_address))(
             archive=source,
@@ -279,13 +314,16 @@ def test_scoring_a_pacs_votes_as_scoring_the_folder(
         studies = "select study_key, status, n_images, slices_in_study from study_votes"
         images = "select image_key, study_key, probability from slice_scores"
         return (
-            sorted(map(str, run_query(results, studies).to_pylist())),
+            {r["study_key"]: r for r in run_query(results, studies).to_pylist()},
             {r["image_key"]: r for r in run_query(results, images).to_pylist()},
         )
 
     pacs_studies, pacs_images = votes(pacs.dicomweb, "pacs")
     folder_studies, folder_images = votes(str(archive), "folder")
-    assert pacs_studies and pacs_studies == folder_studies
+    assert pacs_studies and all(folder_studies[k] == row for k, row in pacs_studies.items())
+    # What the PACS query left there (the chest CT studies) had no mass to vote on anyway.
+    left = [row for key, row in folder_studies.items() if key not in pacs_studies]
+    assert left and all(row["status"] == "no_mass_found" for row in left)
     # The same images, scored alike (inference batches differ: float round-off only).
     assert pacs_images.keys() == folder_images.keys()
     for key, row in pacs_images.items():

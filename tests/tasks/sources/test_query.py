@@ -71,6 +71,7 @@ def test_series_are_judged_by_the_series_selection_words():
     assert "HEAD" in str(reason(modality="CT", body_part_examined="HEAD"))
     assert "topogram" in str(reason(modality="CT", series_description="Topogram 0.6 T20f"))
     assert "modality SR" == reason(modality="SR", body_part_examined="ABDOMEN")
+    assert reason(modality="SEG", series_description="Renal mass SEG") is None  # annotations
 
 
 def test_localizers_are_never_fetched():
