@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from renalflow.tasks.config import VOTE_THRESHOLD, ServerAction
+from renalflow.tasks.config import VOTE_THRESHOLD, ServerAction, Task
 from renalflow.tasks.errors import RenalflowError
 from renalflow.tasks.params import (
     JOB_PARAMS,
@@ -104,13 +104,18 @@ DETAILS: dict[str, str] = {
     "train": (
         "Split the development cohort's patients 70/10/20 (stratified, seeded, saved in the "
         "model directory and reused), oversample benign training images to 50:50 and train. "
+        "With --task selector: learn which slices show the renal mass from the slices whose "
+        "lesion annotation is known, lesion slices oversampled to 50:50, and store the "
+        "threshold that finds --target-sensitivity of the validation split's lesion slices. "
         "Options left unset take the profile's value."
     ),
     "evaluate": (
         "Per image: ROC AUC with a 95% bootstrap CI over patients, accuracy, sensitivity, "
         "specificity, confusion matrix. Per patient: the majority vote. Writes "
         "metrics.json, patients.csv, roc.png, report.md and report.html (beside the paper's "
-        "results) under OUT."
+        "results) under OUT. A slice selector: sensitivity and specificity per slice at its "
+        "stored threshold (Wilson 95% CIs), and per study the share of its lesion slices "
+        "found (metrics.json, studies.csv, report.md, report.html)."
     ),
     "score": (
         "Score every study under ARCHIVE that this model version has not scored yet: new "
@@ -424,6 +429,11 @@ def cmd_train(params: TrainParams) -> int:
         f"epoch {result.selected_epoch}) in {result.seconds:.0f} s, "
         f"{result.images_per_second:.0f} training images/s"
     )
+    if result.selector_threshold is not None:
+        print(
+            f"slice selector threshold {result.selector_threshold:.4g} (chosen on the "
+            f"validation split for {params.target_sensitivity:g} sensitivity)"
+        )
     return EXIT_OK
 
 
@@ -432,6 +442,13 @@ def cmd_evaluate(params: EvaluateParams) -> int:
     from renalflow.tasks.report.render import decimal
 
     metrics = launch(evaluate_job, params)
+    if metrics.get("task") == Task.SELECTOR.value:
+        from renalflow.tasks.selector import format_summary
+
+        print(f"{format_summary(metrics)}\nreport: {Path(params.out) / 'report.html'}")
+        for warning in metrics.get("warnings", []):
+            print(f"caution: {warning}", file=sys.stderr)
+        return EXIT_OK
     image, patient = metrics["image"], metrics["patient"]
     print(
         f"{metrics['evaluated']}: image AUC {decimal(image['auc'])} "

@@ -227,7 +227,8 @@ def ingest_job(params: IngestParams) -> "IngestSummary":
 
 @flow(name="renalflow-train")
 def train_job(params: TrainParams) -> "TrainResult":
-    """Train the classifier (on a GPU worker of `dask_address` when it has one)."""
+    """Train the classifier or the slice selector (on a GPU worker of `dask_address` when
+    it has one)."""
     from renalflow.flows.train import gpu_workers, train_flow
 
     config = train_config(params)
@@ -244,7 +245,14 @@ def train_job(params: TrainParams) -> "TrainResult":
             gpu = True
         else:
             logger.warning("no Dask worker with a GPU resource: training in this process")
-    return flow_(store=as_uri(params.store), model_dir=params.model_dir, config=config, gpu=gpu)
+    return flow_(
+        store=as_uri(params.store),
+        model_dir=params.model_dir,
+        config=config,
+        gpu=gpu,
+        task=params.task,
+        target_sensitivity=params.target_sensitivity,
+    )
 
 
 @flow(name="renalflow-evaluate")

@@ -9,6 +9,7 @@ from distributed import Client
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from renalflow.tasks.config import SELECTOR_SENSITIVITY, Task
 from renalflow.tasks.evaluate import evaluate
 from renalflow.tasks.model import TrainConfig
 from renalflow.tasks.split import SplitConfig
@@ -16,9 +17,19 @@ from renalflow.tasks.train import TrainResult, train_model
 
 
 @task(name="train-model", cache_policy=NO_CACHE)
-def train_task(store: str, model_dir: str, config: TrainConfig, split: SplitConfig) -> TrainResult:
+def train_task(
+    store: str,
+    model_dir: str,
+    config: TrainConfig,
+    split: SplitConfig,
+    task: Task = Task.CLASSIFIER,
+    target_sensitivity: float = SELECTOR_SENSITIVITY,
+) -> TrainResult:
     logger = get_run_logger()
-    return train_model(store, model_dir, config, split, log=logger.info)
+    return train_model(
+        store, model_dir, config, split, log=logger.info, task=task,
+        target_sensitivity=target_sensitivity,
+    )  # fmt: skip
 
 
 @task(name="evaluate-model", cache_policy=NO_CACHE)
@@ -42,16 +53,19 @@ def train_flow(
     config: TrainConfig | None = None,
     split: SplitConfig | None = None,
     gpu: bool = False,
+    task: Task = Task.CLASSIFIER,
+    target_sensitivity: float = SELECTOR_SENSITIVITY,
 ) -> TrainResult:
-    """Train the classifier. With `gpu`, the task is annotated to need a Dask worker
-    started with `--resources GPU=1`, so the scheduler places it there."""
+    """Train the classifier or the slice selector (`task`). With `gpu`, the task is
+    annotated to need a Dask worker started with `--resources GPU=1`, so the scheduler
+    places it there."""
     config = config or TrainConfig()
     split = split or SplitConfig(seed=config.seed)
     if gpu:
         with dask.annotate(resources={"GPU": 1}):
-            future = train_task.submit(store, model_dir, config, split)
+            future = train_task.submit(store, model_dir, config, split, task, target_sensitivity)
         return future.result()
-    return train_task(store, model_dir, config, split)
+    return train_task(store, model_dir, config, split, task, target_sensitivity)
 
 
 @flow(name="evaluate", log_prints=True)

@@ -36,6 +36,24 @@ class Label(StrEnum):
     MALIGNANT = "malignant"
 
 
+class Task(StrEnum):
+    """What a model learns from the slices.
+
+    `classifier`: benign (oncocytoma) vs malignant (RCC), the paper's model, trained on
+    slices through the tumour; `selector` (ours): whether a slice shows the renal mass,
+    trained on annotated whole studies, so that only those slices vote.
+    """
+
+    CLASSIFIER = "classifier"
+    SELECTOR = "selector"
+
+
+SELECTOR_SENSITIVITY = 0.95
+"""Our choice: a slice selector's decision threshold is the highest at which it still
+finds at least this share of the validation split's lesion slices (missing a few slices
+of a mass costs little, as the others still vote; missing a study's mass loses it)."""
+
+
 class Split(StrEnum):
     """Patient-level split of the development cohort (paper: 70/10/20)."""
 

@@ -18,6 +18,7 @@ from renalflow.tasks.config import (
     VOTE_THRESHOLD,
     Label,
     Split,
+    Task,
 )
 from renalflow.tasks.dataset import SliceSet, load_slices
 from renalflow.tasks.errors import InputError
@@ -34,10 +35,12 @@ from renalflow.tasks.model_dir import (
     ModelDir,
     check_store_matches,
     load_model,
+    model_task,
     model_version,
     profile_note,
 )
 from renalflow.tasks.report import decimal, percent, write_html
+from renalflow.tasks.selector import evaluate_selector
 from renalflow.tasks.split import load_split
 from renalflow.tasks.vote import deciding_slices, malignant_images, vote
 
@@ -108,7 +111,19 @@ def evaluate(
     n_bootstrap: int = 1000,
     seed: int = SEED,
 ) -> dict[str, Any]:
-    """Score a split or external cohort; write metrics.json, patients.csv, plots and report.md."""
+    """Score a split or external cohort; write metrics.json, patients.csv, plots and report.md.
+
+    A slice selector is evaluated as one (tasks/selector.py), at its stored threshold."""
+    if model_task(model_dir) is Task.SELECTOR:
+        return evaluate_selector(
+            store_uri,
+            model_dir,
+            report_dir,
+            split=split,
+            cohort=cohort,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+        )
     started = time.perf_counter()
     model_dir, report = Path(model_dir), Path(report_dir)
     check_store_matches(model_dir, store_uri)

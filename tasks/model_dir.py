@@ -6,7 +6,10 @@ What a training run leaves there:
   checkpoints/           one .keras file per epoch
   history.json/.csv      loss, accuracy and AUC per epoch, train and validation
   curves.png             loss and accuracy per epoch (the paper's figures 2-3)
-  config.json            the full training configuration (seed included) and its note
+  config.json            the task (classifier or selector), the full training
+                         configuration (seed included) and its note
+  selector.json          a slice selector's decision threshold, the target sensitivity
+                         it was chosen for and its validation sensitivity/specificity
   split.json             the patient split (reused by later runs and evaluations)
   lineage.json           store, preprocessing, rows and patients per split and class
   model_version.txt      content hash of model.keras
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from renalflow.tasks.config import PreprocessConfig
+from renalflow.tasks.config import PreprocessConfig, Task
 from renalflow.tasks.errors import ModelError, StoreError
 from renalflow.tasks.store import read_manifest
 
@@ -46,6 +49,7 @@ class ModelDir:
         self.history_csv = self.root / "history.csv"
         self.curves = self.root / "curves.png"
         self.environment = self.root / "environment.json"
+        self.selector = self.root / "selector.json"
         self.checkpoints = self.root / "checkpoints"
 
     def checkpoint(self, epoch: int | str) -> Path:
@@ -101,6 +105,15 @@ def profile_note(model_dir: str | Path) -> str | None:
     return str(note) if note and note != PAPER_NOTE else None
 
 
+def model_task(model_dir: str | Path) -> Task:
+    """What the model was trained for (config.json's task; models trained before
+    selectors existed are classifiers)."""
+    where = ModelDir(model_dir)
+    if not where.config.exists():
+        raise _no_model(model_dir)
+    return Task(json.loads(where.config.read_text()).get("task", Task.CLASSIFIER.value))
+
+
 def _no_model(model_dir: str | Path) -> ModelError:
     where = ModelDir(model_dir)
     return ModelError(
@@ -127,6 +140,18 @@ class ModelInfo:
     model_version: str
     profile: str
     preprocess: PreprocessConfig
+    task: Task = Task.CLASSIFIER
+    selector_threshold: float | None = None
+    """A selector's stored decision threshold on P(renal mass); None for a classifier."""
+
+
+def require_task(info: ModelInfo, task: Task) -> None:
+    """Refuse a model trained for another task (a classifier given as a selector, ...)."""
+    if info.task is not task:
+        raise ModelError(
+            f"{info.model_dir} holds a {info.task.value} model, not a {task.value}: give a "
+            f"model trained with `renalflow train --task {task.value}`"
+        )
 
 
 def check_store_matches(model_dir: str | Path, store_uri: str) -> None:
@@ -179,9 +204,21 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
                 f"{where.lineage} does not say how its slices were preprocessed and its "
                 f"training store {lineage.get('store')} is not readable: {err}"
             ) from err
+    task = model_task(model_dir)
+    threshold = None
+    if task is Task.SELECTOR:
+        if not where.selector.exists():
+            raise ModelError(
+                f"{model_dir} holds a slice selector without its threshold "
+                f"({where.selector.name}); train it again with `renalflow train --task "
+                "selector`"
+            )
+        threshold = float(json.loads(where.selector.read_text())["threshold"])
     return ModelInfo(
         model_dir=str(where.root),
         model_version=where.version.read_text().strip(),
         profile=str(config.get("train", {}).get("profile", "")),
         preprocess=PreprocessConfig(**preprocess),
+        task=task,
+        selector_threshold=threshold,
     )

@@ -23,6 +23,7 @@ from renalflow.tasks.config import (
     PACS_TIMEOUT_S,
     SCREENING,
     SEED,
+    SELECTOR_SENSITIVITY,
     VOTE_THRESHOLD,
     Interpolation,
     MixedPrecision,
@@ -32,6 +33,7 @@ from renalflow.tasks.config import (
     ServerAction,
     Split,
     SynthDefaults,
+    Task,
     WindowSource,
 )
 from renalflow.tasks.model import check_region
@@ -354,11 +356,25 @@ class TrainParams(JobParams):
 
     command: ClassVar[str] = "train"
     summary: ClassVar[str] = (
-        "train the classifier on the development cohort (paper profile by default)"
+        "train the classifier (or the slice selector) on the development cohort (paper "
+        "profile by default)"
     )
 
     store: str = Field(description="slice store written by `renalflow ingest`")
     model_dir: str = Field(description="where the model and its records go")
+    task: Task = Field(
+        default=Task.CLASSIFIER,
+        description="'classifier': benign vs malignant on labelled slices (the paper's); "
+        "'selector' (ours): does a slice show the renal mass, learnt from the slices whose "
+        "lesion annotation is known (ingest with DICOM SEG or --lesions)",
+    )
+    target_sensitivity: float = Field(
+        default=SELECTOR_SENSITIVITY,
+        gt=0,
+        le=1,
+        description="selector only: its threshold is the highest that finds at least this "
+        "share of the validation split's lesion slices (our choice)",
+    )
     profile: Profile = Field(
         default=Profile.PAPER,
         description="'paper': ResNet50V2, ImageNet weights, RMSprop 2e-5, 10 epochs; "
@@ -408,7 +424,8 @@ class TrainParams(JobParams):
     seed: int = Field(default=SEED, description="seed for the split, weights and shuffling")
     oversample: bool | None = Field(
         default=None,
-        description="resample benign training images to 50:50 (paper: on)",
+        description="resample the rarer class's training images (benign; for a selector, "
+        "lesion slices) to 50:50 (paper: on)",
     )
     augment: bool | None = Field(
         default=None,

@@ -18,12 +18,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from renalflow.tasks.config import DEVELOPMENT, Profile, Split
+from renalflow.tasks.config import DEVELOPMENT, SELECTOR_SENSITIVITY, Profile, Split, Task
 from renalflow.tasks.dataset import SliceSet, iterate_batches, load_slices
 from renalflow.tasks.errors import InputError, ModelError, StoreError
-from renalflow.tasks.model import NOT_PAPER_NOTE, TrainConfig, build_model
-from renalflow.tasks.model_dir import PAPER_NOTE, ModelDir, staged
+from renalflow.tasks.model import (
+    NOT_PAPER_NOTE,
+    TrainConfig,
+    build_model,
+    predict_probabilities,
+)
+from renalflow.tasks.model_dir import PAPER_NOTE, ModelDir, load_model, staged
+from renalflow.tasks.selector import (
+    CLASS_NAMES,
+    choose_threshold,
+    no_annotations_error,
+    patient_strata,
+    row_classes,
+    selector_slices,
+    write_threshold,
+)
 from renalflow.tasks.split import (
     SplitConfig,
     load_split,
@@ -42,6 +57,8 @@ class TrainResult:
     history: dict[str, list[float]]
     seconds: float
     images_per_second: float
+    selector_threshold: float | None = None
+    """A slice selector's decision threshold, chosen on the validation split."""
 
 
 def patient_labels(slices: SliceSet) -> dict[str, str]:
@@ -164,13 +181,20 @@ def train_model(
     config: TrainConfig,
     split_config: SplitConfig | None = None,
     log: Callable[[str], None] = print,
+    task: Task = Task.CLASSIFIER,
+    target_sensitivity: float = SELECTOR_SENSITIVITY,
 ) -> TrainResult:
     """Train on the development cohort's train split, validate on its validation split.
 
-    The model directory appears whole when training ends (it is written beside it and
-    renamed): a failed or interrupted run leaves nothing half-written."""
+    A `classifier` learns benign vs malignant from labelled slices; a `selector` learns
+    "shows the renal mass" from the slices whose lesion annotation is known, and its
+    threshold is then chosen on the validation split for `target_sensitivity`
+    (tasks/selector.py). The model directory appears whole when training ends (it is
+    written beside it and renamed): a failed or interrupted run leaves nothing
+    half-written."""
+    task = Task(task)
     with staged(model_dir) as work:
-        result = _train_into(store_uri, work, config, split_config, log)
+        result = _train_into(store_uri, work, config, split_config, log, task, target_sensitivity)
     result.model_dir = str(Path(model_dir))
     return result
 
@@ -181,6 +205,8 @@ def _train_into(
     config: TrainConfig,
     split_config: SplitConfig | None = None,
     log: Callable[[str], None] = print,
+    task: Task = Task.CLASSIFIER,
+    target_sensitivity: float = SELECTOR_SENSITIVITY,
 ) -> TrainResult:
     import keras  # heavy (seconds): loaded by the training process only
 
@@ -190,13 +216,19 @@ def _train_into(
     split_config = split_config or SplitConfig(seed=config.seed)
     keras.utils.set_random_seed(config.seed)
 
-    slices = load_slices(store_uri, cohorts=[DEVELOPMENT], labelled_only=True)
-    if len(slices) == 0:
-        raise InputError(
-            f"no labelled slices of the development cohort in {store_uri}: ingest with "
-            "--labels (and without --cohort, or --cohort development)"
-        )
-    labels = patient_labels(slices)
+    if task is Task.SELECTOR:
+        slices = selector_slices(load_slices(store_uri, cohorts=[DEVELOPMENT]))
+        if len(slices) == 0:
+            raise no_annotations_error(store_uri, DEVELOPMENT)
+        labels = patient_strata(slices)
+    else:
+        slices = load_slices(store_uri, cohorts=[DEVELOPMENT], labelled_only=True)
+        if len(slices) == 0:
+            raise InputError(
+                f"no labelled slices of the development cohort in {store_uri}: ingest with "
+                "--labels (and without --cohort, or --cohort development)"
+            )
+        labels = patient_labels(slices)
     assignment = resolve_split(out, labels, split_config)
     split_of = slices.meta["patient_id"].map(assignment).fillna("unsplit").to_numpy()
     train = slices.subset(split_of == Split.TRAIN.value)
@@ -209,12 +241,15 @@ def _train_into(
             f"{config.input_size}px; ingest with --size {config.input_size}"
         )
 
-    lineage = _lineage(store_uri, slices, split_of)
+    classes = row_classes(slices.labels) if task is Task.SELECTOR else None
+    lineage = _lineage(store_uri, slices, split_of, classes)
     where = ModelDir(out)
     where.write_json(where.lineage, lineage)
     where.write_json(
         where.config,
         {
+            "task": task.value,
+            **({"target_sensitivity": target_sensitivity} if task is Task.SELECTOR else {}),
             "train": config.to_dict(),
             "split": split_config.__dict__,
             "note": NOT_PAPER_NOTE if config.profile is Profile.CPU_DEMO else PAPER_NOTE,
@@ -224,7 +259,7 @@ def _train_into(
         log(NOT_PAPER_NOTE)
     train_patients = lineage["patients"][Split.TRAIN.value]["total"]
     log(
-        f"training on {len(train)} images of {train_patients} patients, "
+        f"training the {task.value} on {len(train)} images of {train_patients} patients, "
         f"validating on {len(validation)} images; profile {config.profile.value}, "
         f"{config.epochs} epochs, batch {config.batch_size}, seed {config.seed}"
     )
@@ -259,9 +294,23 @@ def _train_into(
         selected = config.select_epoch
     else:
         selected = int(np.argmin(history["val_loss"])) + 1
-    for warning in validation_warnings(validation.labels, history, selected):
+    names = CLASS_NAMES if task is Task.SELECTOR else ("benign", "malignant")
+    for warning in validation_warnings(validation.labels, history, selected, names):
         log(f"caution: {warning}")
     shutil.copyfile(where.checkpoint(selected), where.model)
+    threshold = None
+    if task is Task.SELECTOR:
+        # On the kept model's validation predictions, never a constant (tasks/selector.py).
+        found = predict_probabilities(load_model(out), validation.images)
+        chosen = choose_threshold(validation.labels, found, target_sensitivity)
+        write_threshold(out, chosen)
+        threshold = chosen.threshold
+        log(
+            f"selector threshold {chosen.threshold:.4g}: validation sensitivity "
+            f"{chosen.sensitivity:.3f} (target {target_sensitivity:g}), specificity "
+            f"{chosen.specificity:.3f} on {chosen.lesion_slices} lesion and "
+            f"{chosen.other_slices} other slices"
+        )
     version = file_digest(where.model)
     where.version.write_text(version + "\n")
     where.write_json(where.history_json, {"selected_epoch": selected, **history})
@@ -279,18 +328,22 @@ def _train_into(
     seconds = time.perf_counter() - started
     seen = config.epochs * len(train_seq) * config.batch_size
     log(f"selected epoch {selected}; model version {version}; {seconds:.0f} s")
-    return TrainResult(str(out), version, selected, history, seconds, seen / seconds)
+    return TrainResult(str(out), version, selected, history, seconds, seen / seconds, threshold)
 
 
 def validation_warnings(
-    labels: np.ndarray, history: dict[str, list[float]], selected: int
+    labels: np.ndarray,
+    history: dict[str, list[float]],
+    selected: int,
+    names: tuple[str, str] = ("benign", "malignant"),
 ) -> list[str]:
     """What makes the validation figures of a run meaningless: a split with one class
-    (Keras then reports an AUC of 0), or an undefined AUC at the kept epoch."""
+    (Keras then reports an AUC of 0), or an undefined AUC at the kept epoch. `names`
+    are the classes 0 and 1 as a reader knows them."""
     notes = []
     known = labels[labels >= 0]
     if len(known) and (known.all() or not known.any()):
-        which = "malignant" if known.any() else "benign"
+        which = names[1] if known.any() else names[0]
         notes.append(
             f"every validation image is {which}: val_auc is meaningless (Keras reports 0) "
             "and the kept epoch rests on val_loss alone; a larger cohort, or another "
@@ -308,14 +361,19 @@ def _counts(values: Any) -> dict[str, int]:
     return {str(k): int(v) for k, v in values.value_counts().items()}
 
 
-def _lineage(store_uri: str, slices: SliceSet, split_of: np.ndarray) -> dict[str, Any]:
+def _lineage(
+    store_uri: str, slices: SliceSet, split_of: np.ndarray, classes: pd.Series | None = None
+) -> dict[str, Any]:
+    """Rows per split and class (`classes` per row, default the histology label) and
+    patients per split and histology label."""
     meta = slices.meta.assign(split=split_of)
+    meta["row_class"] = meta["label"] if classes is None else classes.to_numpy()
     patients: dict[str, dict[str, int]] = {}
     rows: dict[str, dict[str, int]] = {}
     for name in (split.value for split in Split):
         part = meta[meta["split"] == name]
         per_patient = part.drop_duplicates("patient_id")
-        rows[name] = {"total": len(part), **_counts(part["label"])}
+        rows[name] = {"total": len(part), **_counts(part["row_class"])}
         patients[name] = {"total": len(per_patient), **_counts(per_patient["label"])}
     try:  # how the store made its pixels: scoring must make new slices the same way
         preprocess = read_manifest(store_uri).get("preprocess")
