@@ -553,7 +553,8 @@ def cmd_serve(params: ServeParams) -> int:
 def cmd_web(params: WebParams) -> int:
     import uvicorn
 
-    from renalflow.flows.web import WebConfig, check_exposure, create_app, read_token
+    from renalflow.flows.web import create_app
+    from renalflow.tasks.web import WebConfig, check_exposure, read_token
 
     hosts = tuple(h.strip().lower() for h in (params.allowed_hosts or "").split(",") if h.strip())
     config = WebConfig(

@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from renalflow.flows.web import WebConfig, create_app, score_upload
+from renalflow.flows.web import create_app
 from renalflow.tasks.config import PreprocessConfig
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.model import profile_config
@@ -21,6 +21,7 @@ from renalflow.tasks.store import check_manifest
 from renalflow.tasks.train import train_model
 from renalflow.tasks.upload import UnsafeUpload, take_upload
 from renalflow.tasks.vote import deciding_slices, vote
+from renalflow.tasks.web import WebConfig, score_upload
 from tests.factory import build_store
 
 
