@@ -213,6 +213,12 @@ class SeriesRule:
             curated archives hold a few slices through the mass). Whatever this is, a
             series whose slices all lie at one level (bolus tracking, monitoring,
             dynamic scans) is never screened.
+        curated_max_z_mm: the classifier learns from slices through the mass. A series
+            without lesion annotations counts as curated (the paper's format: a
+            radiologist's slices through the mass) only when it covers at most this much
+            along the body: kidneys are 10-13 cm long, masses rarely over 15 cm, while a
+            whole abdominal scan covers 22-35 cm. Wider ones are refused for training
+            and evaluation, never learnt from whole.
     """
 
     body_parts: tuple[str, ...] = (
@@ -263,6 +269,7 @@ class SeriesRule:
         "monitor",
     )
     min_z_extent_mm: float = 0.0
+    curated_max_z_mm: float = 160.0
 
 
 @dataclass(frozen=True)

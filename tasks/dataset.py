@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from renalflow.tasks.config import Label
+from renalflow.tasks.config import Label, SeriesRule
 from renalflow.tasks.model import with_channel
+from renalflow.tasks.selection import mass_slices
 from renalflow.tasks.store import read_slices
 
 
@@ -52,6 +53,22 @@ def load_slices(
         label == Label.MALIGNANT.value, 1, np.where(label == Label.BENIGN.value, 0, -1)
     ).astype(np.int8)
     return SliceSet(images=images, labels=labels, meta=meta)
+
+
+def load_mass_slices(
+    store_uri: str,
+    *,
+    cohorts: list[str] | None = None,
+    patients: set[str] | None = None,
+    rule: SeriesRule | None = None,
+) -> tuple[SliceSet, int]:
+    """The labelled slices through the renal mass (tasks.selection.mass_slices: annotated
+    lesion slices, or curated series), what a classifier learns from and is evaluated
+    on, and how many labelled slices were left out (other levels of whole studies,
+    series not screened, a second reconstruction)."""
+    slices = load_slices(store_uri, cohorts=cohorts, patients=patients, labelled_only=True)
+    keep = mass_slices(slices.meta, rule)
+    return slices.subset(keep), int((~keep).sum())
 
 
 def iterate_batches(

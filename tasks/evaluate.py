@@ -20,7 +20,7 @@ from renalflow.tasks.config import (
     Split,
     Task,
 )
-from renalflow.tasks.dataset import SliceSet, load_slices
+from renalflow.tasks.dataset import SliceSet, load_mass_slices
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.explain import heatmaps, write_overlay
 from renalflow.tasks.metrics import (
@@ -81,8 +81,10 @@ def patient_table(
 def select_slices(
     store_uri: str, model_dir: Path, split: str | None, cohort: str | None
 ) -> SliceSet:
+    """The labelled slices through the mass (as training took them) of the split's
+    patients, or of an external cohort."""
     if cohort and cohort != DEVELOPMENT:
-        slices = load_slices(store_uri, cohorts=[cohort], labelled_only=True)
+        slices, _ = load_mass_slices(store_uri, cohorts=[cohort])
         if len(slices) == 0:
             raise InputError(f"no labelled slices of cohort {cohort!r} in {store_uri}")
         return slices
@@ -91,7 +93,8 @@ def select_slices(
     patients = {p for p, s in assignment.items() if s == wanted}
     if not patients:
         raise InputError(f"the split in {model_dir} has no {wanted!r} patients")
-    return load_slices(store_uri, cohorts=[DEVELOPMENT], patients=patients, labelled_only=True)
+    slices, _ = load_mass_slices(store_uri, cohorts=[DEVELOPMENT], patients=patients)
+    return slices
 
 
 def _defined(value: Any) -> Any:

@@ -342,3 +342,41 @@ def check_selection_possible(slices: pd.DataFrame, *, selector: bool, all_slices
             "--all-slices when the archive holds only curated slices through the mass (as "
             "in the paper)"
         )
+
+
+def mass_slices(slices: pd.DataFrame, rule: SeriesRule | None = None) -> np.ndarray:
+    """Which of these slices show the renal mass, for the classifier to learn from and
+    be evaluated on (the paper's unit: slices through the tumour, never a whole study).
+
+    The one rule, as for scoring: series selection first (no chest or head series, one
+    of two reconstructions); then a study's annotated lesion slices where annotations
+    cover it; else every slice of its selected series, taken as curated slices through
+    the mass, which is refused (one line) for a series wider than the rule's
+    `curated_max_z_mm`: that is a whole scan, and nothing says where its mass is."""
+    if slices.empty:
+        return np.zeros(0, dtype=bool)
+    rule = rule or SeriesRule()
+    series = select_series(slices, rule)
+    covered = annotated(slices)
+    bare = set(covered.index[~covered.to_numpy(dtype=bool)])
+    extent = series["z_max"].astype(float) - series["z_min"].astype(float)
+    wide = series[
+        series["study_instance_uid"].isin(bare)
+        & (series["decision"] == SeriesDecision.SELECTED.value)
+        & (extent > rule.curated_max_z_mm)
+    ]
+    if len(wide):
+        studies = wide["study_instance_uid"].nunique()
+        widest = float(extent[wide.index].max())
+        raise InputError(
+            f"{studies} {'study' if studies == 1 else 'studies'} without lesion annotations "
+            f"{'holds' if studies == 1 else 'hold'} series over "
+            f"{rule.curated_max_z_mm:g} mm along the body (up to {widest:.0f} mm): whole "
+            "scans, not slices through the mass, and nothing says which of their slices "
+            "show it. Give their lesions at ingest (--lesions CSV, or the studies' DICOM "
+            "SEG in the archive), or ingest only the curated slices through the mass"
+        )
+    chosen: set[str] = set()
+    for selection in select_slices(slices, series, all_slices=True):
+        chosen |= selection.selected
+    return slices["sop_instance_uid"].isin(chosen).to_numpy(dtype=bool)

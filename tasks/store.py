@@ -497,8 +497,8 @@ def read_slices(
     labelled_only: bool = False,
     empty_size: int = 224,
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Metadata (SLICE_META_COLUMNS) and uint8 images (N, H, W) of the store's slices,
-    filtered by cohort and patient, in SLICE_ORDER, one copy of each SOPInstanceUID.
+    """Metadata (SLICE_META_COLUMNS, SERIES_COLUMNS) and uint8 images (N, H, W) of the
+    store's slices, filtered by cohort and patient, in SLICE_ORDER, one copy of each SOPInstanceUID.
 
     With nothing to read, the images are (0, empty_size, empty_size).
     """
@@ -519,11 +519,12 @@ def read_slices(
     if labelled_only:
         clause = pc.field("label").is_valid()
         expression = clause if expression is None else expression & clause
-    columns = list(dict.fromkeys([*SLICE_META_COLUMNS, *_IMAGE_COLUMNS]))
+    described = [*SLICE_META_COLUMNS, *SERIES_COLUMNS]
+    columns = list(dict.fromkeys([*described, *_IMAGE_COLUMNS]))
     table = dataset.to_table(columns=columns, filter=expression)
     if table.num_rows == 0:
         empty = np.zeros((0, empty_size, empty_size), np.uint8)
-        return pd.DataFrame(columns=list(SLICE_META_COLUMNS)), empty
+        return pd.DataFrame(columns=described), empty
     heights = pc.unique(table.column("height")).to_pylist()
     widths = pc.unique(table.column("width")).to_pylist()
     if len(heights) != 1 or len(widths) != 1:
@@ -532,7 +533,7 @@ def read_slices(
     # stores of the same archive train the same model from the same seed.
     order = pc.sort_indices(table, sort_keys=[(key, "ascending") for key in SLICE_ORDER])
     table = table.take(order)
-    meta = table.select(list(SLICE_META_COLUMNS)).to_pandas()
+    meta = table.select(described).to_pandas()
     # Concurrent ingests of the same files can both store a slice: keep one copy.
     unique = ~meta["sop_instance_uid"].duplicated().to_numpy()
     if not unique.all():

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from renalflow.tasks.config import DEVELOPMENT, SELECTOR_SENSITIVITY, Profile, Split, Task
-from renalflow.tasks.dataset import SliceSet, iterate_batches, load_slices
+from renalflow.tasks.dataset import SliceSet, iterate_batches, load_mass_slices, load_slices
 from renalflow.tasks.errors import InputError, ModelError, StoreError
 from renalflow.tasks.model import (
     NOT_PAPER_NOTE,
@@ -216,17 +216,24 @@ def _train_into(
     split_config = split_config or SplitConfig(seed=config.seed)
     keras.utils.set_random_seed(config.seed)
 
+    left_out = 0  # labelled slices that do not show the mass (classifier only)
     if task is Task.SELECTOR:
         slices = selector_slices(load_slices(store_uri, cohorts=[DEVELOPMENT]))
         if len(slices) == 0:
             raise no_annotations_error(store_uri, DEVELOPMENT)
         labels = patient_strata(slices)
     else:
-        slices = load_slices(store_uri, cohorts=[DEVELOPMENT], labelled_only=True)
+        slices, left_out = load_mass_slices(store_uri, cohorts=[DEVELOPMENT])
         if len(slices) == 0:
             raise InputError(
-                f"no labelled slices of the development cohort in {store_uri}: ingest with "
-                "--labels (and without --cohort, or --cohort development)"
+                f"no labelled slices through a renal mass in the development cohort of "
+                f"{store_uri}: ingest with --labels (and without --cohort, or --cohort "
+                "development), and with the lesions of whole studies (--lesions CSV or SEG)"
+            )
+        if left_out:
+            log(
+                f"{left_out} labelled slices that do not show the mass left out (other "
+                "levels of annotated studies, series not screened, second reconstructions)"
             )
         labels = patient_labels(slices)
     assignment = resolve_split(out, labels, split_config)
@@ -243,6 +250,8 @@ def _train_into(
 
     classes = row_classes(slices.labels) if task is Task.SELECTOR else None
     lineage = _lineage(store_uri, slices, split_of, classes)
+    if task is Task.CLASSIFIER:
+        lineage["labelled_slices_not_through_the_mass"] = left_out
     where = ModelDir(out)
     where.write_json(where.lineage, lineage)
     where.write_json(

@@ -19,6 +19,7 @@ from renalflow.tasks.selection import (
     SeriesDecision,
     check_selection_possible,
     judge_region,
+    mass_slices,
     select_series,
     select_slices,
     thickness_distance,
@@ -175,3 +176,37 @@ def test_a_chest_ct_has_nothing_to_select():
     (only,) = select_slices(chest, select_series(chest), all_slices=True)
     assert only.series_used == () and only.slices_selected == 0
     assert only.slices_in_study == 40
+
+
+def test_the_classifier_learns_only_from_slices_through_the_mass():
+    """Annotated studies give their lesion slices (of one reconstruction); curated series
+    without annotations are taken whole; chest series never."""
+    annotated_rows = _study_with_lesion(generate_uid(), "A")
+    curated_study, frame = generate_uid(), generate_uid()
+    curated = _rows(
+        _series(curated_study, n=12, thickness=3.0, BodyPartExamined="ABDOMEN", patient="C",
+                frame_of_reference=frame)
+        + _series(curated_study, n=36, thickness=1.0, BodyPartExamined="ABDOMEN", patient="C",
+                  frame_of_reference=frame)  # the same levels reconstructed thin
+    )  # fmt: skip
+    chest = _rows(_series(generate_uid(), n=10, thickness=5.0, BodyPartExamined="CHEST",
+                          patient="D"))  # fmt: skip
+    for rows in (curated, chest):
+        rows["lesion"] = None
+    slices = pd.concat([annotated_rows, curated, chest], ignore_index=True)
+    keep = pd.Series(mass_slices(slices), index=slices.index)
+    assert keep[slices["patient_id"] == "A"].tolist() == annotated_rows["lesion"].tolist()
+    kept_curated = slices[keep & (slices["patient_id"] == "C")]
+    assert len(kept_curated) == 12  # the 3 mm reconstruction, nearest the paper's range
+    assert not keep[slices["patient_id"] == "D"].any()
+
+
+def test_a_whole_scan_without_annotations_is_never_learnt_from():
+    whole = _rows(_series(generate_uid(), n=60, thickness=5.0, BodyPartExamined="ABDOMEN"))
+    whole["lesion"] = None
+    with pytest.raises(InputError, match=r"1 study without lesion annotations holds series "
+                       r"over 160 mm along the body \(up to 295 mm\).*--lesions CSV"):  # fmt: skip
+        mass_slices(whole)
+    assert mass_slices(whole, SeriesRule(curated_max_z_mm=300)).all()
+    whole["lesion"] = [20 <= i < 30 for i in range(60)]  # annotated: its lesion slices
+    assert mass_slices(whole).sum() == 10

@@ -16,7 +16,7 @@ from renalflow.tasks.dataset import load_slices
 from renalflow.tasks.errors import InputError, ModelError
 from renalflow.tasks.evaluate import evaluate
 from renalflow.tasks.model import predict_probabilities, profile_config
-from renalflow.tasks.model_dir import ModelInfo, load_model, read_model_info, require_task
+from renalflow.tasks.model_dir import ModelDir, ModelInfo, load_model, read_model_info, require_task
 from renalflow.tasks.selector import (
     choose_threshold,
     read_threshold,
@@ -226,3 +226,18 @@ def test_evaluate_a_set_without_other_slices_says_specificity_is_undefined(
     assert any("specificity and the AUC are undefined" in w for w in metrics["warnings"])
     page = (tmp_path / "report" / "report.html").read_text()
     assert "undefined" in page and "Caution: every slice here shows a lesion" in page
+
+
+def test_the_classifier_trains_on_the_annotated_lesion_slices_of_whole_studies(
+    whole_store, tmp_path
+):
+    """The same store the selector learns from: the classifier sees its lesion slices
+    only, never the liver, pelvis or chest levels of a whole study."""
+    slices = load_slices(whole_store, cohorts=[DEVELOPMENT], labelled_only=True)
+    lesion = slices.meta["lesion"].fillna(False).astype(bool)
+    config = profile_config("cpu-demo", input_size=SIZE, epochs=1, augment=False)
+    train_model(whole_store, tmp_path / "classifier", config, log=lambda _: None)
+    lineage = json.loads(ModelDir(tmp_path / "classifier").lineage.read_text())
+    trained = sum(lineage["rows"][split.value]["total"] for split in Split)
+    assert trained == int(lesion.sum()) > 0
+    assert lineage["labelled_slices_not_through_the_mass"] == len(slices) - trained
