@@ -554,6 +554,7 @@ def cmd_web(params: WebParams) -> int:
     import uvicorn
 
     from renalflow.flows.web import create_app
+    from renalflow.tasks.score import ScoreConfig
     from renalflow.tasks.web import WebConfig, check_exposure, read_token
 
     hosts = tuple(h.strip().lower() for h in (params.allowed_hosts or "").split(",") if h.strip())
@@ -567,6 +568,8 @@ def cmd_web(params: WebParams) -> int:
         token=read_token(params.token_file),
         allowed_hosts=hosts,
         max_concurrent=params.max_concurrent,
+        selector=os.path.abspath(params.selector) if params.selector else None,
+        score=ScoreConfig(all_slices=params.all_slices),
     )
     check_exposure(config)  # before the model is loaded
     app = create_app(config)

@@ -6,11 +6,12 @@ import os
 import secrets
 import time
 from pathlib import Path
+from textwrap import indent
 
 from prefect import flow
 
 from renalflow.flows.jobs import evaluate_job, ingest_job, run_synth, score_job, train_job
-from renalflow.tasks.config import Profile
+from renalflow.tasks.config import Profile, Task
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.model_dir import has_model
 from renalflow.tasks.params import (
@@ -24,10 +25,9 @@ from renalflow.tasks.params import (
 from renalflow.tasks.pseudonym import KEY_ENV
 
 DEMO_QUERY = """\
-select study_year_month[1:4] as year, manufacturer,
-       count(*) as studies,
-       round(avg((vote = 'benign')::int), 2) as benign_share
-from study_votes group by all order by year, manufacturer"""
+select status, selection_source, vote, count(*) as studies,
+       sum(slices_in_study) as slices_in_studies, sum(n_images) as slices_voted
+from study_votes group by all order by all"""
 
 DEMO_BOOTSTRAP = 200
 """Our choice: fewer bootstrap resamples than `evaluate`'s default, to keep the demo short."""
@@ -46,6 +46,10 @@ class DemoLayout:
         self.results = self.out / "results"
         self.cohort = self.out / "cohort"
         self.key = self.out / "pseudonym.key"
+        self.annotated = self.out / "annotated"  # whole studies with lesion SEGs
+        self.selector_store = self.out / "selector-store"
+        self.selector = self.out / "selector"
+        self.selector_report = self.out / "selector-report"
 
 
 def check_demo_folder(params: DemoParams) -> None:
@@ -84,12 +88,14 @@ def demo_key(out: Path) -> str:
 
 @flow(name="renalflow-demo")
 def demo_flow(params: DemoParams) -> dict[str, str]:
-    """Synthesise, ingest, train (cpu-demo), evaluate, score and query; returns the
-    artifacts by name."""
+    """The paper's classifier from curated lesion slices, a slice selector from
+    annotated whole studies, then a screening of whole studies that the selector narrows
+    to the slices through the mass; the results queried. Returns the artifacts by name."""
     from renalflow.flows.ingest import format_summary as ingest_summary
     from renalflow.flows.score import format_summary as score_summary
     from renalflow.tasks.query import format_result, run_query
     from renalflow.tasks.report import cohort_report
+    from renalflow.tasks.selector import format_summary as format_selector_summary
     from renalflow.tasks.store import describe_store
 
     started = time.perf_counter()
@@ -98,7 +104,7 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
     def step(text: str) -> None:
         print(f"\n== {text}  [{time.perf_counter() - started:.0f} s]", flush=True)
 
-    step(f"1/7 synth: {params.patients} synthetic patients for development -> {where.data}")
+    step(f"1/9 synth: {params.patients} curated development patients -> {where.data}")
     if (where.data / "labels.csv").exists():
         print("   (already there; reusing it)")
     else:
@@ -112,7 +118,7 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
             )
         )
 
-    step(f"2/7 ingest: {where.data / 'archive'} -> {where.store} (Prefect flow on Dask)")
+    step(f"2/9 ingest: {where.data / 'archive'} -> {where.store} (Prefect flow on Dask)")
     summary = ingest_job(
         IngestParams(
             archive=str(where.data / "archive"),
@@ -125,7 +131,7 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
     print(ingest_summary(summary))
     print(describe_store(str(where.store.resolve())))
 
-    step(f"3/7 train: profile cpu-demo on the development patients -> {where.model}")
+    step(f"3/9 train the classifier: profile cpu-demo -> {where.model}")
     if has_model(where.model):
         print("   (a model is already there; reusing it)")
     else:
@@ -136,7 +142,7 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
         )
         print(f"   model version {result.model_version}, epoch {result.selected_epoch}")
 
-    step(f"4/7 evaluate: the held-out test patients -> {where.report}")
+    step(f"4/9 evaluate the classifier: the held-out test patients -> {where.report}")
     metrics = evaluate_job(
         EvaluateParams(
             store=str(where.store),
@@ -151,18 +157,70 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
         f"{patient['n']} patients"
     )
 
-    step(f"5/7 synth: a screening archive of {params.screening} new patients")
+    step(
+        f"5/9 synth + ingest: {params.selector_patients} patients' whole studies with their "
+        f"lesions as DICOM SEG -> {where.selector_store}"
+    )
+    if not (where.annotated / "labels.csv").exists():
+        run_synth(
+            SynthParams(
+                out=str(where.annotated),
+                patients=params.selector_patients,
+                seed=params.seed + 2,
+                benign_fraction=params.benign_fraction,
+            )
+        )
+    annotated = ingest_job(
+        IngestParams(
+            archive=str(where.annotated / "archive"),
+            store=str(where.selector_store),
+            labels=str(where.annotated / "labels.csv"),
+            interpolation=params.interpolation,
+            workers=params.workers,
+        )
+    )
+    print(ingest_summary(annotated))
+
+    step(f"6/9 train + evaluate the slice selector: cpu-demo -> {where.selector}")
+    if has_model(where.selector):
+        print("   (a selector is already there; reusing it)")
+    else:
+        selector = train_job(
+            TrainParams(
+                store=str(where.selector_store),
+                model_dir=str(where.selector),
+                task=Task.SELECTOR,
+                profile=Profile.CPU_DEMO,
+                epochs=params.selector_epochs,
+            )
+        )
+        threshold = selector.selector_threshold
+        print(f"   selector version {selector.model_version}, threshold {threshold:.4g}")
+    selector_metrics = evaluate_job(
+        EvaluateParams(
+            store=str(where.selector_store),
+            model_dir=str(where.selector),
+            out=str(where.selector_report),
+            bootstrap=DEMO_BOOTSTRAP,
+        )
+    )
+    print(indent(format_selector_summary(selector_metrics), "   "))
+
+    step(
+        f"7/9 synth: a screening archive of {params.screening} new patients' whole studies, "
+        "no annotations"
+    )
     if not (where.screening / "archive").exists():
         run_synth(
             SynthParams(
                 out=str(where.screening),
                 patients=params.screening,
                 seed=params.seed + 1,
-                lesion_only=True,  # curated, as --all-slices below assumes
+                seg_share=0.0,  # as a hospital archive: the selector decides what votes
             )
         )
 
-    step(f"6/7 score: {where.screening / 'archive'} -> {where.results} (Delta tables)")
+    step(f"8/9 score: {where.screening / 'archive'} -> {where.results} (Delta tables)")
     print(f"   pseudonymisation key: {demo_key(where.out)}")
     scored = score_job(
         ScoreParams(
@@ -170,12 +228,12 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
             model_dir=str(where.model),
             results=str(where.results),
             workers=params.workers,
-            all_slices=True,  # the synthetic screening archive holds curated lesion slices
+            selector=str(where.selector),
         )
     )
     print(score_summary(scored))
 
-    step("7/7 query: benign vote share by study year and scanner vendor")
+    step("9/9 query: what was screened, what voted, and how")
     print(f'$ renalflow query "{" ".join(DEMO_QUERY.split())}" --results {where.results}\n')
     print(format_result(run_query(str(where.results.resolve()), DEMO_QUERY), "table"), end="")
     cohort = cohort_report(str(where.results.resolve()), where.cohort)
@@ -184,6 +242,7 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
         "slice store": str(where.store),
         "model": str(where.model),
         "evaluation report": f"{where.report / 'report.html'} (also report.md, heat maps)",
+        "selector": f"{where.selector} (evaluated in {where.selector_report / 'report.html'})",
         "screening archive": str(where.screening / "archive"),
         "results table": f"{where.results} (study_votes, patient_votes, slice_scores)",
         "cohort summary": str(cohort),

@@ -28,8 +28,14 @@ from renalflow.flows.fanout import (
 from renalflow.flows.ingest import run_ingest
 from renalflow.tasks.config import SCREENING
 from renalflow.tasks.errors import InputError
-from renalflow.tasks.inference import ScoredBatch, SelectorRef, explain_slices, score_slices
-from renalflow.tasks.model_dir import check_same_preprocessing, read_model_info
+from renalflow.tasks.inference import (
+    ScoredBatch,
+    SelectorRef,
+    explain_slices,
+    load_selector,
+    score_slices,
+)
+from renalflow.tasks.model_dir import read_model_info
 from renalflow.tasks.pseudonym import NO_KEY_HELP, check_key, key_from_env, key_id
 from renalflow.tasks.results import (
     SelectorUsed,
@@ -66,17 +72,6 @@ def _batches(slices: Any, workers: int) -> list[Any]:
     if len(slices) == 0:
         return []
     return score_batches(slices, balanced(len(slices), workers * 2, 64, 2048))
-
-
-def selector_threshold(info: Any) -> float:
-    """The decision threshold stored with a slice selector; refuses a classifier."""
-    threshold = getattr(info, "selector_threshold", None)
-    if threshold is None:
-        raise InputError(
-            f"{info.model_dir} is not a slice selector (no stored threshold): train one with "
-            "`renalflow train --task selector` and pass its folder to --selector"
-        )
-    return float(threshold)
 
 
 def resolve_key(key_secret: str | None = None) -> bytes:
@@ -160,9 +155,7 @@ def score_flow(
     info = read_model_info(model_dir)
     selector = None
     if selector_dir:
-        found = read_model_info(selector_dir)
-        check_same_preprocessing(info, found)
-        selector = SelectorRef(found.model_dir, found.model_version, selector_threshold(found))
+        selector = load_selector(selector_dir, info)
     store = store or default_store(results)
     run_id = str(flow_run.get_id() or "local")
     summary = ScoreSummary(archive, results, store, info.model_version, run_id)

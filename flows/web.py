@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 from renalflow.flows.web_page import render_page
 from renalflow.tasks.config import Profile
 from renalflow.tasks.errors import InputError
+from renalflow.tasks.inference import load_selector
 from renalflow.tasks.model_dir import read_model_info
 from renalflow.tasks.upload import FormReceiver, UnsafeUpload, UploadTooLarge
 from renalflow.tasks.web import (
@@ -34,6 +35,7 @@ from renalflow.tasks.web import (
     hostname,
     same_origin,
     score_upload,
+    selection_rule,
     token_matches,
 )
 
@@ -54,13 +56,15 @@ def create_app(config: WebConfig) -> Any:
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     info = read_model_info(config.model_dir)  # refuse to start without a model
+    selector = load_selector(config.selector, info) if config.selector else None
+    selection = selection_rule(selector, config.score.all_slices)
     gate = asyncio.Semaphore(config.max_concurrent)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         note = "" if info.profile == Profile.PAPER else "cpu-demo model: not the paper's network."
         model = f"{info.model_version} ({info.profile})"
-        return render_page(model, note, config.score.vote_threshold)
+        return render_page(model, note, config.score.vote_threshold, selection)
 
     @app.post("/api/score")
     async def score(request: Request) -> Any:

@@ -10,7 +10,15 @@ from renalflow.tasks.config import VOTE_THRESHOLD
 from renalflow.tasks.report import render
 
 
-def render_page(model: str, note: str = "", vote_threshold: float = VOTE_THRESHOLD) -> str:
-    """The page, naming the model (`version (profile)`) and a note under it; both are
-    shown as text, whatever they contain."""
-    return render("web_page.html.j2", model=model, note=note, vote_threshold=vote_threshold)
+def render_page(
+    model: str, note: str = "", vote_threshold: float = VOTE_THRESHOLD, selection: str = ""
+) -> str:
+    """The page, naming the model (`version (profile)`), a note under it and how slices
+    are selected; all are shown as text, whatever they contain."""
+    return render(
+        "web_page.html.j2",
+        model=model,
+        note=note,
+        vote_threshold=vote_threshold,
+        selection=selection,
+    )

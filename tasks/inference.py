@@ -17,10 +17,17 @@ from typing import Any
 import fsspec
 import numpy as np
 
+from renalflow.tasks.config import Task
+from renalflow.tasks.errors import InputError
 from renalflow.tasks.explain import heatmaps, write_overlay
 from renalflow.tasks.ingest import worker_name
 from renalflow.tasks.model import predict_probabilities
-from renalflow.tasks.model_dir import load_model
+from renalflow.tasks.model_dir import (
+    ModelInfo,
+    check_same_preprocessing,
+    load_model,
+    read_model_info,
+)
 from renalflow.tasks.store import open_store, read_part_slices
 
 _MODELS: dict[tuple[str, str], Any] = {}
@@ -69,6 +76,19 @@ class SelectorRef:
     model_dir: str
     model_version: str
     threshold: float
+
+
+def load_selector(selector_dir: str, classifier: ModelInfo) -> SelectorRef:
+    """The slice selector at `selector_dir` for this classifier: refused (one line) when
+    it is not a selector or was trained on slices made another way."""
+    found = read_model_info(selector_dir)
+    if found.task is not Task.SELECTOR or found.selector_threshold is None:
+        raise InputError(
+            f"{found.model_dir} is not a slice selector (no stored threshold): train one with "
+            "`renalflow train --task selector` and pass its folder to --selector"
+        )
+    check_same_preprocessing(classifier, found)
+    return SelectorRef(found.model_dir, found.model_version, found.selector_threshold)
 
 
 @dataclass

@@ -146,7 +146,25 @@ class PacsParams(JobParams):
         )
 
 
-class ScreeningParams(PacsParams):
+class SelectionParams(JobParams):
+    """What decides which slices of a study vote when it carries no lesion annotations
+    (tasks/selection.py): a slice selector, or every slice when asked for."""
+
+    selector: str | None = Field(
+        default=None,
+        description="slice selector model (renalflow train --task selector): decides which "
+        "slices of a study without lesion annotations show the renal mass and vote",
+        json_schema_extra=cli(metavar="MODEL_DIR"),
+    )
+    all_slices: bool = Field(
+        default=False,
+        description="vote over every slice of the screened series when a study has no "
+        "annotations and no selector is given: for curated archives of slices through the "
+        "mass (the paper's images), never for whole studies; recorded in each vote's row",
+    )
+
+
+class ScreeningParams(PacsParams, SelectionParams):
     """What a screening run reads and writes: the archive, the model, the results table
     (scoring now, or on a schedule)."""
 
@@ -162,18 +180,6 @@ class ScreeningParams(PacsParams):
         default=None,
         description="Prefect Secret block holding the pseudonymisation key (default: "
         "RENALFLOW_PSEUDONYM_KEY from the environment)",
-    )
-    selector: str | None = Field(
-        default=None,
-        description="slice selector model (renalflow train --task selector): decides which "
-        "slices of a study without lesion annotations show the renal mass and vote",
-        json_schema_extra=cli(metavar="MODEL_DIR"),
-    )
-    all_slices: bool = Field(
-        default=False,
-        description="vote over every slice of the screened series when a study has no "
-        "annotations and no selector is given: for curated archives of slices through the "
-        "mass (the paper's images), never for whole studies; recorded in each vote's row",
     )
 
 
@@ -625,9 +631,12 @@ class ServeParams(ScreeningParams, ClusterParams):
     )
 
 
-class WebParams(JobParams):
+class WebParams(SelectionParams):
     command: ClassVar[str] = "web"
-    summary: ClassVar[str] = "a page for urologists: upload one patient's CT series, see the vote"
+    summary: ClassVar[str] = (
+        "a page for urologists: upload one patient's CT study, see which slices were "
+        "selected and the vote"
+    )
 
     model_dir: str = Field(description="trained model (renalflow train)")
     out: str = Field(default="renalflow-web", description="folder for uploads")
@@ -670,8 +679,24 @@ class DemoParams(JobParams):
         "20 test patients hold about 10 benign ones and the AUC means something; the "
         "paper's cohort had 0.19)",
     )
+    selector_patients: int = Field(
+        default=12,
+        ge=4,
+        description="patients with annotated whole studies the slice selector learns from "
+        "(our choice: 12, about 4,000 slices with their lesion SEGs)",
+    )
+    selector_epochs: int = Field(
+        default=8,
+        ge=1,
+        description="epochs of the slice selector's cpu-demo training (our choice: 8; "
+        "whole studies hold ten times the classifier's slices)",
+    )
     screening: int = Field(
-        default=12, ge=1, description="patients in the screening archive that gets scored"
+        default=12,
+        ge=1,
+        description="patients in the screening archive that gets scored: whole studies "
+        "(chest and head CT, scouts, twin reconstructions) without annotations, so the "
+        "selector decides which slices vote",
     )
     seed: int = Field(default=SEED, description="random seed")
     interpolation: Interpolation = Field(

@@ -108,23 +108,43 @@ def save_without_meta(ds: Dataset, path: Path) -> Path:
 
 
 def build_store(root: Path, *, patients: int, seed: int, size: int = 64) -> str:
-    """A small labelled slice store from a synthetic archive, without Prefect or Dask."""
-    from renalflow.tasks.config import PreprocessConfig
-    from renalflow.tasks.ingest import commit_batch, convert_files, discover_files, read_labels
-    from renalflow.tasks.store import check_manifest
-    from renalflow.tasks.synth import SynthConfig, synthesize_archive
+    """A small labelled slice store of curated slices through the mass (a synthetic
+    archive), ingested as `renalflow ingest` does, without Prefect or Dask."""
+    from renalflow.tasks.synth import SynthConfig
 
     synth = SynthConfig(
         patients=patients, seed=seed, benign_fraction=0.4, max_slices_per_series=4, lesion_only=True
     )
+    return _ingested(root, synth, size)
+
+
+def build_whole_store(root: Path, *, patients: int, seed: int, size: int = 64) -> str:
+    """A store of whole abdominal studies (and some chest CTs, never annotated): the SEG
+    objects in the archive give each slice's lesion."""
+    from renalflow.tasks.synth import SynthConfig
+
+    synth = SynthConfig(
+        patients=patients, seed=seed, benign_fraction=0.4, matrix=size, study_slices=(24, 30),
+        chest_share=0.3, head_share=0.0, scout_share=0.0, twin_share=0.0,
+    )  # fmt: skip
+    return _ingested(root, synth, size)
+
+
+def _ingested(root: Path, synth: Any, size: int) -> str:
+    """ROOT/synth written from `synth` and ingested into ROOT/store at `size` pixels."""
+    from renalflow.tasks.config import DEVELOPMENT, PreprocessConfig
+    from renalflow.tasks.ingest import commit_batch, convert_files, discover_files, read_labels
+    from renalflow.tasks.store import check_manifest
+    from renalflow.tasks.synth import synthesize_archive
+
     synthesize_archive(root / "synth", synth, jobs=2)
     store = str(root / "store")
     config = PreprocessConfig(output_size=size)
     check_manifest(store, config.to_dict(), config.version)  # as ingest makes the store
     uris = discover_files(str(root / "synth" / "archive"))
     labels = read_labels(str(root / "synth" / "labels.csv"))
-    staged = convert_files(store, uris, config, "development", labels, "run")
-    commit_batch(store, staged, {}, "development", "run", config.version)
+    staged = convert_files(store, uris, config, DEVELOPMENT, labels, "run")
+    commit_batch(store, staged, {}, DEVELOPMENT, "run", config.version)
     return store
 
 

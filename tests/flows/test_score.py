@@ -373,7 +373,7 @@ def web(trained, tmp_path):
 
     port = free_port()
     args = ["web", "--model-dir", trained["model"], "--port", str(port)]
-    args += ["--out", str(tmp_path / "web")]
+    args += ["--out", str(tmp_path / "web"), "--all-slices"]  # the curated synthetic archive
     proc = cli(*args, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
@@ -455,6 +455,28 @@ def test_the_web_page_shows_the_vote_the_batch_scorer_gives(
     assert share.startswith(f"{batch[0]['n_malignant']} of {batch[0]['n_images']} slices")
     assert browser.find_elements(By.CSS_SELECTOR, "#heat img"), "no heat maps shown"
     assert not any(workdir.iterdir()), "uploads must be removed after scoring"
+
+    # A whole study with its lesion SEG: the page says what it screened and why.
+    from pydicom.uid import generate_uid
+
+    from tests.factory import ct_series, lesion_seg, save
+
+    study = generate_uid()
+    abdomen = ct_series(study, "WHOLE", n=20, BodyPartExamined="ABDOMEN")
+    chest = ct_series(study, "WHOLE", n=15, start=200, BodyPartExamined="CHEST")
+    whole = [str(save(ds, tmp_path / "whole" / f"{i:03d}.dcm")) for i, ds in
+             enumerate([*abdomen, *chest, lesion_seg(abdomen, range(8, 14))])]  # fmt: skip
+    browser.get(url)
+    browser.find_element(By.ID, "files").send_keys("\n".join(whole))
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 180).until(ready.visibility_of_element_located((By.ID, "result")))
+    browser.save_screenshot(str(artifacts / "web-whole-study.png"))
+    selected = browser.find_element(By.ID, "selected").text
+    assert selected.startswith("6 of 35 slices voted (20 in screened series); chosen by annotation")
+    table = browser.find_element(By.ID, "series").text
+    assert "not_abdominal" in table and "selected" in table
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#chart circle.voted")) == 6
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#chart line.unvoted")) == 29
 
     # A file that is not CT gets the ingest's reason, in the page.
     junk = tmp_path / "notes.txt"

@@ -24,6 +24,9 @@ from renalflow.tasks.vote import deciding_slices, vote
 from renalflow.tasks.web import WebConfig, score_upload
 from tests.factory import build_store
 
+CURATED = ScoreConfig(all_slices=True)  # the synthetic archive: curated slices through the mass
+CURATED_TWO_PER_SIDE = ScoreConfig(all_slices=True, explain_per_side=2)
+
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> tuple[Path, dict[str, list[Path]]]:
@@ -47,7 +50,7 @@ def _upload(files: list[Path], folder: Path, config: WebConfig) -> list[Path]:
 
 def test_upload_gets_the_one_vote_and_its_deciding_slices(model, tmp_path):
     model_dir, by_patient = model
-    config = WebConfig(str(model_dir), str(tmp_path), score=ScoreConfig(explain_per_side=2))
+    config = WebConfig(str(model_dir), str(tmp_path), score=CURATED_TWO_PER_SIDE)
     files = next(iter(by_patient.values()))
     paths = _upload(files, tmp_path / "up", config)
     junk = tmp_path / "up" / "99999-notes.txt"
@@ -95,7 +98,9 @@ def test_page_and_api_answer_through_fastapi(model, tmp_path):
     TestClient = pytest.importorskip("fastapi.testclient").TestClient  # the web extra
 
     model_dir, by_patient = model
-    config = WebConfig(str(model_dir), str(tmp_path / "work"), allowed_hosts=("testserver",))
+    config = WebConfig(
+        str(model_dir), str(tmp_path / "work"), allowed_hosts=("testserver",), score=CURATED
+    )
     client = TestClient(create_app(config))
     page = client.get("/")
     assert page.status_code == 200 and "cpu-demo model" in page.text
@@ -121,7 +126,7 @@ def _serve(model_dir: Path, tmp_path: Path, *extra: str, env: dict[str, str] | N
 
     port = free_port()
     command = [sys.executable, "-m", "renalflow.flows.cli", "web", "--model-dir", str(model_dir)]
-    command += ["--out", str(tmp_path / "work"), "--port", str(port), *extra]
+    command += ["--out", str(tmp_path / "work"), "--port", str(port), "--all-slices", *extra]
     server = subprocess.Popen(
         command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
@@ -301,3 +306,107 @@ def test_off_loopback_the_page_needs_a_token_and_checks_it(model, tmp_path):
         server.wait(30)
     printed = server.stdout.read() if server.stdout else ""
     assert "open it once as /?token=TOKEN" in printed and token not in printed  # never shown
+
+
+# Whole studies, as a urologist exports them from the PACS viewer.
+
+
+def _whole_study(folder: Path) -> tuple[list[Path], list[float]]:
+    """An abdominal series of 20 slices and a chest series of the same study; the files
+    and where (z) the 6 slices a lesion SEG marks lie."""
+    from pydicom.uid import generate_uid
+
+    from tests.factory import ct_series, save
+
+    study = generate_uid()
+    abdomen = ct_series(study, "WHOLE", n=20, BodyPartExamined="ABDOMEN")
+    chest = ct_series(study, "WHOLE", n=15, start=200, BodyPartExamined="CHEST")
+    paths = [save(ds, folder / f"a{i:02d}.dcm") for i, ds in enumerate(abdomen)]
+    paths += [save(ds, folder / f"c{i:02d}.dcm") for i, ds in enumerate(chest)]
+    return paths, [float(ds.ImagePositionPatient[2]) for ds in abdomen[8:14]]
+
+
+def test_a_whole_study_votes_on_the_slices_its_seg_marks(model, tmp_path):
+    from tests.factory import lesion_seg, save
+
+    model_dir, _ = model
+    paths, lesion_z = _whole_study(tmp_path / "study")
+    abdomen = [pydicom.dcmread(p) for p in paths if p.name.startswith("a")]
+    seg = save(lesion_seg(abdomen, range(8, 14)), tmp_path / "study" / "seg.dcm")
+    config = WebConfig(str(model_dir), str(tmp_path), score=ScoreConfig(explain_per_side=2))
+    result = score_upload([*paths, seg], config)
+
+    assert result["status"] == "voted" and result["n_images"] == 6
+    selection = result["selection"]
+    assert selection["source"] == "annotation"
+    assert (selection["slices_in_upload"], selection["slices_screened"]) == (35, 20)
+    decisions = {row["body_part"]: row for row in selection["series"]}
+    assert decisions["ABDOMEN"]["decision"] == "selected"
+    assert decisions["CHEST"]["decision"] == "not_abdominal"
+    assert "CHEST" in decisions["CHEST"]["reason"]
+    voted = [s for s in result["slices"] if s["voted"]]
+    assert sorted(s["z"] for s in voted) == pytest.approx(sorted(lesion_z))
+    assert all(s["probability"] is not None for s in voted)
+    assert all(s["probability"] is None for s in result["slices"] if not s["voted"])
+    probabilities = np.array([s["probability"] for s in voted])
+    assert result["vote"] == vote(probabilities).vote.value
+    assert [r["code"] for r in result["rejects"]] == ["non_image"]  # the SEG: lesion truth
+
+
+def test_a_whole_study_without_annotation_or_selector_is_refused(model, tmp_path):
+    model_dir, _ = model
+    paths, _ = _whole_study(tmp_path / "study")
+    with pytest.raises(InputError, match=r"upload the study's lesion annotation \(DICOM SEG\)"):
+        score_upload(paths, WebConfig(str(model_dir), str(tmp_path)))
+
+
+def test_a_chest_ct_alone_gets_no_mass_found_never_a_vote(model, tmp_path):
+    model_dir, _ = model
+    paths, _ = _whole_study(tmp_path / "study")
+    chest = [p for p in paths if p.name.startswith("c")]
+    result = score_upload(chest, WebConfig(str(model_dir), str(tmp_path), score=CURATED))
+    assert result["status"] == "no_mass_found" and result["vote"] is None
+    assert result["selection"]["slices_voted"] == 0 and result["heatmaps"] == []
+
+
+@pytest.fixture(scope="module")
+def selector(tmp_path_factory):
+    """A slice selector trained on whole synthetic studies, and one more patient's whole
+    study (its files without the SEG) that it never saw."""
+    from renalflow.tasks.config import Task
+    from tests.factory import build_whole_store
+
+    root = tmp_path_factory.mktemp("selector")
+    store = build_whole_store(root, patients=6, seed=5)
+    config = profile_config("cpu-demo", input_size=64, epochs=1, augment=False)
+    train_model(store, root / "model", config, log=lambda _: None, task=Task.SELECTOR)
+    unseen = build_whole_store(root / "unseen", patients=1, seed=6)
+    files = [
+        path
+        for path in sorted((root / "unseen" / "synth" / "archive").rglob("*.dcm"))
+        if pydicom.dcmread(path, stop_before_pixels=True).Modality == "CT"
+    ]
+    return root / "model", files, unseen
+
+
+def test_the_pages_selector_decides_which_slices_of_a_whole_study_vote(model, selector, tmp_path):
+    from renalflow.tasks.model_dir import read_model_info
+
+    model_dir, _ = model
+    selector_dir, files, _ = selector
+    info = read_model_info(selector_dir)
+    config = WebConfig(str(model_dir), str(tmp_path), selector=str(selector_dir))
+    paths = _upload(files, tmp_path / "up", config)
+    result = score_upload(paths, config)
+
+    selection = result["selection"]
+    assert selection["source"] == "selector"
+    assert selection["selector_version"] == info.model_version
+    assert selection["selector_threshold"] == info.selector_threshold  # the stored one
+    screened = [s for s in result["slices"] if s["screened"]]
+    assert screened and all(s["selector_probability"] is not None for s in screened)
+    chosen = [s for s in screened if s["selector_probability"] >= info.selector_threshold]
+    assert [s["voted"] for s in result["slices"]] == [s in chosen for s in result["slices"]]
+    assert selection["slices_voted"] == len(chosen)
+    expected = "voted" if chosen else "no_mass_found"
+    assert result["status"] == expected

@@ -28,35 +28,14 @@ from renalflow.tasks.selector import (
 from renalflow.tasks.split import load_split
 from renalflow.tasks.store import write_lesions
 from renalflow.tasks.train import train_model
+from tests.factory import build_whole_store
 
 SIZE = 64
 
 
-def build_whole_store(root: Path, *, patients: int, seed: int) -> str:
-    """A store of whole abdominal studies (and some chest CTs, never annotated), ingested
-    as `renalflow ingest` does: the SEG objects in the archive give each slice's lesion."""
-    from renalflow.tasks.ingest import commit_batch, convert_files, discover_files, read_labels
-    from renalflow.tasks.store import check_manifest
-    from renalflow.tasks.synth import SynthConfig, synthesize_archive
-
-    synth = SynthConfig(
-        patients=patients, seed=seed, benign_fraction=0.4, matrix=SIZE, study_slices=(24, 30),
-        chest_share=0.3, head_share=0.0, scout_share=0.0, twin_share=0.0,
-    )  # fmt: skip
-    synthesize_archive(root / "synth", synth, jobs=2)
-    store = str(root / "store")
-    config = PreprocessConfig(output_size=SIZE)
-    check_manifest(store, config.to_dict(), config.version)
-    uris = discover_files(str(root / "synth" / "archive"))
-    labels = read_labels(str(root / "synth" / "labels.csv"))
-    staged = convert_files(store, uris, config, DEVELOPMENT, labels, "run")
-    commit_batch(store, staged, {}, DEVELOPMENT, "run", config.version)
-    return store
-
-
 @pytest.fixture(scope="module")
 def whole_store(tmp_path_factory) -> str:
-    return build_whole_store(tmp_path_factory.mktemp("whole"), patients=10, seed=7)
+    return build_whole_store(tmp_path_factory.mktemp("whole"), patients=10, seed=7, size=SIZE)
 
 
 @pytest.fixture(scope="module")
