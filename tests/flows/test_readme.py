@@ -1,7 +1,9 @@
-"""The README shows only what runs: its command reference is `--help`'s usage, and every
-`renalflow` command in its shell blocks parses into valid parameters.
+"""The README shows only what runs: its command reference is `--help`'s usage, its data
+dictionary is tasks/results.COLUMN_DOCS, and every `renalflow` command in its shell
+blocks parses into valid parameters.
 
-`python tests/flows/test_readme.py --write` rewrites the command reference.
+`python tests/flows/test_readme.py --write` rewrites the command reference and the data
+dictionary.
 """
 
 from __future__ import annotations
@@ -14,17 +16,29 @@ from pathlib import Path
 import pytest
 
 from renalflow.flows.cli import build_parser, command_reference, params_from_args
+from renalflow.tasks.results import data_dictionary
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BEGIN, END = "<!-- commands:begin -->", "<!-- commands:end -->"
+COLUMNS_BEGIN, COLUMNS_END = "<!-- columns:begin -->", "<!-- columns:end -->"
 
 
 def reference_block() -> str:
     return f"{BEGIN}\n```text\n{command_reference()}```\n{END}"
 
 
-def _current_block(text: str) -> str:
-    start, end = text.index(BEGIN), text.index(END) + len(END)
+def dictionary_block() -> str:
+    """The data dictionary as a Markdown table (what `renalflow query --describe` prints)."""
+    rows = [
+        f"| `{r['column']}` | {r['tables']} | {r['meaning'].replace('|', '/')} |"
+        for r in data_dictionary()
+    ]
+    table = "\n".join(["| column | tables | meaning |", "|---|---|---|", *rows])
+    return f"{COLUMNS_BEGIN}\n{table}\n{COLUMNS_END}"
+
+
+def _current_block(text: str, begin: str = BEGIN, end_marker: str = END) -> str:
+    start, end = text.index(begin), text.index(end_marker) + len(end_marker)
     return text[start:end]
 
 
@@ -57,6 +71,14 @@ def test_readme_command_reference_is_the_help_usage():
     )
 
 
+def test_readme_data_dictionary_is_the_one_in_the_code():
+    text = README.read_text()
+    assert _current_block(text, COLUMNS_BEGIN, COLUMNS_END) == dictionary_block(), (
+        "README's data dictionary differs from tasks/results.COLUMN_DOCS: run "
+        "`python tests/flows/test_readme.py --write`"
+    )
+
+
 COMMANDS = shell_commands(README.read_text())
 
 
@@ -74,4 +96,6 @@ def test_readme_command_parses_into_valid_parameters(command):
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
     text = README.read_text()
-    README.write_text(text.replace(_current_block(text), reference_block()))
+    text = text.replace(_current_block(text), reference_block())
+    text = text.replace(_current_block(text, COLUMNS_BEGIN, COLUMNS_END), dictionary_block())
+    README.write_text(text)

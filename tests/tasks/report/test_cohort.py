@@ -18,7 +18,7 @@ def test_cohort_report_escapes_what_the_results_table_holds(tmp_path):
         row.update(manufacturer=f"ACME {HOSTILE}", phases=HOSTILE, qc_flags=HOSTILE)
         row.update(model_version=f"m{HOSTILE}", model_profile=HOSTILE)
     merge_rows(results, STUDY_VOTES, pa.Table.from_pylist(hostile, schema=STUDY_VOTES_SCHEMA))
-    page = cohort_report(results, tmp_path / "out").read_text()
+    page = cohort_report(results, tmp_path / "out").path.read_text()
     assert "<script>" not in page
     assert f"<td>ACME {ESCAPED}</td>" in page and f"<td>{ESCAPED}</td><td>1</td>" in page
     assert f"<tr><td>m{ESCAPED}</td><td>{ESCAPED}</td><td>1</td></tr>" in page
