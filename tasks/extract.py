@@ -5,8 +5,9 @@ same bytes again.
 OUT/rows.parquet, OUT/rows.csv and OUT/manifest.json: the query, the version of every
 table read, the model versions in the rows and what R says about each (profile,
 preprocessing, thresholds, selectors, when scored), the versions of renalflow, pyarrow
-and DuckDB, and a SHA-256 of each file. `rerun_extract` runs a manifest again and refuses
-to call the result the same unless every file's checksum matches.
+and DuckDB, and a SHA-256 of each file. `rerun_extract` runs a manifest again, on every
+table at the version it recorded, and refuses to call the result the same unless every
+file's checksum matches.
 
 Row order is fixed: the rows are sorted by all their columns, left to right (`ORDER BY
 ALL`), whatever the query's own order; put the columns to sort by first. The files are
@@ -120,9 +121,12 @@ def _versions(renalflow_version: str) -> dict[str, str]:
 
 
 def _run(
-    results: str, sql: str, as_of: int | datetime | None
+    results: str,
+    sql: str,
+    as_of: int | datetime | None,
+    versions: dict[str, int | None] | None = None,
 ) -> tuple[pa.Table, dict[str, int | None], pa.Table]:
-    pinned = read_pinned(results, as_of)
+    pinned = read_pinned(results, as_of, versions)
     table = run_query(results, ordered_sql(sql), tables=pinned.tables)
     return table, pinned.versions, pinned.tables[STUDY_VOTES]
 
@@ -177,20 +181,14 @@ def read_manifest(path: Path) -> dict[str, Any]:
 def rerun_extract(
     manifest_path: Path, out: Path, renalflow_version: str, results: str | None = None
 ) -> dict[str, Any]:
-    """Run the extract of `manifest_path` again into the new folder `out` (R at the
-    manifest's location unless `results` says where it is now). Raises StoreError when
-    R no longer reads as it did, or a file's bytes differ."""
+    """Run the extract of `manifest_path` again into the new folder `out`: its query on
+    each table at the version it recorded (R at the manifest's location unless `results`
+    says where it is now). Raises StoreError when a file's bytes differ."""
     manifest = read_manifest(manifest_path)
     _check_out(out)
     results = results or str(manifest["results"])
-    table, versions, _ = _run(results, str(manifest["query"]), int(manifest["as_of"]))
     recorded = manifest["table_versions"]
-    if versions != recorded:
-        raise StoreError(
-            f"{results} at study_votes version {manifest['as_of']} reads tables at versions "
-            f"{versions}, the extract read {recorded}: its history was rewritten (VACUUM or "
-            "a restore), so the rows cannot be reproduced from it"
-        )
+    table, _, _ = _run(results, str(manifest["query"]), None, recorded)
     files = _write_rows(table, out)
     rerun = {**manifest, "results": manifest["results"], "files": files}
     rerun["software"] = _versions(renalflow_version)

@@ -573,39 +573,76 @@ class Pinned:
     versions: dict[str, int | None]
 
 
-def read_pinned(results: str, as_of: int | datetime | None) -> Pinned:
-    """Every table of R, at the latest state or as of a version or time.
+def read_pinned(
+    results: str,
+    as_of: int | datetime | None,
+    versions: dict[str, int | None] | None = None,
+) -> Pinned:
+    """Every table of R, at the latest state or as of a version or time, or (`versions`,
+    as an extract's manifest records them) each table at exactly its version.
 
-    A version number is a version of study_votes; the other tables are read as of that
-    commit's time. A run writes slice_scores, then study_votes, then patient_votes, so
-    every study vote read has its image scores. A table read as it was before a column
-    was added (`renalflow migrate-results`) gets that column as nulls; reference_outcomes
-    is empty until outcomes are loaded.
+    A version number is a version of study_votes: the state that commit's run left. A
+    run writes slice_scores, then study_votes, then patient_votes, so slice_scores is
+    read as of that commit's time and patient_votes as of just before the next
+    study_votes commit (its run's patient votes, not the next run's); every study vote
+    read has its image scores. A table read as it was before a column was added
+    (`renalflow migrate-results`) gets that column as nulls; reference_outcomes is
+    empty until outcomes are loaded.
     """
     check_layout(results)
+    if versions is not None:
+        return _read_versions(results, versions)
     votes = open_table(results, STUDY_VOTES, as_of)
     moment: datetime | None = None
+    until: dict[str, datetime | None] = {}
     if isinstance(as_of, int):
         stamps = {h["version"]: h["timestamp"] for h in history(results)}
         moment = stamps.get(as_of)
+        # None: the version is study_votes' latest, so is patient_votes' latest.
+        until[PATIENT_VOTES] = stamps.get(as_of + 1)
     elif isinstance(as_of, datetime):
         moment = as_of
     tables = {STUDY_VOTES: _conformed(votes.to_pyarrow_dataset().to_table(), STUDY_VOTES)}
-    versions: dict[str, int | None] = {STUDY_VOTES: int(votes.version())}
+    read: dict[str, int | None] = {STUDY_VOTES: int(votes.version())}
     for name in (PATIENT_VOTES, SLICE_SCORES, REFERENCE_OUTCOMES):
         if name == REFERENCE_OUTCOMES and not _is_table(table_uri(results, name)):
-            tables[name], versions[name] = DESCRIBED[name].empty_table(), None
+            tables[name], read[name] = DESCRIBED[name].empty_table(), None
             continue
         table = open_table(results, name)
-        if moment is not None and _created_after(table, moment):
+        version: int | datetime | None = moment
+        limit = until.get(name, moment)
+        if name in until:
+            version = None if limit is None else _last_version_before(table, limit)
+        elif moment is not None and _created_after(table, moment):
+            version = None
+        if version is None and limit is not None:
             # It did not exist yet at that time.
-            tables[name], versions[name] = DESCRIBED[name].empty_table(), None
+            tables[name], read[name] = DESCRIBED[name].empty_table(), None
             continue
-        if moment is not None:
-            table.load_as_version(moment)  # a storage failure here fails, never "empty"
+        if version is not None:
+            table.load_as_version(version)  # a storage failure here fails, never "empty"
         tables[name] = _conformed(table.to_pyarrow_dataset().to_table(), name)
-        versions[name] = int(table.version())
-    return Pinned(tables, versions)
+        read[name] = int(table.version())
+    return Pinned(tables, read)
+
+
+def _last_version_before(table: Any, moment: datetime) -> int | None:
+    """The table's newest version committed before `moment` (None: none was)."""
+    limit = moment.timestamp() * 1000
+    earlier = [h["version"] for h in table.history() if h["timestamp"] < limit]
+    return max(earlier) if earlier else None
+
+
+def _read_versions(results: str, versions: dict[str, int | None]) -> Pinned:
+    tables = {}
+    for name in DESCRIBED:
+        version = versions.get(name)
+        if version is None:
+            tables[name] = DESCRIBED[name].empty_table()
+            continue
+        table = open_table(results, name, int(version))
+        tables[name] = _conformed(table.to_pyarrow_dataset().to_table(), name)
+    return Pinned(tables, {name: versions.get(name) for name in DESCRIBED})
 
 
 def tables_as_of(results: str, as_of: int | datetime | None) -> dict[str, pa.Table]:

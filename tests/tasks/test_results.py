@@ -553,3 +553,13 @@ def test_a_table_without_in_training_is_refused_then_migrated(tmp_path):
     with pytest.raises(InputError, match="nothing to migrate"):
         migrate_results(results)
     write_results(results, slices, votes, "new")  # scoring carries on
+
+
+def test_a_version_of_study_votes_reads_the_patient_votes_its_run_left(tmp_path):
+    results = str(tmp_path / "R")
+    score_cohort(results, {"P1": 0.8, "P2": 0.2})
+    first = history(results)[0]["version"]
+    score_cohort(results, {"P3": 0.8}, run_id="r2")
+    sql = "select count(*) from patient_votes"
+    assert int(run_query(results, sql, as_of=first).column(0)[0].as_py()) == 2
+    assert int(run_query(results, sql, as_of=first + 1).column(0)[0].as_py()) == 3
