@@ -36,11 +36,14 @@ from renalflow.tasks.params import (
     CohortReportParams,
     DemoParams,
     EvaluateParams,
+    ExtractParams,
     HistoryParams,
     IngestParams,
     JobParams,
+    LoadReferencesParams,
     MigrateResultsParams,
     PreprocessParams,
+    PseudonymiseParams,
     QueryParams,
     ScoreParams,
     ScreeningParams,
@@ -135,7 +138,8 @@ DETAILS: dict[str, str] = {
     ),
     "query": (
         "Run SQL against the results table, whose tables appear as the views study_votes, "
-        "patient_votes and slice_scores. With --as-of, read it as it was at a version of "
+        "patient_votes, slice_scores and reference_outcomes (--describe says what every "
+        "column means). With --as-of, read it as it was at a version of "
         "study_votes (see `renalflow history`) or at a time, so a study can cite the exact "
         "state it analysed. Only one SELECT (or WITH ... SELECT) runs, in a session that "
         "reads these tables and nothing else: no files, no extensions, no settings changed."
@@ -146,8 +150,11 @@ DETAILS: dict[str, str] = {
         "one vote per study in patient_votes. This moves that table, with its history, to "
         "study_votes, adds the selection columns (filled for the old rows: every slice "
         "voted, selection_source all), marks the old image scores as voted, and builds "
-        "patient_votes anew: one vote per patient over all their studies. Run it once, "
-        "with no scoring running; commands refuse an unmigrated table until then."
+        "patient_votes anew: one vote per patient over all their studies. Tables written "
+        "before votes said whether their model trained on the patient get the column "
+        "in_training: from the split of --model-dir for that model's votes (under the "
+        "results' key), 'unknown' for the others. Run it once, with no scoring running; "
+        "commands refuse an unmigrated table until then."
     ),
     "server": (
         "Commands that start a flow need a Prefect API. Without PREFECT_API_URL, renalflow "
@@ -160,7 +167,39 @@ DETAILS: dict[str, str] = {
     "cohort-report": (
         "Write OUT/cohort.html from the results table: studies per model version, benign "
         "and malignant votes by study year, scanner vendor and phase mix (plots and "
-        "tables), and QC flags. --as-of pins the state of the table, as in `renalflow query`."
+        "tables), QC flags, and, once reference outcomes are loaded, the agreement of "
+        "patient and study votes with them (sensitivity, specificity, PPV, NPV with Wilson "
+        "95% CIs and small-sample notes) overall and by model version, vendor, phase mix, "
+        "year and cohort, drawn as forest plots and written to OUT/agreement.csv. Votes of "
+        "patients their model trained or validated on are left out (and counted) unless "
+        "--include-training. --as-of pins the state of the table, as in `renalflow query`."
+    ),
+    "pseudonymise": (
+        "Read a CSV (every column as text, as written) or Parquet file with a column of "
+        "hospital patient IDs and write a new file, the same table with that column "
+        "replaced by patient_key (the results' pseudonym: HMAC-SHA256 under the same key, "
+        "the ID without surrounding spaces) and key_id beside it. The key comes from "
+        "RENALFLOW_PSEUDONYM_KEY or --key-secret, as for scoring; a key whose fingerprint "
+        "differs from the results' key_id is refused. The input is never modified, an "
+        "existing output is never overwritten, and columns that identify patients (names, "
+        "birth dates, accession numbers...) are refused rather than copied."
+    ),
+    "load-references": (
+        "Merge the outcomes of a table written by `renalflow pseudonymise` into the Delta "
+        "table reference_outcomes of RESULTS: one row per patient and --source, outcome "
+        "benign or malignant, and the year and month of --date-column. Pseudonyms of "
+        "another key are refused. Loading the same file again adds nothing; a changed "
+        "outcome replaces the row in a new version (the old one stays readable with "
+        "--as-of)."
+    ),
+    "extract": (
+        "Run one SELECT on RESULTS as it was at a version of study_votes (--as-of; default "
+        "the latest, recorded) and write OUT/rows.parquet, OUT/rows.csv and "
+        "OUT/manifest.json: the query, every table's version, the model versions in the "
+        "rows with what the results record about them (profile, preprocessing, thresholds, "
+        "selectors), the versions of renalflow, pyarrow and DuckDB, and a SHA-256 of each "
+        "file. Rows are sorted by all their columns, left to right. --manifest FILE runs "
+        "an extract again into a new OUT and fails unless every file is byte-identical."
     ),
     "serve": (
         "Register three deployments with the Prefect server at PREFECT_API_URL and run "
@@ -187,6 +226,12 @@ DETAILS: dict[str, str] = {
 }
 
 EXAMPLES: dict[str, str] = {
+    "extract": (
+        "examples:\n"
+        '  renalflow extract "select patient_key, vote, in_training from patient_votes" '
+        "--results R --as-of 3 --out table2\n"
+        "  renalflow extract --manifest table2/manifest.json --out table2-again"
+    ),
     "query": (
         "examples:\n"
         '  renalflow query "select status, vote, count(*) from study_votes group by all" '
@@ -474,15 +519,20 @@ def cmd_score(params: ScoreParams) -> int:
 
 
 def cmd_query(params: QueryParams) -> int:
-    from renalflow.tasks.query import format_result, run_query
+    from renalflow.tasks.query import describe, format_result, run_query
     from renalflow.tasks.results import parse_as_of
 
     if params.format == "parquet" and not params.output:
         raise UsageError("--format parquet writes binary data: give --output FILE.parquet")
-    as_of = parse_as_of(params.as_of) if params.as_of else None
-    _s3_credentials_for_reading(params.results)
-    table = run_query(_as_uri(params.results), params.sql, as_of)
-    out = format_result(table, params.format)
+    if params.describe:
+        table = describe()
+        out = format_result(table, params.format, max_rows=table.num_rows)
+    else:
+        assert params.sql and params.results  # the model's validator says so
+        as_of = parse_as_of(params.as_of) if params.as_of else None
+        _s3_credentials_for_reading(params.results)
+        table = run_query(_as_uri(params.results), params.sql, as_of)
+        out = format_result(table, params.format)
     if params.output:
         mode = "wb" if isinstance(out, bytes) else "w"
         with open(params.output, mode) as handle:
@@ -510,10 +560,18 @@ def cmd_history(params: HistoryParams) -> int:
 
 
 def cmd_migrate_results(params: MigrateResultsParams) -> int:
-    from renalflow.tasks.results import migrate_results
+    from renalflow.tasks.model_dir import read_model_info, training_membership
+    from renalflow.tasks.results import check_key_id, migrate_results
 
     _s3_credentials_for_reading(params.results)
-    migrated = migrate_results(_as_uri(params.results))
+    results = _as_uri(params.results)
+    membership = None
+    if params.model_dir:
+        key = _pseudonym_key(params.key_secret)
+        check_key_id(results, key)
+        info = read_model_info(params.model_dir)
+        membership = {info.model_version: training_membership(params.model_dir, key)}
+    migrated = migrate_results(results, membership)
     counts = ", ".join(f"{n:,} rows of {name}" for name, n in migrated.items())
     print(f"migrated {params.results}: {counts}")
     return EXIT_OK
@@ -521,12 +579,101 @@ def cmd_migrate_results(params: MigrateResultsParams) -> int:
 
 def cmd_cohort_report(params: CohortReportParams) -> int:
     from renalflow.tasks.report import cohort_report
+    from renalflow.tasks.report.cohort import AGREEMENT_CSV
     from renalflow.tasks.results import parse_as_of
 
     as_of = parse_as_of(params.as_of) if params.as_of else None
     _s3_credentials_for_reading(params.results)
-    path = cohort_report(_as_uri(params.results), Path(params.out), as_of)
-    print(f"cohort summary: {path}")
+    report = cohort_report(
+        _as_uri(params.results), Path(params.out), as_of, include_training=params.include_training
+    )
+    print(f"cohort summary: {report.path}")
+    print(f"agreement: {report.path.parent / AGREEMENT_CSV} ({report.compared_patients} patient "
+          "votes compared with a reference outcome)")  # fmt: skip
+    if params.include_training:
+        print("caution: training and validation patients included", file=sys.stderr)
+    else:
+        print(
+            f"left out: {report.excluded_patients} patient and {report.excluded_studies} study "
+            "votes of patients their model trained or validated on (--include-training keeps "
+            "them)"
+        )
+    if report.unknown_patients:
+        print(
+            f"caution: {report.unknown_patients} patient votes cannot tell whether their "
+            "model trained on the patient (in_training unknown)",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _pseudonym_key(key_secret: str | None) -> bytes:
+    """The results' key, as scoring finds it: the environment, else a Secret block."""
+    from renalflow.tasks.errors import InputError
+    from renalflow.tasks.pseudonym import NO_KEY_HELP, key_from_env
+
+    key = key_from_env()
+    if key is not None:
+        return key
+    if not key_secret:
+        raise InputError(NO_KEY_HELP)
+    from renalflow.flows.runtime import prefect_api
+    from renalflow.flows.score import resolve_key
+
+    with prefect_api():
+        return resolve_key(key_secret)
+
+
+def cmd_pseudonymise(params: PseudonymiseParams) -> int:
+    from renalflow.tasks.linkage import pseudonymise_file
+    from renalflow.tasks.pseudonym import key_id
+
+    key = _pseudonym_key(params.key_secret)
+    _s3_credentials_for_reading(params.results)
+    rows = pseudonymise_file(
+        Path(params.table), Path(params.out), key, _as_uri(params.results), params.id_column
+    )
+    print(f"{rows} rows -> {params.out} (patient_key under key id {key_id(key)})")
+    return EXIT_OK
+
+
+def cmd_load_references(params: LoadReferencesParams) -> int:
+    from renalflow.tasks.references import load_references
+
+    _s3_credentials_for_reading(params.results)
+    loaded = load_references(
+        Path(params.table),
+        _as_uri(params.results),
+        params.source,
+        params.outcome_column,
+        params.date_column,
+        run_id="load-references",
+    )
+    print(
+        f"reference_outcomes ({params.source}): {loaded['inserted']} added, "
+        f"{loaded['updated']} changed"
+    )
+    return EXIT_OK
+
+
+def cmd_extract(params: ExtractParams) -> int:
+    from renalflow.tasks.extract import MANIFEST, rerun_extract, write_extract
+    from renalflow.tasks.results import parse_as_of
+
+    out = Path(params.out)
+    results = _as_uri(params.results) if params.results else None
+    if params.manifest:
+        if results:
+            _s3_credentials_for_reading(results)
+        manifest = rerun_extract(Path(params.manifest), out, renalflow_version(), results)
+        verdict = "byte-identical to the manifest's files"
+    else:
+        assert params.sql and results  # the model's validator says so
+        _s3_credentials_for_reading(results)
+        as_of = parse_as_of(params.as_of) if params.as_of else None
+        manifest = write_extract(results, params.sql, out, renalflow_version(), as_of)
+        verdict = f"study_votes version {manifest['as_of']}"
+    print(f"{manifest['rows']} rows -> {out} ({verdict}); manifest {out / MANIFEST}")
     return EXIT_OK
 
 
@@ -655,6 +802,9 @@ COMMANDS: dict[str, Callable[[Any], int]] = {
     "history": cmd_history,
     "migrate-results": cmd_migrate_results,
     "cohort-report": cmd_cohort_report,
+    "pseudonymise": cmd_pseudonymise,
+    "load-references": cmd_load_references,
+    "extract": cmd_extract,
     "serve": cmd_serve,
     "web": cmd_web,
     "demo": cmd_demo,

@@ -236,7 +236,7 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
     step("9/9 query: what was screened, what voted, and how")
     print(f'$ renalflow query "{" ".join(DEMO_QUERY.split())}" --results {where.results}\n')
     print(format_result(run_query(str(where.results.resolve()), DEMO_QUERY), "table"), end="")
-    cohort = cohort_report(str(where.results.resolve()), where.cohort)
+    cohort = cohort_report(str(where.results.resolve()), where.cohort).path
     artifacts = {
         "development archive": f"{where.data / 'archive'} (labels {where.data / 'labels.csv'})",
         "slice store": str(where.store),

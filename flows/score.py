@@ -35,7 +35,7 @@ from renalflow.tasks.inference import (
     load_selector,
     score_slices,
 )
-from renalflow.tasks.model_dir import read_model_info
+from renalflow.tasks.model_dir import read_model_info, training_membership
 from renalflow.tasks.pseudonym import NO_KEY_HELP, check_key, key_from_env, key_id
 from renalflow.tasks.results import (
     SelectorUsed,
@@ -283,6 +283,7 @@ def score_flow(
         series=chosen.series,
         selector_probabilities=found_mass,
         selector=SelectorUsed(selector.model_version, selector.threshold) if selector else None,
+        membership=training_membership(model_dir, key),
     )
     written = write_results(results, slice_rows, vote_rows, run_id)
     summary.slice_rows_inserted = written["slice_rows_inserted"]

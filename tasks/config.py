@@ -36,6 +36,35 @@ class Label(StrEnum):
     MALIGNANT = "malignant"
 
 
+class InTraining(StrEnum):
+    """Whether a vote's patient was among those its model learnt from (for that model).
+
+    `training` and `validation`: the patient is in the model's train or validation split
+    (its figures on that patient overstate accuracy); `none`: the model never trained on
+    the patient (a held-out test patient, or a patient it never saw); `unknown`: the
+    model directory has no split to tell (a model copied without split.json, or rows
+    written before renalflow recorded this).
+    """
+
+    TRAINING = "training"
+    VALIDATION = "validation"
+    NONE = "none"
+    UNKNOWN = "unknown"
+
+
+MIN_AGREEMENT_N = 10
+"""Our choice: an agreement figure (sensitivity, specificity, PPV, NPV) resting on fewer
+cases than this is flagged: one case more or less moves it by 10 points or more."""
+
+
+ID_COLUMN = "patient_id"
+"""Our choice: the column of an outside table `renalflow pseudonymise` replaces, unless
+told another (the name renalflow's own labels CSV uses)."""
+OUTCOME_COLUMN = "outcome"
+"""Our choice: the column of reference outcomes (benign/malignant) `renalflow
+load-references` reads, unless told another."""
+
+
 class Task(StrEnum):
     """What a model learns from the slices.
 

@@ -10,7 +10,9 @@ What a training run leaves there:
                          configuration (seed included) and its note
   selector.json          a slice selector's decision threshold, the target sensitivity
                          it was chosen for and its validation sensitivity/specificity
-  split.json             the patient split (reused by later runs and evaluations)
+  split.json             the patient split (reused by later runs and evaluations; it
+                         holds PatientIDs, so the model directory stays inside the
+                         department, and scoring turns it into each vote's in_training)
   lineage.json           store, preprocessing, rows and patients per split and class
   model_version.txt      content hash of model.keras
   environment.json       Keras backend, versions and devices
@@ -27,8 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from renalflow.tasks.config import PreprocessConfig, Task
+from renalflow.tasks.config import InTraining, PreprocessConfig, Split, Task
 from renalflow.tasks.errors import ModelError, StoreError
+from renalflow.tasks.pseudonym import patient_pseudonym
+from renalflow.tasks.split import load_split
 from renalflow.tasks.store import read_manifest
 
 PAPER_NOTE = "paper profile"
@@ -222,3 +226,29 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
         task=task,
         selector_threshold=threshold,
     )
+
+
+_MEMBERSHIP = {
+    Split.TRAIN.value: InTraining.TRAINING,
+    Split.VALIDATION.value: InTraining.VALIDATION,
+    Split.TEST.value: InTraining.NONE,
+}
+
+
+def training_membership(model_dir: str | Path, key: bytes) -> dict[str, InTraining] | None:
+    """Patient pseudonym (under `key`, as the results make them) -> whether the model in
+    `model_dir` trained (`training`) or validated (`validation`) on that patient, or held
+    them out (`none`, the test split); a patient not listed was never seen (`none`).
+
+    The split stays in the model directory as PatientIDs (split.json) and is pseudonymised
+    here, at scoring, with the results' key: a model trained before any key existed is
+    covered, and no second copy of the split can drift from the one training used. None
+    when the directory has no split.json (membership unknown).
+    """
+    where = ModelDir(model_dir)
+    if not where.split.exists():
+        return None
+    return {
+        patient_pseudonym(key, patient): _MEMBERSHIP.get(split, InTraining.NONE)
+        for patient, split in load_split(where.split).items()
+    }

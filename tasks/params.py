@@ -17,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from renalflow.tasks.config import (
     CALLING_AE,
     DEVELOPMENT,
+    ID_COLUMN,
     IMAGE_THRESHOLD,
     MIN_IMAGES,
+    OUTCOME_COLUMN,
     PACS_CONCURRENCY,
     PACS_TIMEOUT_S,
     SCREENING,
@@ -104,6 +106,14 @@ ARCHIVE_HELP = (
 )
 
 
+KEY_SECRET_HELP = (
+    "Prefect Secret block holding the pseudonymisation key (default: "
+    "RENALFLOW_PSEUDONYM_KEY from the environment)"
+)
+
+TABLES_HELP = "study_votes, patient_votes, slice_scores and reference_outcomes"
+
+
 class PacsParams(JobParams):
     """How a PACS archive is queried and fetched (ignored for folders and buckets).
     Credentials come from the environment (tasks/sources/credentials.py), never from here."""
@@ -176,11 +186,7 @@ class ScreeningParams(PacsParams, SelectionParams):
         description="slice store for the archive's slices (default: RESULTS.slices beside "
         "the results; it holds identifiers and pixels, so keep it inside the department)",
     )
-    key_secret: str | None = Field(
-        default=None,
-        description="Prefect Secret block holding the pseudonymisation key (default: "
-        "RENALFLOW_PSEUDONYM_KEY from the environment)",
-    )
+    key_secret: str | None = Field(default=None, description=KEY_SECRET_HELP)
 
 
 class SynthParams(JobParams):
@@ -554,15 +560,21 @@ class ScoreParams(ScreeningParams, VoteParams, ClusterParams, SummaryParams):
 class QueryParams(JobParams):
     command: ClassVar[str] = "query"
     summary: ClassVar[str] = (
-        "DuckDB SQL over the results table (study_votes, patient_votes, slice_scores)"
+        "DuckDB SQL over the results table (study_votes, patient_votes, slice_scores, "
+        "reference_outcomes)"
     )
 
-    sql: str = Field(
-        description="one SELECT (or WITH ... SELECT) over study_votes, patient_votes and "
-        "slice_scores",
+    sql: str | None = Field(
+        default=None,
+        description=f"one SELECT (or WITH ... SELECT) over {TABLES_HELP}",
         json_schema_extra=positional(),
     )
-    results: str = Field(description="results table folder or URI")
+    results: str | None = Field(default=None, description="results table folder or URI")
+    describe: bool = Field(
+        default=False,
+        description="print the data dictionary (every column of the results and what it "
+        "means) instead of running SQL",
+    )
     as_of: str | None = Field(
         default=None,
         description="a study_votes version (e.g. 3) or a time (e.g. 2026-11-27T02:00)",
@@ -576,6 +588,14 @@ class QueryParams(JobParams):
         default=None, description="write to this file instead of the terminal (parquet needs it)"
     )
 
+    @model_validator(mode="after")
+    def _sql_or_describe(self) -> QueryParams:
+        if self.describe and self.sql:
+            raise ValueError("give SQL or --describe, not both")
+        if not self.describe and not (self.sql and self.results):
+            raise ValueError("give the SQL and --results (or --describe for the columns)")
+        return self
+
 
 class HistoryParams(JobParams):
     command: ClassVar[str] = "history"
@@ -587,21 +607,124 @@ class HistoryParams(JobParams):
 class MigrateResultsParams(JobParams):
     command: ClassVar[str] = "migrate-results"
     summary: ClassVar[str] = (
-        "upgrade a results table written before study_votes existed (once, in place)"
+        "upgrade a results table written by an earlier renalflow (once, in place)"
     )
 
     results: str = Field(description="results table folder or URI")
+    model_dir: str | None = Field(
+        default=None,
+        description="a model whose votes are in the table: its split fills their "
+        "in_training (needs the results' key); other models' old votes get 'unknown'",
+    )
+    key_secret: str | None = Field(default=None, description=KEY_SECRET_HELP)
 
 
 class CohortReportParams(JobParams):
     command: ClassVar[str] = "cohort-report"
     summary: ClassVar[str] = (
-        "an HTML summary of the results table: votes by year, vendor and phase mix"
+        "an HTML summary of the results table: votes by year, vendor and phase mix, and "
+        "agreement with reference outcomes"
     )
 
     results: str = Field(description="results table folder or URI")
-    out: str = Field(description="folder for cohort.html")
+    out: str = Field(description="folder for cohort.html and agreement.csv")
     as_of: str | None = Field(default=None, description="a study_votes version or a time")
+    include_training: bool = Field(
+        default=False,
+        description="keep the votes of patients their model trained or validated on (left "
+        "out by default: they overstate accuracy)",
+    )
+
+
+class PseudonymiseParams(JobParams):
+    command: ClassVar[str] = "pseudonymise"
+    summary: ClassVar[str] = (
+        "replace the patient IDs of an outside table (CSV or Parquet) by the results' "
+        "pseudonyms, to join it with the votes"
+    )
+
+    table: str = Field(
+        description="CSV or Parquet file with a patient ID column (never modified)",
+        json_schema_extra=positional(),
+    )
+    results: str = Field(
+        description="results table whose key the pseudonyms must match (a table scored "
+        "under another key is refused)"
+    )
+    out: str = Field(description="new CSV or Parquet file to write (never the input)")
+    id_column: str = Field(
+        default=ID_COLUMN,
+        description="the column holding hospital patient IDs; it becomes patient_key, and "
+        "key_id is added beside it",
+        json_schema_extra=cli(metavar="NAME"),
+    )
+    key_secret: str | None = Field(default=None, description=KEY_SECRET_HELP)
+
+
+class LoadReferencesParams(JobParams):
+    command: ClassVar[str] = "load-references"
+    summary: ClassVar[str] = (
+        "load reference outcomes (histology, follow-up) from a pseudonymised table into "
+        "the results' reference_outcomes"
+    )
+
+    table: str = Field(
+        description="CSV or Parquet written by `renalflow pseudonymise`",
+        json_schema_extra=positional(),
+    )
+    results: str = Field(description="results table folder or URI")
+    source: str = Field(
+        description="where the outcomes come from, e.g. histology or 'follow-up 2024'"
+    )
+    outcome_column: str = Field(
+        default=OUTCOME_COLUMN,
+        description="the column holding benign or malignant",
+        json_schema_extra=cli(metavar="NAME"),
+    )
+    date_column: str | None = Field(
+        default=None,
+        description="a column with the outcome's date (kept as year and month only)",
+        json_schema_extra=cli(metavar="NAME"),
+    )
+
+
+class ExtractParams(JobParams):
+    command: ClassVar[str] = "extract"
+    summary: ClassVar[str] = (
+        "freeze the rows of a query at a version of the results: Parquet, CSV and a "
+        "manifest to reproduce them byte for byte"
+    )
+
+    sql: str | None = Field(
+        default=None,
+        description=f"one SELECT over {TABLES_HELP}; the rows are sorted by all columns, "
+        "left to right",
+        json_schema_extra=positional(),
+    )
+    out: str = Field(description="new folder for rows.parquet, rows.csv and manifest.json")
+    results: str | None = Field(
+        default=None,
+        description="results table folder or URI (with --manifest: where it is now, if it moved)",
+    )
+    as_of: str | None = Field(
+        default=None,
+        description="a study_votes version or a time (default: the latest version; the "
+        "manifest records the version read)",
+    )
+    manifest: str | None = Field(
+        default=None,
+        description="rerun the extract of this manifest.json (its query and version) and "
+        "check the files come out byte-identical",
+        json_schema_extra=cli(metavar="FILE"),
+    )
+
+    @model_validator(mode="after")
+    def _query_or_manifest(self) -> ExtractParams:
+        if self.manifest and (self.sql or self.as_of):
+            raise ValueError("--manifest holds the query and its version: give neither")
+        if not self.manifest and not (self.sql and self.results):
+            raise ValueError("give the SQL and --results, or --manifest FILE to rerun one")
+        return self
 
 
 class ServerParams(JobParams):
@@ -720,6 +843,9 @@ JOB_PARAMS: tuple[type[JobParams], ...] = (
     HistoryParams,
     MigrateResultsParams,
     CohortReportParams,
+    PseudonymiseParams,
+    LoadReferencesParams,
+    ExtractParams,
     ServeParams,
     WebParams,
     DemoParams,

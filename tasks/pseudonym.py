@@ -50,6 +50,19 @@ def pseudonym(key: bytes, value: str) -> str:
     return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+def normalise_patient_id(value: object) -> str:
+    """A PatientID as it is pseudonymised everywhere: text, without the spaces around it
+    (DICOM pads values with a space; spreadsheets add stray ones). Nothing else changes:
+    case, inner spaces and leading zeros are part of the ID."""
+    return str(value).strip()
+
+
+def patient_pseudonym(key: bytes, patient_id: object) -> str:
+    """The one pseudonym of a PatientID, for the results tables and for any outside table
+    that should join them (`renalflow pseudonymise`)."""
+    return pseudonym(key, normalise_patient_id(patient_id))
+
+
 def key_id(key: bytes) -> str:
     """A short public fingerprint of the key: rows with different key ids have
     pseudonyms that cannot be linked. Reveals nothing about the key itself."""

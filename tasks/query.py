@@ -13,7 +13,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from renalflow.tasks.errors import InputError
-from renalflow.tasks.results import tables_as_of
+from renalflow.tasks.results import DESCRIBED, data_dictionary, tables_as_of
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -40,27 +40,32 @@ def check_select(con: Any, sql: str) -> None:
     kind = statements[0].type
     if kind != duckdb.StatementType.SELECT:
         raise InputError(
-            f"only a SELECT (or WITH ... SELECT) over study_votes, patient_votes and "
-            f"slice_scores is "
-            f"allowed; this is a {kind.name} statement"
+            f"only a SELECT (or WITH ... SELECT) over {', '.join(DESCRIBED)} is allowed; "
+            f"this is a {kind.name} statement"
         )
 
 
-def run_query(results: str, sql: str, as_of: int | datetime | None = None) -> pa.Table:
-    """Run one SELECT with `study_votes`, `patient_votes` and `slice_scores` as views; an
-    Arrow table back.
+def run_query(
+    results: str,
+    sql: str,
+    as_of: int | datetime | None = None,
+    *,
+    tables: dict[str, pa.Table] | None = None,
+) -> pa.Table:
+    """Run one SELECT with the tables of R (`study_votes`, `patient_votes`,
+    `slice_scores`, `reference_outcomes`) as views; an Arrow table back.
 
     The session reads those tables and nothing else (LOCKED_DOWN): no file access,
-    no extensions, no settings changed from the SQL.
+    no extensions, no settings changed from the SQL. `tables` (tasks.results.read_pinned)
+    runs it on tables already read instead of reading R again.
     """
     con = duckdb.connect(config=LOCKED_DOWN)
     try:
         check_select(con, sql)
-        for name, dataset in tables_as_of(results, as_of).items():
-            # Materialised, not scanned lazily: DuckDB pushes string filters into a pyarrow
-            # dataset as string_view, which pyarrow cannot compare with its strings, and a
-            # view may be read twice in one query (self-joins across model versions).
-            table = dataset if isinstance(dataset, pa.Table) else dataset.to_table()
+        # Materialised, not scanned lazily: DuckDB pushes string filters into a pyarrow
+        # dataset as string_view, which pyarrow cannot compare with its strings, and a
+        # view may be read twice in one query (self-joins across model versions).
+        for name, table in (tables or tables_as_of(results, as_of)).items():
             con.register(name, table)
         con.execute("set lock_configuration = true")
         try:
@@ -128,3 +133,9 @@ def _text_table(table: pa.Table, max_rows: int) -> str:
     suffix = "" if shown == table.num_rows else f" (first {shown} shown)"
     out.append(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''}{suffix})")
     return "\n".join(out) + "\n"
+
+
+def describe() -> pa.Table:
+    """The data dictionary (`renalflow query --describe`): every column of R, the tables
+    that have it and what it means."""
+    return pa.Table.from_pylist(data_dictionary())

@@ -39,9 +39,9 @@ from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError, DeltaError
 from fsspec.implementations.local import LocalFileSystem
 
-from renalflow.tasks.config import Phase, SelectionSource, StudyStatus
+from renalflow.tasks.config import InTraining, Phase, SelectionSource, StudyStatus
 from renalflow.tasks.errors import InputError, StoreError
-from renalflow.tasks.pseudonym import key_id, pseudonym
+from renalflow.tasks.pseudonym import key_id, patient_pseudonym, pseudonym
 from renalflow.tasks.store import now_utc
 from renalflow.tasks.vote import malignant_images, vote
 
@@ -57,7 +57,88 @@ TABLES = (STUDY_VOTES, PATIENT_VOTES, SLICE_SCORES)
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
-SLICE_SCORES_SCHEMA = pa.schema(
+# The data dictionary: what every column of R means, once. The table metadata (each
+# column's `comment`), `renalflow query --describe` and the README's table are made
+# from it; a column without an entry here fails the tests.
+COLUMN_DOCS: dict[str, str] = {
+    "image_key": "pseudonym of the image (SOPInstanceUID)",
+    "series_key": "pseudonym of the series (SeriesInstanceUID)",
+    "study_key": "pseudonym of the study (StudyInstanceUID)",
+    "patient_key": "pseudonym of the patient (PatientID, without surrounding spaces): "
+    "HMAC-SHA256 under the department's key; `renalflow pseudonymise` makes the same "
+    "pseudonyms for an outside table",
+    "key_id": "public fingerprint of the pseudonymisation key; rows with different key "
+    "ids cannot be linked",
+    "cohort": "cohort name given at ingest or scoring (`screening` by default)",
+    "phase": "contrast phase of the image's series: noncontrast, arterial, venous or "
+    "unknown (inferred from its tags)",
+    "instance_number": "InstanceNumber of the image (for reading, not for ordering)",
+    "z": "position of the slice along the patient's feet-head axis, mm",
+    "probability": "the classifier's P(malignant) for the image; null where the slice "
+    "selector left the slice out",
+    "malignant": "probability >= image_threshold; null where the classifier did not see the image",
+    "voted": "the image is one of the selected slices that voted",
+    "selector_probability": "the slice selector's P(renal mass) for the image; null "
+    "without a selector",
+    "image_threshold": "an image is malignant when P(malignant) is at least this (paper: 0.5)",
+    "model_version": "content hash of the classifier (model.keras) that voted",
+    "model_profile": "training profile of that model: paper or cpu-demo (not the paper's model)",
+    "preprocess_version": "hash of the preprocessing the images went through (window, "
+    "size, filter)",
+    "scored_at": "when the row was written (UTC)",
+    "flow_run_id": "the Prefect flow run that wrote the row (`renalflow history`)",
+    "heatmap_uri": "heat map of the slice when it decided a vote (--explain), else null",
+    "n_images": "selected images that voted (of the study; for a patient, of all their studies)",
+    "n_malignant": "of those, images called malignant",
+    "fraction_malignant": "n_malignant / n_images; null without selected images",
+    "status": "voted, or no_mass_found (no selected slice: no vote, never a benign one)",
+    "vote": "benign or malignant (malignant when fraction_malignant >= vote_threshold); "
+    "null when status is no_mass_found",
+    "vote_threshold": "share of malignant images that makes the vote malignant (paper: 0.51)",
+    "mean_probability": "mean P(malignant) over the selected images",
+    "study_year_month": "year and month of the study (YYYY-MM; never the exact date)",
+    "manufacturer": "scanner vendors of the images that voted, comma-separated",
+    "phases": "contrast phases of the images that voted, comma-separated",
+    "n_series": "series screened in the study",
+    "slices_in_study": "slices of the study in the slice store",
+    "selection_source": "what chose the voting slices: annotation, selector or all",
+    "selector_version": "model version of the slice selector, when it chose them",
+    "selector_threshold": "the selector's decision threshold, when it chose them",
+    "series_used": "series keys screened, comma-separated",
+    "series_skipped": "series not screened, counted by reason (not_abdominal:2,twin:1)",
+    "reference_label": "benign or malignant when the slice store knew the histology label "
+    "at ingest; outcomes from elsewhere go to reference_outcomes",
+    "qc_too_few_images": "fewer selected images than --min-images (our choice: 10; the "
+    "paper had 20-100)",
+    "qc_noncontrast_only": "only non-contrast images voted",
+    "qc_flags": "every QC flag, comma-separated: too_few_images, noncontrast_only, "
+    "unknown_phase, mixed_scanners",
+    "archive_uri": "the archive scored",
+    "n_studies": "studies of the patient this model version voted on",
+    "selection_sources": "selection sources of the patient's studies, comma-separated",
+    "first_study_year_month": "year and month of the patient's first study",
+    "last_study_year_month": "year and month of the patient's last study",
+    "in_training": "whether the model_version trained (training) or validated "
+    "(validation) on this patient, never did (none), or cannot tell (unknown); analyses "
+    "of accuracy exclude training and validation",
+    "outcome": "the reference outcome: benign or malignant",
+    "source": "where the outcome comes from (histology, follow-up, registry, ...), as "
+    "given when it was loaded",
+    "outcome_year_month": "year and month of the outcome (YYYY-MM; never the exact date)",
+    "loaded_at": "when the outcome was loaded (UTC)",
+}
+
+
+def _field(name: str, kind: pa.DataType, nullable: bool = True) -> pa.Field:
+    """A column of R, with its dictionary entry as the Delta column's comment."""
+    return pa.field(name, kind, nullable=nullable, metadata={"comment": COLUMN_DOCS[name]})
+
+
+def _documented(fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema([_field(f.name, f.type, f.nullable) for f in fields])
+
+
+SLICE_SCORES_SCHEMA = _documented(
     [
         pa.field("image_key", pa.string(), nullable=False),
         pa.field("series_key", pa.string(), nullable=False),
@@ -101,7 +182,7 @@ _RUN_FIELDS = [
     pa.field("flow_run_id", pa.string()),
 ]
 
-STUDY_VOTES_SCHEMA = pa.schema(
+STUDY_VOTES_SCHEMA = _documented(
     [
         pa.field("patient_key", pa.string(), nullable=False),
         pa.field("study_key", pa.string(), nullable=False),
@@ -124,10 +205,12 @@ STUDY_VOTES_SCHEMA = pa.schema(
         pa.field("qc_flags", pa.string(), nullable=False),
         *_RUN_FIELDS,
         pa.field("archive_uri", pa.string()),
+        # Last: tables from before it get it appended by `renalflow migrate-results`.
+        pa.field("in_training", pa.string()),
     ]
 )
 
-PATIENT_VOTES_SCHEMA = pa.schema(
+PATIENT_VOTES_SCHEMA = _documented(
     [
         pa.field("patient_key", pa.string(), nullable=False),
         pa.field("key_id", pa.string(), nullable=False),
@@ -138,6 +221,7 @@ PATIENT_VOTES_SCHEMA = pa.schema(
         pa.field("last_study_year_month", pa.string()),
         pa.field("reference_label", pa.string()),
         *_RUN_FIELDS,
+        pa.field("in_training", pa.string()),
     ]
 )
 
@@ -147,11 +231,31 @@ SCHEMAS = {
     PATIENT_VOTES: PATIENT_VOTES_SCHEMA,
 }
 
+REFERENCE_OUTCOMES = "reference_outcomes"
+"""Reference outcomes (histology, follow-up) loaded by `renalflow load-references`; made
+when first loaded, not by scoring. (`references` is an SQL keyword.)"""
+
+REFERENCE_OUTCOMES_SCHEMA = _documented(
+    [
+        pa.field("patient_key", pa.string(), nullable=False),
+        pa.field("key_id", pa.string(), nullable=False),
+        pa.field("outcome", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("outcome_year_month", pa.string()),
+        pa.field("loaded_at", _TIMESTAMP, nullable=False),
+        pa.field("flow_run_id", pa.string()),
+    ]
+)
+
+DESCRIBED = {**SCHEMAS, REFERENCE_OUTCOMES: REFERENCE_OUTCOMES_SCHEMA}
+"""Every table of R, in the order the data dictionary lists them."""
+
 # Merge keys: one row per image, per study and per patient, for each model version.
 KEYS = {
     SLICE_SCORES: ("image_key", "model_version"),
     STUDY_VOTES: ("study_key", "model_version"),
     PATIENT_VOTES: ("patient_key", "model_version"),
+    REFERENCE_OUTCOMES: ("patient_key", "source"),
 }
 
 # Columns that must never appear in R (checked on every write and by the tests).
@@ -243,23 +347,28 @@ def ensure_tables(results: str, key: bytes | None = None) -> None:
     (deltalake alone lets two racing creators commit two CREATEs). With `key`, refuse a
     table that holds pseudonyms made under another key."""
     check_layout(results)
-    for name, schema in SCHEMAS.items():
-        uri = table_uri(results, name)
-        if _is_table(uri):
-            continue
-        with _creating(uri):
-            if _is_table(uri):
-                continue  # the run that held the lock before us made it
-            DeltaTable.create(
-                uri,
-                schema=schema,
-                mode="error",
-                name=name,
-                description=_DESCRIPTIONS[name],
-                storage_options=storage_options(uri),
-            )
+    for name in SCHEMAS:
+        ensure_table(results, name)
     if key is not None:
         check_key_id(results, key)
+
+
+def ensure_table(results: str, name: str) -> None:
+    """Create table `name` of R, empty, if it does not exist (once, even when raced)."""
+    uri = table_uri(results, name)
+    if _is_table(uri):
+        return
+    with _creating(uri):
+        if _is_table(uri):
+            return  # the run that held the lock before us made it
+        DeltaTable.create(
+            uri,
+            schema=DESCRIBED[name],
+            mode="error",
+            name=name,
+            description=_DESCRIPTIONS[name],
+            storage_options=storage_options(uri),
+        )
 
 
 _CREATE_WAIT_S = 60.0
@@ -325,7 +434,21 @@ _DESCRIPTIONS = {
     "model version",
     PATIENT_VOTES: "renalflow: 51% majority vote over the selected slices of all a patient's "
     "studies (the paper's unit), per model version",
+    REFERENCE_OUTCOMES: "renalflow: reference outcomes (histology, follow-up) per patient "
+    "pseudonym and source, for agreement with the votes",
 }
+
+
+def data_dictionary() -> list[dict[str, str]]:
+    """Every column of R once: its name, the tables that have it and what it means."""
+    tables: dict[str, list[str]] = {}
+    for name, schema in DESCRIBED.items():
+        for column in schema.names:
+            tables.setdefault(column, []).append(name)
+    return [
+        {"column": column, "tables": ", ".join(names), "meaning": COLUMN_DOCS[column]}
+        for column, names in tables.items()
+    ]
 
 
 def check_rows(table: pa.Table, name: str) -> pa.Table:
@@ -333,7 +456,7 @@ def check_rows(table: pa.Table, name: str) -> pa.Table:
     leaked = FORBIDDEN_COLUMNS & {c.lower() for c in table.column_names}
     if leaked:
         raise InputError(f"refusing to write identifier columns {sorted(leaked)} to {name}")
-    schema = SCHEMAS[name]
+    schema = DESCRIBED[name]
     missing = set(schema.names) - set(table.column_names)
     if missing:
         raise InputError(f"rows for {name} lack columns {sorted(missing)}")
@@ -441,31 +564,100 @@ def history(results: str) -> list[dict[str, Any]]:
     return out
 
 
-def tables_as_of(results: str, as_of: int | datetime | None) -> dict[str, Any]:
-    """Every table as a pyarrow dataset, at the latest state or as of a version or time.
+@dataclass(frozen=True)
+class Pinned:
+    """The tables of R as read at one state, and the Delta version each was read at
+    (None for a table that did not exist then)."""
 
-    A version number is a version of study_votes; the other tables are read as of that
-    commit's time. A run writes slice_scores, then study_votes, then patient_votes, so
-    every study vote read has its image scores.
+    tables: dict[str, pa.Table]
+    versions: dict[str, int | None]
+
+
+def read_pinned(
+    results: str,
+    as_of: int | datetime | None,
+    versions: dict[str, int | None] | None = None,
+) -> Pinned:
+    """Every table of R, at the latest state or as of a version or time, or (`versions`,
+    as an extract's manifest records them) each table at exactly its version.
+
+    A version number is a version of study_votes: the state that commit's run left. A
+    run writes slice_scores, then study_votes, then patient_votes, so slice_scores is
+    read as of that commit's time and patient_votes as of just before the next
+    study_votes commit (its run's patient votes, not the next run's); every study vote
+    read has its image scores. A table read as it was before a column was added
+    (`renalflow migrate-results`) gets that column as nulls; reference_outcomes is
+    empty until outcomes are loaded.
     """
     check_layout(results)
+    if versions is not None:
+        return _read_versions(results, versions)
     votes = open_table(results, STUDY_VOTES, as_of)
     moment: datetime | None = None
+    until: dict[str, datetime | None] = {}
     if isinstance(as_of, int):
         stamps = {h["version"]: h["timestamp"] for h in history(results)}
         moment = stamps.get(as_of)
+        # None: the version is study_votes' latest, so is patient_votes' latest.
+        until[PATIENT_VOTES] = stamps.get(as_of + 1)
     elif isinstance(as_of, datetime):
         moment = as_of
-    out: dict[str, Any] = {STUDY_VOTES: votes.to_pyarrow_dataset()}
-    for name in (PATIENT_VOTES, SLICE_SCORES):
-        table = open_table(results, name)
-        if moment is not None and _created_after(table, moment):
-            out[name] = SCHEMAS[name].empty_table()  # it did not exist yet at that time
+    tables = {STUDY_VOTES: _conformed(votes.to_pyarrow_dataset().to_table(), STUDY_VOTES)}
+    read: dict[str, int | None] = {STUDY_VOTES: int(votes.version())}
+    for name in (PATIENT_VOTES, SLICE_SCORES, REFERENCE_OUTCOMES):
+        if name == REFERENCE_OUTCOMES and not _is_table(table_uri(results, name)):
+            tables[name], read[name] = DESCRIBED[name].empty_table(), None
             continue
-        if moment is not None:
-            table.load_as_version(moment)  # a storage failure here fails, never "empty"
-        out[name] = table.to_pyarrow_dataset()
-    return out
+        table = open_table(results, name)
+        version: int | datetime | None = moment
+        limit = until.get(name, moment)
+        if name in until:
+            version = None if limit is None else _last_version_before(table, limit)
+        elif moment is not None and _created_after(table, moment):
+            version = None
+        if version is None and limit is not None:
+            # It did not exist yet at that time.
+            tables[name], read[name] = DESCRIBED[name].empty_table(), None
+            continue
+        if version is not None:
+            table.load_as_version(version)  # a storage failure here fails, never "empty"
+        tables[name] = _conformed(table.to_pyarrow_dataset().to_table(), name)
+        read[name] = int(table.version())
+    return Pinned(tables, read)
+
+
+def _last_version_before(table: Any, moment: datetime) -> int | None:
+    """The table's newest version committed before `moment` (None: none was)."""
+    limit = moment.timestamp() * 1000
+    earlier = [h["version"] for h in table.history() if h["timestamp"] < limit]
+    return max(earlier) if earlier else None
+
+
+def _read_versions(results: str, versions: dict[str, int | None]) -> Pinned:
+    tables = {}
+    for name in DESCRIBED:
+        version = versions.get(name)
+        if version is None:
+            tables[name] = DESCRIBED[name].empty_table()
+            continue
+        table = open_table(results, name, int(version))
+        tables[name] = _conformed(table.to_pyarrow_dataset().to_table(), name)
+    return Pinned(tables, {name: versions.get(name) for name in DESCRIBED})
+
+
+def tables_as_of(results: str, as_of: int | datetime | None) -> dict[str, pa.Table]:
+    """Every table of R as an Arrow table (read_pinned without the versions)."""
+    return read_pinned(results, as_of).tables
+
+
+def _conformed(table: pa.Table, name: str) -> pa.Table:
+    """`table` with the columns of today's schema that it was written without, as nulls
+    (Delta hands strings over as string_view: cast back to the schema's types)."""
+    schema = DESCRIBED[name]
+    for field in schema:
+        if field.name not in table.column_names:
+            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
+    return table.select(schema.names).cast(pa.schema([f.with_nullable(True) for f in schema]))
 
 
 def _created_after(table: Any, moment: datetime) -> bool:
@@ -479,10 +671,22 @@ LEGACY_HELP = "renalflow migrate-results --results {results}"  # the one command
 
 
 def check_layout(results: str) -> None:
-    """Refuse a results table written before study_votes existed (its patient_votes holds
-    one vote per study): its rows and today's would mix silently."""
+    """Refuse a results table written by an earlier renalflow, whose rows and today's
+    would mix silently: one written before study_votes existed (its patient_votes holds
+    one vote per study), or before votes said whether their model trained on the
+    patient (no in_training)."""
     votes_uri = table_uri(results, PATIENT_VOTES)
-    if _is_table(table_uri(results, STUDY_VOTES)) or not _is_table(votes_uri):
+    study_uri = table_uri(results, STUDY_VOTES)
+    if _is_table(study_uri):
+        if _lacks_in_training(results):
+            raise InputError(
+                f"{results} was written by an earlier renalflow: its votes do not say "
+                "whether their model trained on the patient (in_training). Upgrade it once "
+                "with `" + LEGACY_HELP.format(results=results) + "` (it keeps every row and "
+                "version; old votes get in_training 'unknown', or what --model-dir says)"
+            )
+        return
+    if not _is_table(votes_uri):
         return
     columns = DeltaTable(votes_uri, storage_options=storage_options(votes_uri)).schema()
     if "study_key" in {field.name for field in columns.fields}:
@@ -494,8 +698,25 @@ def check_layout(results: str) -> None:
         )
 
 
-def migrate_results(results: str) -> dict[str, int]:
-    """Upgrade a results table written before study_votes existed, in place.
+def _lacks_in_training(results: str) -> bool:
+    for name in (STUDY_VOTES, PATIENT_VOTES):
+        uri = table_uri(results, name)
+        if not _is_table(uri):
+            continue
+        schema = DeltaTable(uri, storage_options=storage_options(uri)).schema()
+        if "in_training" not in {field.name for field in schema.fields}:
+            return True
+    return False
+
+
+def migrate_results(
+    results: str, membership: dict[str, dict[str, InTraining] | None] | None = None
+) -> dict[str, int]:
+    """Upgrade a results table written by an earlier renalflow, in place.
+
+    A table without in_training gets the column on its votes, filled for the old rows:
+    from `membership` (model version -> patient key -> membership, tasks.model_dir.
+    training_membership) for the model versions it has, `unknown` for the others.
 
     The old patient_votes (one vote per study) becomes study_votes with its history: its
     folder is moved, the new columns are added and filled for the old rows (every slice
@@ -506,7 +727,9 @@ def migrate_results(results: str) -> dict[str, int]:
     check_key_columns = {"study_key"}
     votes_uri, study_uri = table_uri(results, PATIENT_VOTES), table_uri(results, STUDY_VOTES)
     if _is_table(study_uri):
-        raise InputError(f"{results} already has study_votes: nothing to migrate")
+        if not _lacks_in_training(results):
+            raise InputError(f"{results} is up to date: nothing to migrate")
+        return _add_in_training(results, membership or {})
     if not _is_table(votes_uri):
         raise InputError(f"{results} holds no results table to migrate")
     old = DeltaTable(votes_uri, storage_options=storage_options(votes_uri))
@@ -531,6 +754,7 @@ def migrate_results(results: str) -> dict[str, int]:
     scores = DeltaTable(scores_uri, storage_options=storage_options(scores_uri))
     _add_new_columns(scores, SLICE_SCORES_SCHEMA)
     scores.update(updates={"voted": "true"}, predicate="voted IS NULL")
+    _fill_in_training(studies, membership or {})
     ensure_tables(results)
     migrated = {STUDY_VOTES: int(studies.count()), SLICE_SCORES: int(scores.count())}
     for model_version, patients in _patients_by_model(results).items():
@@ -538,6 +762,61 @@ def migrate_results(results: str) -> dict[str, int]:
         migrated[PATIENT_VOTES] = migrated.get(PATIENT_VOTES, 0) + rows.num_rows
         merge_rows(results, PATIENT_VOTES, rows, run_id="migration")
     return migrated
+
+
+def _add_in_training(
+    results: str, membership: dict[str, dict[str, InTraining] | None]
+) -> dict[str, int]:
+    """Add in_training to the votes of a table written before it existed, and fill it."""
+    migrated = {}
+    for name in (STUDY_VOTES, PATIENT_VOTES):
+        uri = table_uri(results, name)
+        table = DeltaTable(uri, storage_options=storage_options(uri))
+        _add_new_columns(table, SCHEMAS[name])
+        _fill_in_training(table, membership)
+        migrated[name] = int(table.count())
+    return migrated
+
+
+def _fill_in_training(table: Any, membership: dict[str, dict[str, InTraining] | None]) -> None:
+    """Set in_training where it is null: from `membership` for its model versions (a
+    merge on patient and model), `unknown` for the rest."""
+    rows = [
+        {"patient_key": patient, "model_version": model, "in_training": value.value}
+        for model, patients in sorted(membership.items())
+        if patients is not None
+        for patient, value in sorted(patients.items())
+    ]
+    if rows:
+        source = pa.Table.from_pylist(
+            rows,
+            schema=pa.schema(
+                [(name, pa.string()) for name in ("patient_key", "model_version", "in_training")]
+            ),
+        )
+        (
+            table.merge(
+                source,
+                "t.patient_key = s.patient_key AND t.model_version = s.model_version",
+                source_alias="s",
+                target_alias="t",
+            )
+            .when_matched_update(
+                updates={"in_training": "s.in_training"}, predicate="t.in_training IS NULL"
+            )
+            .execute()
+        )
+    # A model version in the split has patients outside it: they never trained on it.
+    known = sorted(model for model, patients in membership.items() if patients is not None)
+    if known:
+        listed = ", ".join("'" + model.replace("'", "''") + "'" for model in known)
+        table.update(
+            updates={"in_training": f"'{InTraining.NONE.value}'"},
+            predicate=f"in_training IS NULL AND model_version IN ({listed})",
+        )
+    table.update(
+        updates={"in_training": f"'{InTraining.UNKNOWN.value}'"}, predicate="in_training IS NULL"
+    )
 
 
 def _add_new_columns(table: Any, schema: pa.Schema) -> None:
@@ -548,7 +827,15 @@ def _add_new_columns(table: Any, schema: pa.Schema) -> None:
     new = [schema.field(name) for name in schema.names if name not in present]
     if new:
         table.alter.add_columns(
-            [DeltaField(f.name, PrimitiveType(_delta_type(f.type)), nullable=True) for f in new]
+            [
+                DeltaField(
+                    f.name,
+                    PrimitiveType(_delta_type(f.type)),
+                    nullable=True,
+                    metadata={"comment": COLUMN_DOCS[f.name]},
+                )
+                for f in new
+            ]
         )
     for name in schema.names:
         if name in present and schema.field(name).nullable:
@@ -611,9 +898,13 @@ def result_rows(
     series: pd.DataFrame | None = None,
     selector_probabilities: dict[str, float] | None = None,
     selector: SelectorUsed | None = None,
+    membership: dict[str, InTraining] | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """(slice_scores rows, study_votes rows) of a run, pseudonymised: no identifier
     leaves here.
+
+    `membership` (tasks.model_dir.training_membership) says which patients the model
+    trained or validated on; None: it cannot tell, and every vote says `unknown`.
 
     `slices` are the inventory rows of the studies scored (tasks.store); `selections`
     says which of them voted (tasks.selection; default: every slice, source `all`) and
@@ -638,7 +929,7 @@ def result_rows(
     frame["voted"] = frame["sop_instance_uid"].isin(voting)
     kid = key_id(key)
     everyone = slices.drop_duplicates("sop_instance_uid")
-    patient_key = {p: pseudonym(key, p) for p in everyone["patient_id"].unique()}
+    patient_key = {p: patient_pseudonym(key, p) for p in everyone["patient_id"].unique()}
     study_key = {s: pseudonym(key, s) for s in everyone["study_instance_uid"].unique()}
     series_key = {s: pseudonym(key, s) for s in everyone["series_instance_uid"].unique()}
     n = len(frame)
@@ -674,6 +965,7 @@ def result_rows(
     by_study = {uid: group for uid, group in everyone.groupby("study_instance_uid", sort=True)}
     for selection in sorted(selections, key=lambda s: s.study_instance_uid):
         group = by_study[selection.study_instance_uid]
+        patient = patient_key[group["patient_id"].iloc[0]]
         chosen = group[group["sop_instance_uid"].isin(selection.selected)]
         p = np.array([probabilities[u] for u in chosen["sop_instance_uid"]], np.float64)
         n_images = len(chosen)
@@ -693,7 +985,7 @@ def result_rows(
         source = selection.source
         votes.append(
             {
-                "patient_key": patient_key[group["patient_id"].iloc[0]],
+                "patient_key": patient,
                 "study_key": study_key[selection.study_instance_uid],
                 "key_id": kid,
                 "study_year_month": _year_month(group["study_date"].iloc[0]),
@@ -724,10 +1016,17 @@ def result_rows(
                 "scored_at": scored_at,
                 "flow_run_id": run_id,
                 "archive_uri": archive_uri,
+                "in_training": _in_training(membership, patient),
             }
         )
     vote_rows = pa.Table.from_pylist(votes, schema=STUDY_VOTES_SCHEMA)
     return slice_rows, vote_rows
+
+
+def _in_training(membership: dict[str, InTraining] | None, patient: str) -> str:
+    if membership is None:
+        return InTraining.UNKNOWN.value
+    return membership.get(patient, InTraining.NONE).value
 
 
 def vote_fields(p: np.ndarray, image_threshold: float, vote_threshold: float) -> dict[str, Any]:
@@ -836,9 +1135,15 @@ def patient_rows(
                 "preprocess_version": str(group["preprocess_version"].iloc[-1]),
                 "scored_at": scored_at,
                 "flow_run_id": run_id,
+                "in_training": _latest(group["in_training"], InTraining.UNKNOWN.value),
             }
         )
     return pa.Table.from_pylist(rows, schema=PATIENT_VOTES_SCHEMA)
+
+
+def _latest(values: pd.Series, default: str) -> str:
+    known = values.dropna()
+    return str(known.iloc[-1]) if len(known) else default
 
 
 def write_results(

@@ -23,7 +23,6 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -32,7 +31,13 @@ import pandas as pd
 from renalflow.tasks.config import DEVELOPMENT, SEED, SELECTOR_SENSITIVITY, Split, Task
 from renalflow.tasks.dataset import SliceSet, load_slices
 from renalflow.tasks.errors import InputError
-from renalflow.tasks.metrics import binary_metrics, bootstrap_auc_ci, roc_auc, roc_curve
+from renalflow.tasks.metrics import (
+    binary_metrics,
+    bootstrap_auc_ci,
+    roc_auc,
+    roc_curve,
+    wilson_interval,
+)
 from renalflow.tasks.model import predict_probabilities
 from renalflow.tasks.model_dir import (
     ModelDir,
@@ -163,20 +168,6 @@ def read_threshold(model_dir: str | Path) -> SelectorThreshold:
     """The threshold a selector was trained with (ModelError if it is no selector)."""
     require_task(read_model_info(model_dir), Task.SELECTOR)
     return SelectorThreshold.from_dict(json.loads(ModelDir(model_dir).selector.read_text()))
-
-
-def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (NaN bounds when n is 0); unlike the normal
-    approximation it stays inside [0, 1] and is informative at 0% and 100%."""
-    if n == 0:
-        return float("nan"), float("nan")
-    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
-    share = successes / n
-    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the ends
-    high = 1.0 if successes == n else min(1.0, centre + half)
-    return low, high
 
 
 def study_recall(meta: pd.DataFrame, lesion: np.ndarray, selected: np.ndarray) -> pd.DataFrame:

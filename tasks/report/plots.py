@@ -93,3 +93,34 @@ def votes_plot(title: str, table: pd.DataFrame, several_models: bool) -> str:
     ax.legend(fontsize=8)
     ax.tick_params(axis="x", rotation=30, labelsize=8)
     return embed(fig)
+
+
+def agreement_plot(unit: str, rows: list[dict[str, Any]]) -> str:
+    """A forest plot: per group (and model version) each agreement figure with its 95%
+    CI, one panel per figure; hollow markers rest on fewer cases than the report warns of."""
+    from renalflow.tasks.agreement import FIGURE_NAMES, FIGURES
+
+    plt = _figure()
+    labels = [f"{r['by']}: {r['group']}" if r["by"] != "all" else "all" for r in rows]
+    several = len({r["model"] for r in rows}) > 1
+    if several:
+        labels = [f"{label} ({r['model'][:8]})" for label, r in zip(labels, rows, strict=True)]
+    y = np.arange(len(rows))[::-1]
+    fig, axes = plt.subplots(
+        1, len(FIGURES), figsize=(10, 1.0 + 0.28 * len(rows)), sharey=True, squeeze=False
+    )
+    for ax, name in zip(axes[0], FIGURES, strict=True):
+        for row, level in zip(rows, y, strict=True):
+            figure = row["figures"][name]
+            if figure.n == 0:
+                continue
+            small = any(FIGURE_NAMES[name] in w for w in row["warnings"])
+            ax.plot([figure.low, figure.high], [level, level], color="#336", lw=1.5)
+            ax.plot(figure.value, level, "o", color="#336", mfc="white" if small else "#336", ms=5)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_title(FIGURE_NAMES[name], fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(labelsize=8)
+    axes[0][0].set_yticks(y, labels)
+    fig.suptitle(f"Agreement with reference outcomes: {unit} (95% Wilson CI)", fontsize=10)
+    return embed(fig)

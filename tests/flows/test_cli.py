@@ -190,3 +190,39 @@ def test_bad_label_is_reported_with_its_line(tmp_path: Path, capsys):
     assert "line 3: label 'cancer' for patient P2 must be 'benign' or 'malignant'" in (
         capsys.readouterr().err
     )
+
+
+def test_query_describe_prints_the_data_dictionary(capsys):
+    assert main(["query", "--describe", "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('"column","tables","meaning"\n')
+    assert '"in_training","study_votes, patient_votes"' in out
+    assert '"outcome","reference_outcomes"' in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (["query"], "give the SQL and --results"),
+        (["query", "select 1", "--describe"], "SQL or --describe, not both"),
+        (["extract", "--out", "x"], "give the SQL and --results, or --manifest"),
+        (["extract", "--manifest", "m.json", "--as-of", "3", "--out", "x"], "give neither"),
+    ],
+)
+def test_query_and_extract_say_what_they_need(argv, reason, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert reason in err and err.count("\n") == 1
+
+
+def test_pseudonymise_under_another_key_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    from tests.tasks.test_results import score_cohort
+
+    score_cohort(str(tmp_path / "R"), {"P1": 0.8})
+    (tmp_path / "o.csv").write_text("patient_id,outcome\nP1,benign\n")
+    monkeypatch.setenv("RENALFLOW_PSEUDONYM_KEY", "another-department-key-0123456789")
+    argv = ["pseudonymise", str(tmp_path / "o.csv"), "--results", str(tmp_path / "R")]
+    assert main([*argv, "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "was written under key id" in err and err.count("\n") == 1
+    assert "another-department-key" not in err and not (tmp_path / "p.csv").exists()

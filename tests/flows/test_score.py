@@ -17,11 +17,12 @@ from renalflow.flows.ingest import ingest_flow
 from renalflow.flows.score import score_flow
 from renalflow.tasks.config import PreprocessConfig
 from renalflow.tasks.model import profile_config
-from renalflow.tasks.pseudonym import KEY_ENV
+from renalflow.tasks.model_dir import ModelDir
+from renalflow.tasks.pseudonym import KEY_ENV, patient_pseudonym
 from renalflow.tasks.query import run_query
 from renalflow.tasks.results import STUDY_VOTES, history
 from renalflow.tasks.score import ScoreConfig
-from renalflow.tasks.split import SplitConfig
+from renalflow.tasks.split import SplitConfig, load_split
 from renalflow.tasks.synth import SynthConfig, synthesize_archive
 from renalflow.tasks.train import train_model
 from tests.factory import free_port
@@ -131,6 +132,12 @@ def test_scoring_twice_writes_one_row_per_study_and_no_identifiers(
            group by all""",
     ).to_pylist()
     assert all(r["n"] == r["n_images"] and r["m"] == r["n_malignant"] for r in check)
+    # Every patient vote says whether the model trained on the patient: its split.json.
+    names = {"train": "training", "validation": "validation", "test": "none"}
+    split = load_split(ModelDir(trained["model"]).split)
+    expected = {patient_pseudonym(KEY.encode(), p): names[s] for p, s in split.items()}
+    flagged = run_query(results, "select patient_key, in_training from patient_votes")
+    assert dict(zip(*flagged.to_pydict().values(), strict=True)) == expected
     # No direct identifier anywhere in R, as a value or as part of one.
     leaked = identifiers(trained["archive"])
     values = all_values(results)

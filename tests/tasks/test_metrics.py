@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,7 @@ from renalflow.tasks.metrics import (
     evaluation_warnings,
     roc_auc,
     roc_curve,
+    wilson_interval,
 )
 
 
@@ -62,3 +65,17 @@ def test_one_class_and_tiny_sets_are_named_not_printed_as_numbers():
         f"rests on {interval.used} of 200 bootstrap resamples"
         in evaluation_warnings(y, interval, patients=4)[0]
     )
+
+
+def test_wilson_interval_gives_newcombes_published_figures():
+    """Newcombe (1998), Statistics in Medicine 17:857, Table I, method 3 (Wilson score)."""
+    for (k, n), (low, high) in {
+        (81, 263): (0.2553, 0.3662),
+        (15, 148): (0.0624, 0.1605),
+        (0, 20): (0.0, 0.1611),
+        (1, 29): (0.0061, 0.1718),
+    }.items():
+        got = wilson_interval(k, n)
+        assert got == pytest.approx((low, high), abs=5e-5), (k, n)
+    assert wilson_interval(20, 20)[1] == 1.0
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))

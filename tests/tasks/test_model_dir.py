@@ -54,3 +54,21 @@ def test_checkpoints_are_named_by_epoch(tmp_path):
     assert where.checkpoint(5).name == "epoch-05.keras"
     assert where.checkpoint("{epoch:02d}").name == "epoch-{epoch:02d}.keras"
     assert json.loads(json.dumps(str(where.split))).endswith("split.json")
+
+
+def test_training_membership_is_the_split_under_the_results_key(tmp_path):
+    from renalflow.tasks.config import InTraining
+    from renalflow.tasks.model_dir import training_membership
+    from renalflow.tasks.pseudonym import patient_pseudonym
+    from renalflow.tasks.split import SplitConfig, save_split
+
+    key = b"test-key-for-scoring-0123456789"
+    assignment = {"P1": "train", "P2": "validation", "P3": "test"}
+    labels = dict.fromkeys(assignment, "benign")
+    assert training_membership(tmp_path, key) is None  # no split: unknown
+    save_split(assignment, labels, SplitConfig(), ModelDir(tmp_path).split)
+    assert training_membership(tmp_path, key) == {
+        patient_pseudonym(key, "P1"): InTraining.TRAINING,
+        patient_pseudonym(key, "P2"): InTraining.VALIDATION,
+        patient_pseudonym(key, "P3"): InTraining.NONE,
+    }

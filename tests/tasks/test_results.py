@@ -10,18 +10,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from renalflow.tasks.config import SelectionSource
+from renalflow.tasks.config import InTraining, SelectionSource
 from renalflow.tasks.errors import InputError, StoreError
-from renalflow.tasks.pseudonym import pseudonym
+from renalflow.tasks.pseudonym import patient_pseudonym, pseudonym
 from renalflow.tasks.query import format_result, run_query
 from renalflow.tasks.results import (
+    COLUMN_DOCS,
+    DESCRIBED,
     FORBIDDEN_COLUMNS,
     PATIENT_VOTES,
+    PATIENT_VOTES_SCHEMA,
     SLICE_SCORES,
     SLICE_SCORES_SCHEMA,
     STUDY_VOTES,
     STUDY_VOTES_SCHEMA,
     SelectorUsed,
+    data_dictionary,
     ensure_tables,
     history,
     merge_rows,
@@ -206,14 +210,14 @@ def test_cohort_report_summarises_votes_by_year_vendor_and_phase(results, tmp_pa
 
     merge_rows(results, STUDY_VOTES, vote_rows(["a", "b"]))
     merge_rows(results, STUDY_VOTES, vote_rows(["a"], model="m2"))
-    path = cohort_report(results, tmp_path / "cohort")
+    path = cohort_report(results, tmp_path / "cohort").path
     page = path.read_text()
     for title in ("Votes by study year", "Votes by scanner vendor", "Votes by phase mix"):
         assert title in page
     assert page.count("data:image/png;base64,") == 3
     assert "<td>2017</td><td>m1</td><td>0</td><td>2</td>" in page
     assert "arterial,venous" in page and "SIEMENS" in page
-    pinned = cohort_report(results, tmp_path / "pinned", 1).read_text()
+    pinned = cohort_report(results, tmp_path / "pinned", 1).path.read_text()
     assert "m2" not in pinned.split("Model versions")[1].split("</table>")[0]
 
 
@@ -440,3 +444,122 @@ def test_a_table_written_under_another_key_is_refused(tmp_path):
     with pytest.raises(InputError, match="made under another key") as info:
         ensure_tables(results, other)
     assert other.decode() not in str(info.value)  # fingerprints only, never a key
+
+
+# Training membership, the data dictionary and the in_training migration.
+
+
+def score_cohort(
+    results: str,
+    votes: dict[str, float],
+    membership: dict[str, InTraining] | None = None,
+    key: bytes = KEY,
+    manufacturer: str = "SIEMENS",
+    run_id: str = "r1",
+) -> None:
+    """Score one 12-image study per patient into R: every image of a patient has the
+    probability `votes[patient]` (0.8: a malignant vote, 0.2: a benign one)."""
+    studies = {f"1.{i}.{patient}": (patient, 12, ["venous"]) for i, patient in enumerate(votes)}
+    frame = inventory(studies)
+    frame["manufacturer"] = manufacturer
+    probabilities = {
+        uid: votes[p] for uid, p in zip(frame["sop_instance_uid"], frame["patient_id"], strict=True)
+    }
+    slices, rows = result_rows(
+        frame, probabilities, key, INFO, ScoreConfig(), "/a", run_id, membership=membership
+    )
+    ensure_tables(results, key)
+    write_results(results, slices, rows, run_id)
+
+
+def test_votes_say_whether_their_model_trained_on_the_patient(tmp_path):
+    membership = {
+        patient_pseudonym(KEY, "P1"): InTraining.TRAINING,
+        patient_pseudonym(KEY, "P2"): InTraining.VALIDATION,
+    }
+    results = str(tmp_path / "R")
+    score_cohort(results, {"P1": 0.8, "P2": 0.8, "P3": 0.2}, membership)
+    for table in ("study_votes", "patient_votes"):
+        rows = run_query(results, f"select in_training, count(*) as n from {table} group by 1 "
+                         "order by 1").to_pylist()  # fmt: skip
+        assert rows == [{"in_training": "none", "n": 1}, {"in_training": "training", "n": 1},
+                        {"in_training": "validation", "n": 1}]  # fmt: skip
+    unknown = str(tmp_path / "U")
+    score_cohort(unknown, {"P1": 0.8})  # the model directory had no split
+    assert run_query(unknown, "select in_training from patient_votes").to_pylist() == [
+        {"in_training": "unknown"}
+    ]
+
+
+def test_a_patient_id_with_surrounding_spaces_gets_the_same_pseudonym():
+    assert patient_pseudonym(KEY, " 0042 ") == patient_pseudonym(KEY, "0042")
+    assert patient_pseudonym(KEY, "0042") != patient_pseudonym(KEY, "42")  # zeros matter
+    assert patient_pseudonym(KEY, "0042") == pseudonym(KEY, "0042")
+
+
+def test_every_column_is_documented_once_and_stored_as_its_comment(results):
+    from deltalake import DeltaTable
+
+    columns = {name for schema in DESCRIBED.values() for name in schema.names}
+    assert set(COLUMN_DOCS) == columns
+    entries = data_dictionary()
+    assert len(entries) == len(columns) == len({e["column"] for e in entries})
+    assert {e["column"]: e["tables"] for e in entries}["in_training"] == (
+        "study_votes, patient_votes"
+    )
+    stored = DeltaTable(f"{results}/study_votes").schema().fields
+    assert {f.name: f.metadata["comment"] for f in stored} == {
+        name: COLUMN_DOCS[name] for name in STUDY_VOTES_SCHEMA.names
+    }
+
+
+def test_a_table_without_in_training_is_refused_then_migrated(tmp_path):
+    """A table written before votes said whether their model trained on the patient."""
+    from deltalake import write_deltalake
+
+    results = str(tmp_path / "R")
+    frame = inventory({"1.1": ("P1", 12, ["venous"]), "1.2": ("P2", 12, ["venous"]),
+                       "1.3": ("P3", 12, ["venous"])})  # fmt: skip
+    probabilities = dict.fromkeys(frame["sop_instance_uid"], 0.8)
+    slices, votes = result_rows(frame, probabilities, KEY, INFO, ScoreConfig(), "/a", "old")
+    write_deltalake(f"{results}/slice_scores", slices)
+    write_deltalake(f"{results}/study_votes", votes.drop_columns(["in_training"]))
+    write_deltalake(
+        f"{results}/patient_votes",
+        pa.Table.from_pylist(
+            [{**votes.to_pylist()[0], "n_studies": 1, "selection_sources": "all"}],
+            schema=PATIENT_VOTES_SCHEMA,
+        ).drop_columns(["in_training"]),
+    )
+    for attempt in (lambda: ensure_tables(results), lambda: run_query(results, "select 1")):
+        with pytest.raises(InputError, match=r"in_training.*renalflow migrate-results"):
+            attempt()
+    membership = {
+        INFO.model_version: {patient_pseudonym(KEY, "P1"): InTraining.TRAINING},
+        "another-model": None,
+    }
+    assert migrate_results(results, membership) == {STUDY_VOTES: 3, PATIENT_VOTES: 1}
+    rows = run_query(results, "select in_training, count(*) as n from study_votes group by 1 "
+                     "order by 1").to_pylist()  # fmt: skip
+    # P1 trained the model; the model's split does not list P2 and P3: never seen.
+    assert rows == [{"in_training": "none", "n": 2}, {"in_training": "training", "n": 1}]
+    assert run_query(results, "select in_training from patient_votes").to_pylist() == [
+        {"in_training": "training"}
+    ]
+    # Read as it was before the migration, the column is there, null.
+    before = run_query(results, "select count(*) as n from study_votes where in_training "
+                       "is null", as_of=0).to_pylist()  # fmt: skip
+    assert before == [{"n": 3}]
+    with pytest.raises(InputError, match="nothing to migrate"):
+        migrate_results(results)
+    write_results(results, slices, votes, "new")  # scoring carries on
+
+
+def test_a_version_of_study_votes_reads_the_patient_votes_its_run_left(tmp_path):
+    results = str(tmp_path / "R")
+    score_cohort(results, {"P1": 0.8, "P2": 0.2})
+    first = history(results)[0]["version"]
+    score_cohort(results, {"P3": 0.8}, run_id="r2")
+    sql = "select count(*) from patient_votes"
+    assert int(run_query(results, sql, as_of=first).column(0)[0].as_py()) == 2
+    assert int(run_query(results, sql, as_of=first + 1).column(0)[0].as_py()) == 3

@@ -2,7 +2,6 @@
 store of whole synthetic studies whose lesions come as DICOM SEG objects in the archive."""
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from renalflow.tasks.selector import (
     selected_slices,
     selector_slices,
     study_recall,
-    wilson_interval,
 )
 from renalflow.tasks.split import load_split
 from renalflow.tasks.store import write_lesions
@@ -77,20 +75,6 @@ def test_threshold_is_the_highest_that_finds_the_target_share_of_lesion_slices(t
 def test_threshold_without_lesion_slices_cannot_be_chosen():
     with pytest.raises(InputError, match=r"no lesion slice.*another --seed"):
         choose_threshold(np.zeros(5, bool), np.linspace(0, 1, 5))
-
-
-def test_wilson_interval_gives_newcombes_published_figures():
-    """Newcombe (1998), Statistics in Medicine 17:857, Table I, method 3 (Wilson score)."""
-    for (k, n), (low, high) in {
-        (81, 263): (0.2553, 0.3662),
-        (15, 148): (0.0624, 0.1605),
-        (0, 20): (0.0, 0.1611),
-        (1, 29): (0.0061, 0.1718),
-    }.items():
-        got = wilson_interval(k, n)
-        assert got == pytest.approx((low, high), abs=5e-5), (k, n)
-    assert wilson_interval(20, 20)[1] == 1.0
-    assert all(math.isnan(v) for v in wilson_interval(0, 0))
 
 
 def test_study_recall_counts_lesion_slices_found_per_study():
