@@ -127,7 +127,7 @@ def test_a_zip_whose_end_record_declares_too_many_entries(tmp_path):
 
 def test_a_zip_with_more_members_than_files_allowed(tmp_path):
     members = {f"{i}.dcm": b"x" for i in range(11)}
-    with pytest.raises(UploadTooLarge, match="declares 11 entries .* more than the 10 files"):
+    with pytest.raises(UploadTooLarge, match=r"declares 11 entries .* more than the 10 files"):
         take_upload([("s.zip", _zip(members))], tmp_path, UploadLimits(MB, max_files=10))
     assert _written(tmp_path) == 0
 
