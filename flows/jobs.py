@@ -315,6 +315,7 @@ def score_job(params: ScoreParams) -> "ScoreSummary":
         explain_dir=as_uri(params.explain_dir) if params.explain_dir else None,
         selector_dir=os.path.abspath(params.selector) if params.selector else None,
         pacs=params.pacs_settings(),
+        report_to_pacs=params.report_to_pacs,
     )
     logger.info(format_summary(summary))
     _write_json(params.summary_json, summary_dict(summary))

@@ -175,6 +175,24 @@ class ScreeningParams(PacsParams):
         "annotations and no selector is given: for curated archives of slices through the "
         "mass (the paper's images), never for whole studies; recorded in each vote's row",
     )
+    report_to_pacs: bool = Field(
+        default=False,
+        description="write each study scored back to the PACS it came from as a DICOM "
+        "Enhanced SR (vote, malignant share, thresholds, model version, the slices voted "
+        "on; marked a research result, not a diagnosis), by STOW-RS or C-STORE; PACS "
+        "archives only (our choice: off, the PACS administrator must agree)",
+    )
+
+    @model_validator(mode="after")
+    def _report_needs_pacs(self) -> ScreeningParams:
+        from renalflow.tasks.sources import is_pacs
+
+        if self.report_to_pacs and not is_pacs(self.archive):
+            raise ValueError(
+                f"--report-to-pacs writes results back to a PACS, and {self.archive} is not "
+                "one (dicomweb+https://... or dimse://...): leave the option out"
+            )
+        return self
 
 
 class SynthParams(JobParams):

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -63,6 +64,24 @@ class Orthanc:
             assert found.json(), f"no study {study_instance_uid} to delete"
             for study in found.json():
                 session.delete(f"{self.rest}/studies/{study}").raise_for_status()
+
+    def qido(self, level: str, **filters: str) -> list[dict[str, Any]]:
+        """A QIDO-RS search (`studies`, `series` or `instances`), as a viewer asks."""
+        with requests.Session() as session:
+            session.auth = (USER, PASSWORD)
+            answer = session.get(f"{self.rest}/dicom-web/{level}", params=filters)
+            answer.raise_for_status()
+            return list(answer.json()) if answer.content else []
+
+    def delete_modality(self, modality: str) -> None:
+        """Delete every series of `modality` (what a test sent to the PACS)."""
+        with requests.Session() as session:
+            session.auth = (USER, PASSWORD)
+            query = {"Level": "Series", "Query": {"Modality": modality}}
+            found = session.post(f"{self.rest}/tools/find", json=query)
+            found.raise_for_status()
+            for series in found.json():
+                session.delete(f"{self.rest}/series/{series}").raise_for_status()
 
 
 @contextmanager
