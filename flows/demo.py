@@ -6,6 +6,7 @@ import os
 import secrets
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow
 
@@ -23,6 +24,9 @@ from renalflow.tasks.params import (
 )
 from renalflow.tasks.pseudonym import KEY_ENV
 
+if TYPE_CHECKING:
+    from renalflow.flows.score import ScoreSummary
+
 DEMO_QUERY = """\
 select study_year_month[1:4] as year, manufacturer,
        count(*) as studies,
@@ -36,14 +40,16 @@ DEMO_BOOTSTRAP = 200
 class DemoLayout:
     """Where each step of the demo writes, under OUT."""
 
-    def __init__(self, out: str | Path) -> None:
+    def __init__(self, out: str | Path, pacs: bool = False) -> None:
         self.out = Path(out)
         self.data = self.out / "synthetic"
         self.store = self.out / "store"
         self.model = self.out / "model"
         self.report = self.out / "report"
         self.screening = self.out / "screening"
-        self.results = self.out / "results"
+        # Scored from the PACS: results of their own (the folder's are already scored).
+        self.results = self.out / ("results-pacs" if pacs else "results")
+        self.orthanc = self.out / "orthanc"  # the local PACS of `--pacs` (its database)
         self.cohort = self.out / "cohort"
         self.key = self.out / "pseudonym.key"
 
@@ -53,6 +59,12 @@ def check_demo_folder(params: DemoParams) -> None:
     go on before any step runs (ingest would refuse to mix the two)."""
     from renalflow.tasks.store import MANIFEST, read_manifest
 
+    if params.pacs:
+        from renalflow.flows.runtime import require_extra
+        from renalflow.tasks.sources.orthanc import check_orthanc
+
+        require_extra("pacs", "demo --pacs")
+        check_orthanc()
     store = DemoLayout(params.out).store
     if not (store / MANIFEST).exists():
         return
@@ -82,6 +94,42 @@ def demo_key(out: Path) -> str:
     return how
 
 
+def score_from_pacs(where: DemoLayout, workers: int | None) -> "ScoreSummary":
+    """Start Orthanc on loopback, send it the screening archive, score it over DICOMweb
+    with the results sent back as SR, and show the SRs a viewer would list."""
+    from renalflow.tasks.sources.credentials import PASSWORD_ENV, TOKEN_ENV, USER_ENV
+    from renalflow.tasks.sources.orthanc import start_orthanc
+
+    files = sorted(p for p in (where.screening / "archive").rglob("*") if p.is_file())
+    with start_orthanc(where.orthanc) as pacs:
+        print(f"   Orthanc at {pacs.rest} (DICOM port {pacs.dicom_port}), data in {where.orthanc}")
+        print(f"   sent {pacs.upload(files)} instances to it, as a scanner would")
+        # The Dask workers started for scoring read the PACS credentials from their
+        # environment, as workers elsewhere would.
+        saved = {name: os.environ.pop(name, None) for name in (TOKEN_ENV, USER_ENV, PASSWORD_ENV)}
+        os.environ[USER_ENV], os.environ[PASSWORD_ENV] = pacs.user, pacs.password
+        try:
+            print(f"$ renalflow score {pacs.dicomweb} --report-to-pacs ...")
+            scored = score_job(
+                ScoreParams(
+                    archive=pacs.dicomweb,
+                    model_dir=str(where.model),
+                    results=str(where.results),
+                    workers=workers,
+                    all_slices=True,  # curated lesion slices, as from the folder
+                    report_to_pacs=True,
+                )
+            )
+        finally:
+            for name, value in saved.items():
+                os.environ.pop(name, None)
+                if value is not None:
+                    os.environ[name] = value
+        reports = pacs.qido("series", Modality="SR")
+        print(f"   the PACS now lists {len(reports)} renalflow SR series (QIDO-RS, Modality=SR)")
+    return scored
+
+
 @flow(name="renalflow-demo")
 def demo_flow(params: DemoParams) -> dict[str, str]:
     """Synthesise, ingest, train (cpu-demo), evaluate, score and query; returns the
@@ -93,7 +141,7 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
     from renalflow.tasks.store import describe_store
 
     started = time.perf_counter()
-    where = DemoLayout(params.out)
+    where = DemoLayout(params.out, pacs=params.pacs)
 
     def step(text: str) -> None:
         print(f"\n== {text}  [{time.perf_counter() - started:.0f} s]", flush=True)
@@ -162,17 +210,21 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
             )
         )
 
-    step(f"6/7 score: {where.screening / 'archive'} -> {where.results} (Delta tables)")
     print(f"   pseudonymisation key: {demo_key(where.out)}")
-    scored = score_job(
-        ScoreParams(
-            archive=str(where.screening / "archive"),
-            model_dir=str(where.model),
-            results=str(where.results),
-            workers=params.workers,
-            all_slices=True,  # the synthetic screening archive holds curated lesion slices
+    if params.pacs:
+        step(f"6/7 score from a PACS: Orthanc on loopback, over DICOMweb -> {where.results}")
+        scored = score_from_pacs(where, params.workers)
+    else:
+        step(f"6/7 score: {where.screening / 'archive'} -> {where.results} (Delta tables)")
+        scored = score_job(
+            ScoreParams(
+                archive=str(where.screening / "archive"),
+                model_dir=str(where.model),
+                results=str(where.results),
+                workers=params.workers,
+                all_slices=True,  # the synthetic screening archive holds curated lesion slices
+            )
         )
-    )
     print(score_summary(scored))
 
     step("7/7 query: benign vote share by study year and scanner vendor")

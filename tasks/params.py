@@ -701,6 +701,12 @@ class DemoParams(JobParams):
     workers: int | None = Field(
         default=None, ge=1, description="local Dask workers (default: one per core)"
     )
+    pacs: bool = Field(
+        default=False,
+        description="screen from a PACS: start Orthanc on loopback (`make pacs` installs "
+        "it), load the screening archive into it, score it over DICOMweb and send the "
+        "results back as DICOM SR (our choice: off, the folder is screened)",
+    )
 
 
 JOB_PARAMS: tuple[type[JobParams], ...] = (

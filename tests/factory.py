@@ -130,11 +130,9 @@ def build_store(root: Path, *, patients: int, seed: int, size: int = 64) -> str:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
+    from renalflow.tasks.sources.orthanc import free_port as _free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return _free_port()
 
 
 def ct_series(
