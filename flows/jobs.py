@@ -62,12 +62,18 @@ def preflight_pacs(params: IngestParams | ScoreParams, *, remote: bool) -> bool:
     """For a PACS archive: the extra installed, the URI and settings valid, and (`remote`)
     the PACS answering with these credentials and AE titles. False for other archives."""
     from renalflow.flows.runtime import require_extra
-    from renalflow.tasks.sources import is_pacs, parse_source
+    from renalflow.tasks.sources import check_pacs_store, is_pacs, parse_source
 
     if not is_pacs(params.archive):
         return False
     require_extra("pacs", "a PACS archive")
     source = parse_source(params.archive)
+    if isinstance(params, IngestParams):
+        check_pacs_store(params.store)
+    else:
+        from renalflow.tasks.score import default_store
+
+        check_pacs_store(params.store or default_store(params.results))
     settings = params.pacs_settings()
     if remote:
         from renalflow.tasks.sources.fetch import open_client

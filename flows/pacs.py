@@ -30,6 +30,7 @@ from renalflow.tasks.sources import (
     PacsSource,
     PacsUnavailableError,
     StudyNotDelivered,
+    check_pacs_store,
     pacs_root,
     parse_source,
     plain_http_warning,
@@ -37,6 +38,7 @@ from renalflow.tasks.sources import (
 from renalflow.tasks.sources.fetch import (
     SourceSummary,
     StudyFetch,
+    cache_size,
     fetch_study,
     make_cache,
     open_client,
@@ -133,6 +135,7 @@ def fetch_source(archive: str, store: str, settings: PacsSettings) -> SourceSumm
     logger = get_run_logger()
     started = time.perf_counter()
     source = parse_source(archive)
+    check_pacs_store(store)
     if warning := plain_http_warning(source):
         logger.warning(warning)
     root = pacs_root(store, source)
@@ -196,6 +199,7 @@ def fetch_source(archive: str, store: str, settings: PacsSettings) -> SourceSumm
         record_study(root, StudyRecord(study, Delivery.FAILED, reason))
         summary.failed[study.study_instance_uid] = reason
     advance_watermark(root, newest_date(delivered_dates, mark.since))
+    summary.cache_files, summary.cache_bytes = cache_size(store, source)
     summary.seconds = time.perf_counter() - started
     return summary
 

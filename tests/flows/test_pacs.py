@@ -155,6 +155,7 @@ def test_pacs_ingest_gives_the_folders_slices_and_reruns_fetch_nothing(
     cache = archive_folder(uri, str(store))
     cached = len(list(Path(cache).rglob("*.dcm")))
     assert first.source.instances_fetched == cached == len(fetched) + first.n_non_image
+    assert first.source.cache_files == cached and first.source.cache_bytes > 0
 
     second = _ingest(dask_cluster, uri, store)
     assert second.source is not None
@@ -218,6 +219,40 @@ def test_a_crashed_retrieval_resumes_without_fetching_twice(protocol, pacs, dask
     assert resumed.source.instances_fetched == len(removed)
     assert resumed.source.instances_cached == len(cached) - len(removed)
     assert resumed.slices == whole.slices and resumed.n_rejects == 0
+
+
+@pytest.mark.parametrize("protocol", ["dicomweb", "dimse"])
+def test_a_study_gone_between_query_and_retrieval_is_not_delivered(protocol, pacs, tmp_path):
+    """Listed, then deleted before its retrieval: not delivered (so recorded as failed
+    and asked for again next run), never delivered with nothing in it."""
+    from renalflow.tasks.sources import StudyNotDelivered
+    from renalflow.tasks.sources.fetch import fetch_study, open_client
+    from renalflow.tasks.sources.query import PacsSettings
+
+    later = tmp_path / "later"
+    synthesize_archive(
+        later, SynthConfig(patients=1, seed=1819, max_slices_per_series=2, lesion_only=True)
+    )
+    files = [p for p in (later / "archive").rglob("*") if p.is_file()]
+    uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    pacs.upload(files)
+    uri = pacs.dicomweb if protocol == "dicomweb" else pacs.dimse()
+    source, settings = parse_source(uri), PacsSettings()
+    client = open_client(source, settings)
+    try:
+        (study,) = [s for s in client.find_studies(None) if s.study_instance_uid == uid]
+    finally:
+        client.close()
+    pacs.delete_study(uid)
+    with pytest.raises(StudyNotDelivered, match=r"deleted|no longer has it"):
+        fetch_study(source, study, str(tmp_path / "store"), settings)
+
+
+def test_a_pacs_source_with_an_object_storage_store_is_refused_in_one_line(pacs, tmp_path, capsys):
+    code = main(["ingest", pacs.dicomweb, "--store", "s3://research/store"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "needs a slice store on a local or mounted disk, not s3://research/store" in err[0]
 
 
 def test_wrong_password_is_one_line(pacs, prefect_api, monkeypatch, tmp_path, capsys):
