@@ -42,12 +42,14 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
 
 # PACS sources are tested against a real PACS: Debian's Orthanc and its DICOMweb plugin,
-# started by the tests on loopback (tests/orthanc.py).
+# started by the tests on loopback; the SR written back is checked with dciodvfy
+# (Debian's dicom3tools).
 pacs:
-	@command -v Orthanc >/dev/null && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || { \
+	@command -v Orthanc >/dev/null && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
+	  && command -v dciodvfy >/dev/null || { \
 	  SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
 	  $$SUDO apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q orthanc orthanc-dicomweb; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q orthanc orthanc-dicomweb dicom3tools; }
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check tasks flows tests bench

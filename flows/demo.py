@@ -7,10 +7,18 @@ import secrets
 import time
 from pathlib import Path
 from textwrap import indent
+from typing import TYPE_CHECKING
 
 from prefect import flow
 
-from renalflow.flows.jobs import evaluate_job, ingest_job, run_synth, score_job, train_job
+from renalflow.flows.jobs import (
+    SYNTH_RECORD,
+    evaluate_job,
+    ingest_job,
+    run_synth,
+    score_job,
+    train_job,
+)
 from renalflow.tasks.config import Profile, Task
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.model_dir import has_model
@@ -24,6 +32,9 @@ from renalflow.tasks.params import (
 )
 from renalflow.tasks.pseudonym import KEY_ENV
 
+if TYPE_CHECKING:
+    from renalflow.flows.score import ScoreSummary
+
 DEMO_QUERY = """\
 select status, selection_source, vote, count(*) as studies,
        sum(slices_in_study) as slices_in_studies, sum(n_images) as slices_voted
@@ -36,14 +47,16 @@ DEMO_BOOTSTRAP = 200
 class DemoLayout:
     """Where each step of the demo writes, under OUT."""
 
-    def __init__(self, out: str | Path) -> None:
+    def __init__(self, out: str | Path, pacs: bool = False) -> None:
         self.out = Path(out)
         self.data = self.out / "synthetic"
         self.store = self.out / "store"
         self.model = self.out / "model"
         self.report = self.out / "report"
         self.screening = self.out / "screening"
-        self.results = self.out / "results"
+        # Scored from the PACS: results of their own (the folder's are already scored).
+        self.results = self.out / ("results-pacs" if pacs else "results")
+        self.orthanc = self.out / "orthanc"  # the local PACS of `--pacs` (its database)
         self.cohort = self.out / "cohort"
         self.key = self.out / "pseudonym.key"
         self.annotated = self.out / "annotated"  # whole studies with lesion SEGs
@@ -57,6 +70,12 @@ def check_demo_folder(params: DemoParams) -> None:
     go on before any step runs (ingest would refuse to mix the two)."""
     from renalflow.tasks.store import MANIFEST, read_manifest
 
+    if params.pacs:
+        from renalflow.flows.runtime import require_extra
+        from renalflow.tasks.sources.orthanc import check_orthanc
+
+        require_extra("pacs", "demo --pacs")
+        check_orthanc()
     store = DemoLayout(params.out).store
     if not (store / MANIFEST).exists():
         return
@@ -86,6 +105,42 @@ def demo_key(out: Path) -> str:
     return how
 
 
+def score_from_pacs(where: DemoLayout, workers: int | None) -> "ScoreSummary":
+    """Start Orthanc on loopback, send it the screening archive, score it over DICOMweb
+    with the results sent back as SR, and show the SRs a viewer would list."""
+    from renalflow.tasks.sources.credentials import PASSWORD_ENV, TOKEN_ENV, USER_ENV
+    from renalflow.tasks.sources.orthanc import start_orthanc
+
+    files = sorted(p for p in (where.screening / "archive").rglob("*") if p.is_file())
+    with start_orthanc(where.orthanc) as pacs:
+        print(f"   Orthanc at {pacs.rest} (DICOM port {pacs.dicom_port}), data in {where.orthanc}")
+        print(f"   sent {pacs.upload(files)} instances to it, as a scanner would")
+        # The Dask workers started for scoring read the PACS credentials from their
+        # environment, as workers elsewhere would.
+        saved = {name: os.environ.pop(name, None) for name in (TOKEN_ENV, USER_ENV, PASSWORD_ENV)}
+        os.environ[USER_ENV], os.environ[PASSWORD_ENV] = pacs.user, pacs.password
+        try:
+            print(f"$ renalflow score {pacs.dicomweb} --report-to-pacs ...")
+            scored = score_job(
+                ScoreParams(
+                    archive=pacs.dicomweb,
+                    model_dir=str(where.model),
+                    results=str(where.results),
+                    workers=workers,
+                    selector=str(where.selector),  # whole studies, as from the folder
+                    report_to_pacs=True,
+                )
+            )
+        finally:
+            for name, value in saved.items():
+                os.environ.pop(name, None)
+                if value is not None:
+                    os.environ[name] = value
+        reports = pacs.qido("series", Modality="SR")
+        print(f"   the PACS now lists {len(reports)} renalflow SR series (QIDO-RS, Modality=SR)")
+    return scored
+
+
 @flow(name="renalflow-demo")
 def demo_flow(params: DemoParams) -> dict[str, str]:
     """The paper's classifier from curated lesion slices, a slice selector from
@@ -99,13 +154,13 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
     from renalflow.tasks.store import describe_store
 
     started = time.perf_counter()
-    where = DemoLayout(params.out)
+    where = DemoLayout(params.out, pacs=params.pacs)
 
     def step(text: str) -> None:
         print(f"\n== {text}  [{time.perf_counter() - started:.0f} s]", flush=True)
 
     step(f"1/9 synth: {params.patients} curated development patients -> {where.data}")
-    if (where.data / "labels.csv").exists():
+    if (where.data / SYNTH_RECORD).exists():
         print("   (already there; reusing it)")
     else:
         run_synth(
@@ -161,7 +216,7 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
         f"5/9 synth + ingest: {params.selector_patients} patients' whole studies with their "
         f"lesions as DICOM SEG -> {where.selector_store}"
     )
-    if not (where.annotated / "labels.csv").exists():
+    if not (where.annotated / SYNTH_RECORD).exists():
         run_synth(
             SynthParams(
                 out=str(where.annotated),
@@ -210,7 +265,7 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
         f"7/9 synth: a screening archive of {params.screening} new patients' whole studies, "
         "no annotations"
     )
-    if not (where.screening / "archive").exists():
+    if not (where.screening / SYNTH_RECORD).exists():
         run_synth(
             SynthParams(
                 out=str(where.screening),
@@ -220,17 +275,22 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
             )
         )
 
-    step(f"8/9 score: {where.screening / 'archive'} -> {where.results} (Delta tables)")
-    print(f"   pseudonymisation key: {demo_key(where.out)}")
-    scored = score_job(
-        ScoreParams(
-            archive=str(where.screening / "archive"),
-            model_dir=str(where.model),
-            results=str(where.results),
-            workers=params.workers,
-            selector=str(where.selector),
+    if params.pacs:
+        step(f"8/9 score from a PACS: Orthanc on loopback, over DICOMweb -> {where.results}")
+        print(f"   pseudonymisation key: {demo_key(where.out)}")
+        scored = score_from_pacs(where, params.workers)
+    else:
+        step(f"8/9 score: {where.screening / 'archive'} -> {where.results} (Delta tables)")
+        print(f"   pseudonymisation key: {demo_key(where.out)}")
+        scored = score_job(
+            ScoreParams(
+                archive=str(where.screening / "archive"),
+                model_dir=str(where.model),
+                results=str(where.results),
+                workers=params.workers,
+                selector=str(where.selector),
+            )
         )
-    )
     print(score_summary(scored))
 
     step("9/9 query: what was screened, what voted, and how")

@@ -62,12 +62,18 @@ def preflight_pacs(params: IngestParams | ScoreParams, *, remote: bool) -> bool:
     """For a PACS archive: the extra installed, the URI and settings valid, and (`remote`)
     the PACS answering with these credentials and AE titles. False for other archives."""
     from renalflow.flows.runtime import require_extra
-    from renalflow.tasks.sources import is_pacs, parse_source
+    from renalflow.tasks.sources import check_pacs_store, is_pacs, parse_source
 
     if not is_pacs(params.archive):
         return False
     require_extra("pacs", "a PACS archive")
     source = parse_source(params.archive)
+    if isinstance(params, IngestParams):
+        check_pacs_store(params.store)
+    else:
+        from renalflow.tasks.score import default_store
+
+        check_pacs_store(params.store or default_store(params.results))
     settings = params.pacs_settings()
     if remote:
         from renalflow.tasks.sources.fetch import open_client
@@ -147,6 +153,10 @@ def train_config(params: TrainParams) -> "TrainConfig":
     return config
 
 
+SYNTH_RECORD = "synth.json"
+"""Written last by `run_synth`: a synthetic archive is complete once it exists."""
+
+
 def run_synth(params: SynthParams, progress: Any = None) -> "SynthReport":
     """Write a synthetic archive and record its seed and contents in OUT/synth.json."""
     from renalflow.tasks.synth import SynthConfig, synthesize_archive
@@ -193,7 +203,7 @@ def run_synth(params: SynthParams, progress: Any = None) -> "SynthReport":
                 "seg": config.seg_share,
             },
         }
-    Path(params.out, "synth.json").write_text(json.dumps(record, indent=2))
+    Path(params.out, SYNTH_RECORD).write_text(json.dumps(record, indent=2))
     return report
 
 
@@ -315,6 +325,7 @@ def score_job(params: ScoreParams) -> "ScoreSummary":
         explain_dir=as_uri(params.explain_dir) if params.explain_dir else None,
         selector_dir=os.path.abspath(params.selector) if params.selector else None,
         pacs=params.pacs_settings(),
+        report_to_pacs=params.report_to_pacs,
     )
     logger.info(format_summary(summary))
     _write_json(params.summary_json, summary_dict(summary))

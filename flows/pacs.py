@@ -26,9 +26,11 @@ from renalflow.flows.fanout import (
     worker_died,
 )
 from renalflow.tasks.sources import (
+    PacsError,
     PacsSource,
     PacsUnavailableError,
     StudyNotDelivered,
+    check_pacs_store,
     pacs_root,
     parse_source,
     plain_http_warning,
@@ -36,6 +38,7 @@ from renalflow.tasks.sources import (
 from renalflow.tasks.sources.fetch import (
     SourceSummary,
     StudyFetch,
+    cache_size,
     fetch_study,
     make_cache,
     open_client,
@@ -47,6 +50,14 @@ from renalflow.tasks.sources.query import (
     dicom_range,
     newest_date,
     study_skip_reason,
+)
+from renalflow.tasks.sources.report import (
+    StudyResult,
+    pending_reports,
+    queue_report,
+    read_report,
+    record_sent,
+    report_for,
 )
 from renalflow.tasks.sources.watermark import (
     Delivery,
@@ -124,6 +135,7 @@ def fetch_source(archive: str, store: str, settings: PacsSettings) -> SourceSumm
     logger = get_run_logger()
     started = time.perf_counter()
     source = parse_source(archive)
+    check_pacs_store(store)
     if warning := plain_http_warning(source):
         logger.warning(warning)
     root = pacs_root(store, source)
@@ -187,5 +199,57 @@ def fetch_source(archive: str, store: str, settings: PacsSettings) -> SourceSumm
         record_study(root, StudyRecord(study, Delivery.FAILED, reason))
         summary.failed[study.study_instance_uid] = reason
     advance_watermark(root, newest_date(delivered_dates, mark.since))
+    summary.cache_files, summary.cache_bytes = cache_size(store, source)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+@task(
+    name="send-report",
+    cache_policy=NO_CACHE,
+    retries=FETCH_RETRIES,
+    retry_delay_seconds=exponential_backoff(backoff_factor=10),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_on_transient_io,
+)
+def send_report_task(source: PacsSource, path: str, root: str, settings: PacsSettings) -> str:
+    report = read_report(path)
+    client = open_client(source, settings)
+    try:
+        client.store(report)
+    finally:
+        client.close()
+    record_sent(root, report)
+    return str(report.SOPInstanceUID)
+
+
+def report_to_source(
+    archive: str, store: str, results: list[StudyResult], settings: PacsSettings
+) -> tuple[int, dict[str, str]]:
+    """Write an SR for each study result into the source's folder, then send every SR
+    not yet acknowledged (this run's and any an earlier run left pending), at most
+    `concurrency` at once. Returns (sent, {SOPInstanceUID: reason} not sent)."""
+    logger = get_run_logger()
+    source = parse_source(archive)
+    root = pacs_root(store, source)
+    queued = sum(queue_report(root, report_for(result)) for result in results)
+    pending = pending_reports(root)
+    logger.info(
+        "results back to %s: %d new SR documents, %d to send", source.uri, queued, len(pending)
+    )
+
+    def submit(path: str) -> PrefectFuture[str]:
+        return send_report_task.submit(source, path, root, settings)
+
+    sent = 0
+    failed: dict[str, str] = {}
+    for path, future in bounded(submit, pending, settings.concurrency):
+        try:
+            future.result()
+        except PacsError as err:  # refused or still unreachable: kept pending, sent next run
+            name = path.rsplit("/", 1)[-1].removesuffix(".dcm")
+            failed[name] = str(err)
+            logger.warning("SR %s not sent (kept; sent by the next run): %s", name, err)
+        else:
+            sent += 1
+    return sent, failed

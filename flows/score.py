@@ -8,7 +8,7 @@ archive that grew by 50 studies does the work of 50 studies.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 from prefect import flow, get_run_logger, task
@@ -59,9 +59,15 @@ from renalflow.tasks.score import (
     summary_dict,
 )
 from renalflow.tasks.selection import select_slices
-from renalflow.tasks.sources import archive_folder
+from renalflow.tasks.sources import archive_folder, is_pacs
 from renalflow.tasks.sources.query import PacsSettings
 from renalflow.tasks.store import read_inventory
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    from renalflow.tasks.selection import StudySelection
 
 # The summary and its formats live with the scoring logic; callers import them from here.
 __all__ = ["ScoreSummary", "default_store", "format_summary", "score_flow", "summary_dict"]
@@ -91,6 +97,24 @@ def resolve_key(key_secret: str | None = None) -> bytes:
             ) from err
         return check_key(str(value))
     raise InputError(NO_KEY_HELP)
+
+
+def _report(
+    summary: ScoreSummary,
+    archive: str,
+    store: str,
+    scored: tuple[pd.DataFrame, list[StudySelection], pa.Table, bytes] | None,
+    pacs: PacsSettings | None,
+) -> None:
+    """Results back to the PACS the archive is: an SR per study `scored` (its slices,
+    selections, vote rows and key), and those an earlier run left unsent."""
+    from renalflow.flows.pacs import report_to_source
+    from renalflow.tasks.sources.report import study_results
+
+    results = study_results(*scored) if scored else []
+    sent, failed = report_to_source(archive, store, results, pacs or PacsSettings())
+    summary.reports_sent = sent
+    summary.reports_not_sent = failed
 
 
 @task(name="score-slices", **TASK_OPTIONS)
@@ -137,6 +161,7 @@ def score_flow(
     explain_dir: str | None = None,
     selector_dir: str | None = None,
     pacs: PacsSettings | None = None,
+    report_to_pacs: bool = False,
 ) -> ScoreSummary:
     """Score every study of `archive` that this model version has not scored yet.
 
@@ -145,12 +170,16 @@ def score_flow(
     the slice selector at `selector_dir`, else every slice with config.all_slices);
     per-image probabilities go to R/slice_scores, one 51% vote per study to
     R/study_votes and per patient to R/patient_votes, pseudonymised with the
-    department's key.
+    department's key. With `report_to_pacs` (a PACS archive), each study scored gets a
+    DICOM SR sent back to that PACS (flows/pacs.py), and SRs an earlier run could not
+    send are sent again.
     """
     announce_run("score")
     logger = get_run_logger()
     started = time.perf_counter()
     config = config or ScoreConfig()
+    if report_to_pacs and not is_pacs(archive):
+        raise InputError(f"--report-to-pacs needs a PACS archive; {archive} is not one")
     key = resolve_key(key_secret)  # refuse before any work without a key
     info = read_model_info(model_dir)
     selector = None
@@ -183,6 +212,8 @@ def score_flow(
         len(plan.slices),
     )
     if plan.studies == 0:
+        if report_to_pacs:  # SRs an earlier run left unsent
+            _report(summary, archive, store, None, pacs)
         summary.seconds = time.perf_counter() - started
         return summary
     chosen = plan_selection(plan.slices, config, selector=selector is not None)
@@ -293,6 +324,8 @@ def score_flow(
         written["patient_rows_inserted"] + written["patient_rows_updated"]
     )
     summary.votes, summary.qc_flagged = tally_votes(vote_rows)
+    if report_to_pacs:
+        _report(summary, archive, store, (plan.slices, selections, vote_rows, key), pacs)
     summary.seconds = time.perf_counter() - started
     logger.info(
         "scoring finished: %d studies, %d images in %.1f s",

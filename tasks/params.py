@@ -187,6 +187,24 @@ class ScreeningParams(PacsParams, SelectionParams):
         "the results; it holds identifiers and pixels, so keep it inside the department)",
     )
     key_secret: str | None = Field(default=None, description=KEY_SECRET_HELP)
+    report_to_pacs: bool = Field(
+        default=False,
+        description="write each study scored back to the PACS it came from as a DICOM "
+        "Enhanced SR (vote, malignant share, thresholds, model version, the slices voted "
+        "on; marked a research result, not a diagnosis), by STOW-RS or C-STORE; PACS "
+        "archives only (our choice: off, the PACS administrator must agree)",
+    )
+
+    @model_validator(mode="after")
+    def _report_needs_pacs(self) -> ScreeningParams:
+        from renalflow.tasks.sources import is_pacs
+
+        if self.report_to_pacs and not is_pacs(self.archive):
+            raise ValueError(
+                f"--report-to-pacs writes results back to a PACS, and {self.archive} is not "
+                "one (dicomweb+https://... or dimse://...): leave the option out"
+            )
+        return self
 
 
 class SynthParams(JobParams):
@@ -804,7 +822,7 @@ class DemoParams(JobParams):
     )
     selector_patients: int = Field(
         default=12,
-        ge=4,
+        ge=6,
         description="patients with annotated whole studies the slice selector learns from "
         "(our choice: 12, about 4,000 slices with their lesion SEGs)",
     )
@@ -830,6 +848,12 @@ class DemoParams(JobParams):
     )
     workers: int | None = Field(
         default=None, ge=1, description="local Dask workers (default: one per core)"
+    )
+    pacs: bool = Field(
+        default=False,
+        description="screen from a PACS: start Orthanc on loopback (`make pacs` installs "
+        "it), load the screening archive into it, score it over DICOMweb and send the "
+        "results back as DICOM SR (our choice: off, the folder is screened)",
     )
 
 

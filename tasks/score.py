@@ -214,6 +214,8 @@ class ScoreSummary:
     selection_sources: dict[str, int] = field(default_factory=dict)
     series_skipped: dict[str, int] = field(default_factory=dict)
     patient_rows_written: int = 0
+    reports_sent: int = 0  # SR documents the PACS acknowledged (--report-to-pacs)
+    reports_not_sent: dict[str, str] = field(default_factory=dict)  # SOP UID -> reason
 
     def add_plan(self, plan: ScoringPlan) -> None:
         self.studies_in_archive = plan.studies_in_archive
@@ -284,6 +286,13 @@ def format_summary(summary: ScoreSummary) -> str:
     )
     if summary.heatmaps:
         lines.append(f"  heat maps          {summary.heatmaps:>8,}  in {summary.heatmap_dir}")
+    if summary.reports_sent or summary.reports_not_sent:
+        lines.append(
+            f"  SR to the PACS     {summary.reports_sent:>8,}  sent, "
+            f"{len(summary.reports_not_sent):,} not sent (kept; sent by the next run)"
+        )
+        for uid, reason in list(summary.reports_not_sent.items())[:3]:
+            lines.append(f"    not sent: {uid}: {reason}")
     lines.append(f"  wall time          {summary.seconds:>8.1f} s")
     if summary.inference_seconds and summary.workers:
         rate = summary.images_scored / summary.inference_seconds

@@ -150,11 +150,9 @@ def _ingested(root: Path, synth: Any, size: int) -> str:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
+    from renalflow.tasks.sources.orthanc import free_port as _free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return _free_port()
 
 
 def ct_series(

@@ -1,111 +1,23 @@
-"""A real PACS for the tests: Orthanc from Debian (`make pacs` installs it) with its
-DICOMweb plugin, started on loopback with free ports and a temporary storage folder,
-HTTP basic authentication on, and renalflow's AE title registered for DIMSE.
-"""
+"""A real PACS for the tests: the local Orthanc renalflow starts for its demo and
+benchmark (tasks/sources/orthanc.py), with a fixed password the tests give renalflow."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import requests
+from renalflow.tasks.config import CALLING_AE
+from renalflow.tasks.sources.orthanc import ORTHANC_AET, ORTHANC_USER, Orthanc
+from renalflow.tasks.sources.orthanc import start_orthanc as _start
 
-from tests.factory import free_port
+__all__ = ["ORTHANC_AET", "PASSWORD", "USER", "Orthanc", "start_orthanc"]
 
-ORTHANC_AET = "ORTHANC"
-USER = "renalflow"
+USER = ORTHANC_USER
 PASSWORD = "orthanc-test-password"
-DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
-
-
-@dataclass
-class Orthanc:
-    http_port: int
-    dicom_port: int
-    folder: Path
-
-    @property
-    def rest(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def dicomweb(self) -> str:
-        """The archive URI renalflow takes for its DICOMweb service."""
-        return f"dicomweb+http://127.0.0.1:{self.http_port}/dicom-web"
-
-    def dimse(self, aet: str = ORTHANC_AET) -> str:
-        """The archive URI renalflow takes for its DIMSE service."""
-        return f"dimse://{aet}@127.0.0.1:{self.dicom_port}"
-
-    def upload(self, files: Iterable[Path]) -> int:
-        """Store files through Orthanc's REST API (as a modality would send them)."""
-        n = 0
-        with requests.Session() as session:
-            session.auth = (USER, PASSWORD)
-            for path in files:
-                answer = session.post(f"{self.rest}/instances", data=path.read_bytes())
-                answer.raise_for_status()
-                n += 1
-        return n
-
-    def delete_study(self, study_instance_uid: str) -> None:
-        with requests.Session() as session:
-            session.auth = (USER, PASSWORD)
-            query = {"Level": "Study", "Query": {"StudyInstanceUID": study_instance_uid}}
-            found = session.post(f"{self.rest}/tools/find", json=query)
-            found.raise_for_status()
-            assert found.json(), f"no study {study_instance_uid} to delete"
-            for study in found.json():
-                session.delete(f"{self.rest}/studies/{study}").raise_for_status()
 
 
 @contextmanager
-def start_orthanc(folder: Path, calling_ae: str = "RENALFLOW") -> Iterator[Orthanc]:
-    """Orthanc on 127.0.0.1 until the block ends; its database lives in `folder`."""
-    executable = shutil.which("Orthanc")
-    if executable is None:
-        raise RuntimeError("Orthanc is not installed: run `make pacs` (Debian's orthanc)")
-    folder.mkdir(parents=True, exist_ok=True)
-    server = Orthanc(free_port(), free_port(), folder)
-    config = {
-        "Name": "renalflow-test",
-        "StorageDirectory": str(folder / "storage"),
-        "IndexDirectory": str(folder / "storage"),
-        "Plugins": [DICOMWEB_PLUGIN],
-        "HttpPort": server.http_port,
-        "DicomPort": server.dicom_port,
-        "DicomAet": ORTHANC_AET,
-        "DicomCheckCalledAet": True,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": True,
-        "RegisteredUsers": {USER: PASSWORD},
-        "DicomModalities": {"renalflow": [calling_ae, "127.0.0.1", free_port()]},
-        "DicomCheckModalityHost": True,
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-    }
-    path = folder / "orthanc.json"
-    path.write_text(json.dumps(config))
-    log = (folder / "orthanc.log").open("wb")
-    process = subprocess.Popen([executable, str(path)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{server.rest}/system", auth=(USER, PASSWORD)).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Orthanc did not start; see {folder / 'orthanc.log'}")
-            time.sleep(0.1)
+def start_orthanc(folder: Path, calling_ae: str = CALLING_AE) -> Iterator[Orthanc]:
+    with _start(folder, calling_ae, password=PASSWORD) as server:
         yield server
-    finally:
-        process.terminate()
-        process.wait(30)
-        log.close()

@@ -159,6 +159,18 @@ def pacs_root(store: str, source: PacsSource) -> str:
     return f"{base}/{PACS_FOLDER}/{source.key}"
 
 
+def check_pacs_store(store: str) -> None:
+    """A PACS source needs a slice store on this machine or a mounted share: its
+    instance cache and watermark are files written whole and then moved into place
+    (renalflow's choice; object storage has no such move)."""
+    scheme = store.split("://", 1)[0].lower() if "://" in store else "file"
+    if scheme not in ("file", "local"):
+        raise InputError(
+            f"a PACS archive needs a slice store on a local or mounted disk, not {store}: "
+            "give --store a folder (the results may still go to object storage)"
+        )
+
+
 def instances_folder(store: str, source: PacsSource) -> str:
     """The cache of instances fetched from `source`: the archive its slices come from."""
     return f"{pacs_root(store, source)}/{INSTANCES}"

@@ -144,7 +144,8 @@ class DicomwebPacs:
         if status == 403:
             return PacsError(
                 f"{where} does not allow {what} for {self._credentials.kind} (HTTP 403): ask "
-                "the PACS administrator for read access to QIDO-RS and WADO-RS"
+                "the PACS administrator for read access to QIDO-RS and WADO-RS (and STOW-RS "
+                "to write results back)"
             )
         if status == 404:
             if study is not None:
@@ -227,6 +228,19 @@ class DicomwebPacs:
             with self._errors(f"retrieving instance {sop}", study):
                 dataset = self._client.retrieve_instance(study, series, sop, media_types=_AS_STORED)
             sink(study, series, sop, _encode(dataset))
+
+    def store(self, dataset: pydicom.Dataset) -> None:
+        """STOW-RS of one instance; a PACS that refuses it answers with a failure list."""
+        what = f"storing instance {dataset.SOPInstanceUID} (STOW-RS)"
+        with self._errors(what):
+            answer = self._client.store_instances([dataset])
+        failed = answer.get("FailedSOPSequence", [])
+        if failed:
+            reason = failed[0].get("FailureReason", "no reason given")
+            raise PacsError(
+                f"{self.source.url} refused {what}: failure reason {reason}; ask the PACS "
+                "administrator to allow STOW-RS for renalflow's account"
+            )
 
     def close(self) -> None:
         self._session.close()

@@ -305,5 +305,35 @@ class DimsePacs:
                 if code not in (0x0000, 0xB000):  # B000: some sub-operations failed
                     raise self._failed(code, what)
 
+    def store(self, dataset: Dataset) -> None:
+        """C-STORE of one instance, on an association of its own (the SOP class of
+        results written back is not among those fetched)."""
+        what = f"storing instance {dataset.SOPInstanceUID} (C-STORE)"
+        ae = AE(ae_title=self.calling_ae)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self._ae.network_timeout
+        ae.connection_timeout = self._ae.connection_timeout
+        ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+        assoc = ae.associate(self.source.host, self.source.port, ae_title=self.source.called_ae)
+        if assoc.is_rejected:
+            raise self._rejected(assoc)
+        if not assoc.is_established:
+            raise PacsUnavailableError(f"cannot associate with {self._where} ({what})")
+        try:
+            status = assoc.send_c_store(dataset)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        code = _status(status)
+        if code in (0x0000, 0xB000, 0xB007, 0xB006):  # B0xx: stored, with a warning
+            return
+        if code == -1:
+            raise PacsUnavailableError(f"{self._where} stopped answering ({what})")
+        if code in _BUSY:
+            raise PacsUnavailableError(f"{self._where} is out of resources ({what})")
+        raise PacsError(
+            f"{self._where} refused {what} (status 0x{code:04X}): ask its administrator to "
+            f"accept Enhanced SR from the AE title {self.calling_ae!r}"
+        )
+
     def close(self) -> None:
         pass

@@ -68,6 +68,8 @@ class SourceSummary:
     localizers_skipped: int = 0
     bytes_fetched: int = 0
     seconds: float = 0.0
+    cache_files: int = 0  # what the source's cache holds after the run
+    cache_bytes: int = 0
 
     def add(self, fetched: StudyFetch) -> None:
         self.delivered += 1
@@ -100,6 +102,10 @@ class SourceSummary:
             f"  PACS series      {self.series_fetched:>8,}  fetched, "
             f"{sum(self.series_skipped.values()):,} left on the PACS"
         )
+        lines.append(
+            f"  PACS cache       {self.cache_files:>8,}  files, {self.cache_bytes / 1e9:,.2f} GB "
+            "(kept; see the README to free it)"
+        )
         for uid, reason in list(self.failed.items())[:5]:
             lines.append(f"    not delivered: {uid}: {reason}")
         return lines
@@ -111,6 +117,18 @@ def make_cache(store: str, source: PacsSource) -> str:
     fs, path = fsspec.core.url_to_fs(folder)
     fs.makedirs(path, exist_ok=True)
     return folder
+
+
+def cache_size(store: str, source: PacsSource) -> tuple[int, int]:
+    """(files, bytes) in the instance cache of `source`: it grows with every study
+    fetched, and renalflow never deletes from it (README: how to free it)."""
+    folder = instances_folder(store, source)
+    fs, path = fsspec.core.url_to_fs(folder)
+    try:
+        found = fs.find(path, detail=True)
+    except FileNotFoundError:
+        return 0, 0
+    return len(found), sum(int(info.get("size") or 0) for info in found.values())
 
 
 def open_client(source: PacsSource, settings: PacsSettings) -> PacsClient:
@@ -170,12 +188,23 @@ def fetch_study(
     uid = study.study_instance_uid
     client = open_client(source, settings)
     try:
-        for series in client.find_series(uid):
+        listed = client.find_series(uid)
+        if not listed:
+            raise StudyNotDelivered(
+                "the PACS listed the study but has no series for it now (deleted or moved "
+                "since the query?)"
+            )
+        for series in listed:
             reason = series_skip_reason(series, settings.rule)
             if reason:
                 report.series_skipped[series.series_instance_uid] = reason
                 continue
             instances = client.find_instances(uid, series.series_instance_uid)
+            if not instances:
+                raise StudyNotDelivered(
+                    f"the PACS lists series {series.series_instance_uid} but no instances of "
+                    "it (deleted since the query?)"
+                )
             wanted = [i.sop_instance_uid for i in instances if instance_wanted(i)]
             report.localizers_skipped += len(instances) - len(wanted)
             if not wanted:

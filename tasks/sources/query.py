@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from renalflow.tasks.config import (
     CALLING_AE,
@@ -22,6 +22,9 @@ from renalflow.tasks.config import (
 )
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.selection import judge_region
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 MODALITY = "CT"
 """The modality screened: studies must list it in ModalitiesInStudy, series must be it."""
@@ -174,5 +177,8 @@ class PacsClient(Protocol):
 
     def fetch_instances(self, study: str, series: str, sops: list[str], sink: Sink) -> None:
         """The named instances of a series."""
+
+    def store(self, dataset: Dataset) -> None:
+        """Send one instance to the PACS (STOW-RS or C-STORE): results written back."""
 
     def close(self) -> None: ...

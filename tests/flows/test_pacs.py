@@ -155,6 +155,7 @@ def test_pacs_ingest_gives_the_folders_slices_and_reruns_fetch_nothing(
     cache = archive_folder(uri, str(store))
     cached = len(list(Path(cache).rglob("*.dcm")))
     assert first.source.instances_fetched == cached == len(fetched) + first.n_non_image
+    assert first.source.cache_files == cached and first.source.cache_bytes > 0
 
     second = _ingest(dask_cluster, uri, store)
     assert second.source is not None
@@ -220,6 +221,40 @@ def test_a_crashed_retrieval_resumes_without_fetching_twice(protocol, pacs, dask
     assert resumed.slices == whole.slices and resumed.n_rejects == 0
 
 
+@pytest.mark.parametrize("protocol", ["dicomweb", "dimse"])
+def test_a_study_gone_between_query_and_retrieval_is_not_delivered(protocol, pacs, tmp_path):
+    """Listed, then deleted before its retrieval: not delivered (so recorded as failed
+    and asked for again next run), never delivered with nothing in it."""
+    from renalflow.tasks.sources import StudyNotDelivered
+    from renalflow.tasks.sources.fetch import fetch_study, open_client
+    from renalflow.tasks.sources.query import PacsSettings
+
+    later = tmp_path / "later"
+    synthesize_archive(
+        later, SynthConfig(patients=1, seed=1819, max_slices_per_series=2, lesion_only=True)
+    )
+    files = [p for p in (later / "archive").rglob("*") if p.is_file()]
+    uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    pacs.upload(files)
+    uri = pacs.dicomweb if protocol == "dicomweb" else pacs.dimse()
+    source, settings = parse_source(uri), PacsSettings()
+    client = open_client(source, settings)
+    try:
+        (study,) = [s for s in client.find_studies(None) if s.study_instance_uid == uid]
+    finally:
+        client.close()
+    pacs.delete_study(uid)
+    with pytest.raises(StudyNotDelivered, match=r"deleted|no longer has it"):
+        fetch_study(source, study, str(tmp_path / "store"), settings)
+
+
+def test_a_pacs_source_with_an_object_storage_store_is_refused_in_one_line(pacs, tmp_path, capsys):
+    code = main(["ingest", pacs.dicomweb, "--store", "s3://research/store"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "needs a slice store on a local or mounted disk, not s3://research/store" in err[0]
+
+
 def test_wrong_password_is_one_line(pacs, prefect_api, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv(USER_ENV, USER)
     monkeypatch.setenv(PASSWORD_ENV, "not-the-password")
@@ -266,31 +301,21 @@ def test_credentials_never_travel_in_the_uri(tmp_path, capsys):
     assert "secret" not in err
 
 
-@pytest.mark.slow
-def test_scoring_a_pacs_votes_as_scoring_the_folder(
-    pacs, dask_cluster, archive, tmp_path, monkeypatch
-):
-    """score takes a PACS like a folder: for the studies it fetched, the same status and
-    images, scored alike (the votes themselves are not compared: a one-epoch model puts
-    images near 0.5, where float round-off between inference batches can tip one)."""
-    from prefect_dask import DaskTaskRunner
-
-    from renalflow.flows.score import score_flow
+@pytest.fixture(scope="module")
+def model(dask_cluster, tmp_path_factory) -> Path:
+    """A one-epoch cpu-demo model, trained on a small curated synthetic archive."""
     from renalflow.tasks.config import PreprocessConfig
     from renalflow.tasks.model import profile_config
-    from renalflow.tasks.pseudonym import KEY_ENV
-    from renalflow.tasks.query import run_query
-    from renalflow.tasks.score import ScoreConfig
     from renalflow.tasks.split import SplitConfig
     from renalflow.tasks.train import train_model
 
-    monkeypatch.setenv(KEY_ENV, "renalflow-test-key-0123456789abcdef")
-    training = tmp_path / "training"
+    root = tmp_path_factory.mktemp("model")
+    training = root / "training"
     synth = SynthConfig(
         patients=6, seed=31, benign_fraction=0.5, max_slices_per_series=4, lesion_only=True
     )
     synthesize_archive(training, synth)
-    store = tmp_path / "training-store"
+    store = root / "training-store"
     _ingest(
         dask_cluster,
         str(training / "archive"),
@@ -298,19 +323,46 @@ def test_scoring_a_pacs_votes_as_scoring_the_folder(
         labels=str(training / "labels.csv"),
         preprocess=PreprocessConfig(output_size=64),
     )
-    model = tmp_path / "model"
     config = profile_config("cpu-demo", input_size=64, epochs=1)
-    train_model(str(store), model, config, SplitConfig(seed=1))
+    train_model(str(store), root / "model", config, SplitConfig(seed=1))
+    return root / "model"
+
+
+@pytest.fixture
+def pseudonym_key(monkeypatch) -> None:
+    from renalflow.tasks.pseudonym import KEY_ENV
+
+    monkeypatch.setenv(KEY_ENV, "renalflow-test-key-0123456789abcdef")
+
+
+def _score(cluster, archive: str, model: Path, out: Path, **kwargs: Any) -> Any:
+    from prefect_dask import DaskTaskRunner
+
+    from renalflow.flows.score import score_flow
+    from renalflow.tasks.score import ScoreConfig
+
+    return score_flow.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))(
+        archive=archive,
+        model_dir=str(model),
+        results=str(out / "results"),
+        store=str(out / "store"),
+        config=ScoreConfig(all_slices=True),
+        **kwargs,
+    )
+
+
+@pytest.mark.slow
+def test_scoring_a_pacs_votes_as_scoring_the_folder(
+    pacs, dask_cluster, archive, model, pseudonym_key, tmp_path
+):
+    """score takes a PACS like a folder: for the studies it fetched, the same status and
+    images, scored alike (the votes themselves are not compared: a one-epoch model puts
+    images near 0.5, where float round-off between inference batches can tip one)."""
+    from renalflow.tasks.query import run_query
 
     def votes(source: str, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        results = str(tmp_path / name)
-        score_flow.with_options(task_runner=DaskTaskRunner(address=dask_cluster.scheduler_address))(
-            archive=source,
-            model_dir=str(model),
-            results=results,
-            store=str(tmp_path / f"{name}-store"),
-            config=ScoreConfig(all_slices=True),
-        )
+        _score(dask_cluster, source, model, tmp_path / name)
+        results = str(tmp_path / name / "results")
         studies = "select study_key, status, n_images, slices_in_study from study_votes"
         images = "select image_key, study_key, probability from slice_scores"
         return (
@@ -329,3 +381,111 @@ def test_scoring_a_pacs_votes_as_scoring_the_folder(
     for key, row in pacs_images.items():
         assert row["study_key"] == folder_images[key]["study_key"]
         assert row["probability"] == pytest.approx(folder_images[key]["probability"], abs=1e-4)
+
+
+def _text_items(sr: Any) -> dict[str, str]:
+    return {
+        str(item.ConceptNameCodeSequence[0].CodeMeaning): str(item.TextValue)
+        for item in sr.ContentSequence
+        if item.ValueType == "TEXT"
+    }
+
+
+def _numbers(sr: Any) -> dict[str, float]:
+    return {
+        str(item.ConceptNameCodeSequence[0].CodeMeaning): float(
+            item.MeasuredValueSequence[0].NumericValue
+        )
+        for item in sr.ContentSequence
+        if item.ValueType == "NUM"
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["dicomweb", "dimse"])
+def test_results_go_back_to_the_pacs_as_a_valid_sr_once(
+    protocol, pacs, dask_cluster, model, pseudonym_key, tmp_path
+):
+    """--report-to-pacs: one Enhanced SR per study scored, sent by STOW-RS or C-STORE,
+    visible through QIDO-RS, valid (highdicom round trip; dciodvfy when installed), saying
+    what the vote row says; a rerun sends nothing, and a rerun after a crash between
+    sending and recording sends the same instance again, which the PACS keeps once."""
+    import subprocess
+
+    from dicomweb_client.api import DICOMwebClient
+    from highdicom.sr import EnhancedSR
+
+    from renalflow.tasks.pseudonym import KEY_ENV, pseudonym
+    from renalflow.tasks.query import run_query
+    from renalflow.tasks.sources.report import DISCLAIMER, SERIES_DESCRIPTION, sent_reports
+
+    uri = pacs.dicomweb if protocol == "dicomweb" else pacs.dimse()
+    pacs.delete_modality("SR")
+    try:
+        first = _score(dask_cluster, uri, model, tmp_path, report_to_pacs=True)
+        assert first.vote_rows_inserted >= 3
+        assert first.reports_sent == first.vote_rows_inserted and not first.reports_not_sent
+        found = pacs.qido("series", Modality="SR")
+        assert len(found) == first.vote_rows_inserted
+        rows = {
+            r["study_key"]: r
+            for r in run_query(str(tmp_path / "results"), "select * from study_votes").to_pylist()
+        }
+        key = os.environ[KEY_ENV].encode()
+        client = DICOMwebClient(f"{pacs.rest}/dicom-web")
+        client._session.auth = (USER, PASSWORD)
+        for series in found:
+            study = series["0020000D"]["Value"][0]
+            series_uid = series["0020000E"]["Value"][0]
+            assert series["0008103E"]["Value"][0] == SERIES_DESCRIPTION
+            (instance,) = client.search_for_instances(study, series_uid)
+            sop = instance["00080018"]["Value"][0]
+            dataset = client.retrieve_instance(study, series_uid, sop)
+            sr = EnhancedSR.from_dataset(dataset)  # a valid Enhanced SR, read back
+            assert sr.PreliminaryFlag == "PRELIMINARY" and sr.VerificationFlag == "UNVERIFIED"
+            assert "not a diagnosis" in sr.ConceptNameCodeSequence[0].CodeMeaning
+            row = rows[pseudonym(key, study)]
+            texts, numbers = _text_items(sr), _numbers(sr)
+            assert texts["Comment"] == DISCLAIMER
+            assert texts["Algorithm Version"] == f"model {row['model_version']}"
+            assert f"Screening vote: {row['vote']} " in texts["Finding"]
+            assert numbers["Share of voted slices malignant"] == pytest.approx(
+                100 * row["fraction_malignant"], abs=0.01
+            )
+            assert numbers["Malignant share for a malignant vote"] == pytest.approx(51)
+            assert numbers["Slices voted on"] == row["n_images"]
+            images = [i for i in sr.ContentSequence if i.ValueType == "IMAGE"]
+            assert len(images) == row["n_images"]
+            evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
+            assert evidence.StudyInstanceUID == study
+            if shutil.which("dciodvfy"):  # dicom3tools (`make pacs` installs it)
+                path = tmp_path / f"{sop}.dcm"
+                dataset.save_as(path, enforce_file_format=True)
+                checked = subprocess.run(
+                    ["dciodvfy", str(path)], capture_output=True, text=True, check=False
+                )
+                errors = [line for line in checked.stderr.splitlines() if line.startswith("Error")]
+                assert not errors, checked.stderr
+
+        second = _score(dask_cluster, uri, model, tmp_path, report_to_pacs=True)
+        assert second.studies_scored == 0 and second.reports_sent == 0
+        assert len(pacs.qido("series", Modality="SR")) == len(found)
+
+        # Killed after the PACS took one SR and before it was recorded: sent again, the
+        # same instance (its UIDs follow from its content), which the PACS keeps once.
+        root = pacs_root(str(tmp_path / "store"), parse_source(uri))
+        sent = sent_reports(root)
+        assert len(sent) == len(found)
+        Path(root, "reports", f"{next(iter(sent))}.sent.json").unlink()
+        third = _score(dask_cluster, uri, model, tmp_path, report_to_pacs=True)
+        assert third.reports_sent == 1
+        assert len(pacs.qido("instances", Modality="SR")) == len(found)
+    finally:
+        pacs.delete_modality("SR")
+
+
+def test_report_to_pacs_needs_a_pacs_archive(tmp_path, capsys):
+    code = main(["score", str(tmp_path), "--model-dir", "m", "--results", "r", "--report-to-pacs"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "--report-to-pacs writes results back to a PACS" in err[0]

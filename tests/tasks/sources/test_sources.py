@@ -82,3 +82,12 @@ def test_plain_http_beyond_this_machine_is_warned_about():
     assert plain_http_warning(parse_source("dicomweb+http://127.0.0.1:8042/dicom-web")) is None
     warning = plain_http_warning(parse_source("dicomweb+http://pacs.hospital/dicom-web"))
     assert warning and "unencrypted" in warning
+
+
+def test_a_pacs_source_needs_a_local_store():
+    from renalflow.tasks.sources import check_pacs_store
+
+    check_pacs_store("/data/store")
+    check_pacs_store("file:///data/store")
+    with pytest.raises(InputError, match="not s3://bucket/store: give --store a folder"):
+        check_pacs_store("s3://bucket/store")
