@@ -111,8 +111,8 @@ class SelectionPlan:
 def plan_selection(slices: pd.DataFrame, config: ScoreConfig, *, selector: bool) -> SelectionPlan:
     """Series selection, then which slices go to the models; refuses (InputError) when
     nothing can decide which slices of some study vote."""
-    check_selection_possible(slices, selector=selector, all_slices=config.all_slices)
     series = select_series(slices, config.series_rule)
+    check_selection_possible(slices, series, selector=selector, all_slices=config.all_slices)
     chosen = set(
         series.loc[series["decision"] == SeriesDecision.SELECTED.value, "series_instance_uid"]
     )

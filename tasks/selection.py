@@ -328,19 +328,27 @@ def select_slices(
     return out
 
 
-def check_selection_possible(slices: pd.DataFrame, *, selector: bool, all_slices: bool) -> None:
-    """Refuse, before any inference, studies that nothing can select slices in."""
+def check_selection_possible(
+    slices: pd.DataFrame, series: pd.DataFrame, *, selector: bool, all_slices: bool
+) -> None:
+    """Refuse, before any inference, studies that nothing can select slices in: a study
+    with a screened series (`series`: `select_series`' decisions) and no lesion
+    annotations, when there is no selector and `all_slices` is off. A study with no
+    screened series (a chest or head CT) needs nothing: it has no mass to find."""
     if selector or all_slices:
         return
     covered = annotated(slices)
-    bare = int((~covered).sum())
+    screened = set(
+        series.loc[series["decision"] == SeriesDecision.SELECTED.value, "study_instance_uid"]
+    )
+    bare = [uid for uid in screened if not bool(covered.get(uid, False))]
     if bare:
         raise InputError(
-            f"{bare} of {len(covered)} studies carry no lesion annotations, so nothing says "
-            "which of their slices show the renal mass: pass --selector MODEL (a slice "
-            "selector, `renalflow train --task selector`), --lesions CSV at ingest, or "
-            "--all-slices when the archive holds only curated slices through the mass (as "
-            "in the paper)"
+            f"{len(bare)} of {len(screened)} studies with an abdominal series carry no lesion "
+            "annotations, so nothing says which of their slices show the renal mass: pass "
+            "--selector MODEL (a slice selector, `renalflow train --task selector`), "
+            "--lesions CSV at ingest, or --all-slices when the archive holds only curated "
+            "slices through the mass (as in the paper)"
         )
 
 

@@ -212,7 +212,8 @@ def test_studies_nothing_can_select_slices_in_are_refused_in_one_line(trained, t
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 2, out
     lines = [line for line in out.splitlines() if line.strip()]
-    assert lines[-1].startswith("renalflow score: error: 6 of 6 studies carry no lesion"), out
+    expected = "renalflow score: error: 6 of 6 studies with an abdominal series carry no lesion"
+    assert lines[-1].startswith(expected), out
     assert "--selector MODEL" in lines[-1] and "--all-slices" in lines[-1]
     assert "Traceback" not in out
     assert run_query(results, "select count(*) from study_votes").column(0)[0].as_py() == 0

@@ -147,9 +147,9 @@ def test_annotations_then_selector_then_all_slices_decide_which_slices_vote():
     slices = pd.concat([annotated_rows, bare_rows], ignore_index=True)
     series = select_series(slices)
 
-    with pytest.raises(InputError, match="1 of 2 studies carry no lesion annotations"):
-        check_selection_possible(slices, selector=False, all_slices=False)
-    check_selection_possible(slices, selector=True, all_slices=False)
+    with pytest.raises(InputError, match="1 of 2 studies with an abdominal series carry no"):
+        check_selection_possible(slices, series, selector=False, all_slices=False)
+    check_selection_possible(slices, series, selector=True, all_slices=False)
 
     picked = {s.study_instance_uid: s for s in select_slices(slices, series)}
     assert picked[annotated_study].source is SelectionSource.ANNOTATION
@@ -173,6 +173,8 @@ def test_a_chest_ct_has_nothing_to_select():
     study = generate_uid()
     chest = _rows(_series(study, n=40, thickness=5.0, BodyPartExamined="CHEST"))
     chest["lesion"] = None
+    # Not refused without annotations or a selector: it has no mass to find.
+    check_selection_possible(chest, select_series(chest), selector=False, all_slices=False)
     (only,) = select_slices(chest, select_series(chest), all_slices=True)
     assert only.series_used == () and only.slices_selected == 0
     assert only.slices_in_study == 40
