@@ -7,7 +7,7 @@ import secrets
 import time
 from pathlib import Path
 from textwrap import indent
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow
 
@@ -159,31 +159,43 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
     def step(text: str) -> None:
         print(f"\n== {text}  [{time.perf_counter() - started:.0f} s]", flush=True)
 
-    step(f"1/9 synth: {params.patients} curated development patients -> {where.data}")
-    if (where.data / SYNTH_RECORD).exists():
-        print("   (already there; reusing it)")
-    else:
-        run_synth(
-            SynthParams(
-                out=str(where.data),
-                patients=params.patients,
-                seed=params.seed,
-                benign_fraction=params.benign_fraction,
-                lesion_only=True,  # the classifier learns from curated lesion slices (paper)
+    def synth_once(wanted: SynthParams) -> None:
+        if (Path(wanted.out) / SYNTH_RECORD).exists():
+            print("   (already there; reusing it)")
+        else:
+            run_synth(wanted)
+
+    def ingest(folder: Path, store: Path) -> None:
+        summary = ingest_job(
+            IngestParams(
+                archive=str(folder / "archive"),
+                store=str(store),
+                labels=str(folder / "labels.csv"),
+                interpolation=params.interpolation,
+                workers=params.workers,
             )
         )
+        print(ingest_summary(summary))
 
-    step(f"2/9 ingest: {where.data / 'archive'} -> {where.store} (Prefect flow on Dask)")
-    summary = ingest_job(
-        IngestParams(
-            archive=str(where.data / "archive"),
-            store=str(where.store),
-            labels=str(where.data / "labels.csv"),
-            interpolation=params.interpolation,
-            workers=params.workers,
+    def evaluate(store: Path, model: Path, out: Path) -> dict[str, Any]:
+        options = EvaluateParams(
+            store=str(store), model_dir=str(model), out=str(out), bootstrap=DEMO_BOOTSTRAP
+        )
+        return evaluate_job(options)
+
+    step(f"1/9 synth: {params.patients} curated development patients -> {where.data}")
+    synth_once(
+        SynthParams(
+            out=str(where.data),
+            patients=params.patients,
+            seed=params.seed,
+            benign_fraction=params.benign_fraction,
+            lesion_only=True,  # the classifier learns from curated lesion slices (paper)
         )
     )
-    print(ingest_summary(summary))
+
+    step(f"2/9 ingest: {where.data / 'archive'} -> {where.store} (Prefect flow on Dask)")
+    ingest(where.data, where.store)
     print(describe_store(str(where.store.resolve())))
 
     step(f"3/9 train the classifier: profile cpu-demo -> {where.model}")
@@ -198,14 +210,7 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
         print(f"   model version {result.model_version}, epoch {result.selected_epoch}")
 
     step(f"4/9 evaluate the classifier: the held-out test patients -> {where.report}")
-    metrics = evaluate_job(
-        EvaluateParams(
-            store=str(where.store),
-            model_dir=str(where.model),
-            out=str(where.report),
-            bootstrap=DEMO_BOOTSTRAP,
-        )
-    )
+    metrics = evaluate(where.store, where.model, where.report)
     image, patient = metrics["image"], metrics["patient"]
     print(
         f"   image AUC {image['auc']:.3f}, vote accuracy {patient['accuracy']:.3f} over "
@@ -216,25 +221,15 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
         f"5/9 synth + ingest: {params.selector_patients} patients' whole studies with their "
         f"lesions as DICOM SEG -> {where.selector_store}"
     )
-    if not (where.annotated / SYNTH_RECORD).exists():
-        run_synth(
-            SynthParams(
-                out=str(where.annotated),
-                patients=params.selector_patients,
-                seed=params.seed + 2,
-                benign_fraction=params.benign_fraction,
-            )
-        )
-    annotated = ingest_job(
-        IngestParams(
-            archive=str(where.annotated / "archive"),
-            store=str(where.selector_store),
-            labels=str(where.annotated / "labels.csv"),
-            interpolation=params.interpolation,
-            workers=params.workers,
+    synth_once(
+        SynthParams(
+            out=str(where.annotated),
+            patients=params.selector_patients,
+            seed=params.seed + 2,
+            benign_fraction=params.benign_fraction,
         )
     )
-    print(ingest_summary(annotated))
+    ingest(where.annotated, where.selector_store)
 
     step(f"6/9 train + evaluate the slice selector: cpu-demo -> {where.selector}")
     if has_model(where.selector):
@@ -251,29 +246,21 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
         )
         threshold = selector.selector_threshold
         print(f"   selector version {selector.model_version}, threshold {threshold:.4g}")
-    selector_metrics = evaluate_job(
-        EvaluateParams(
-            store=str(where.selector_store),
-            model_dir=str(where.selector),
-            out=str(where.selector_report),
-            bootstrap=DEMO_BOOTSTRAP,
-        )
-    )
+    selector_metrics = evaluate(where.selector_store, where.selector, where.selector_report)
     print(indent(format_selector_summary(selector_metrics), "   "))
 
     step(
         f"7/9 synth: a screening archive of {params.screening} new patients' whole studies, "
         "no annotations"
     )
-    if not (where.screening / SYNTH_RECORD).exists():
-        run_synth(
-            SynthParams(
-                out=str(where.screening),
-                patients=params.screening,
-                seed=params.seed + 1,
-                seg_share=0.0,  # as a hospital archive: the selector decides what votes
-            )
+    synth_once(
+        SynthParams(
+            out=str(where.screening),
+            patients=params.screening,
+            seed=params.seed + 1,
+            seg_share=0.0,  # as a hospital archive: the selector decides what votes
         )
+    )
 
     if params.pacs:
         step(f"8/9 score from a PACS: Orthanc on loopback, over DICOMweb -> {where.results}")

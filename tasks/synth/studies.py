@@ -216,30 +216,23 @@ def write_whole_patient(plan: PatientPlan, config: SynthConfig, archive: Path) -
     )
     result = PatientResult()
     _write_abdomen(rng, extra, patient, abdomen, phases, scout, twin, seg, result)
-    if chest:
-        when = study_date + timedelta(days=int(extra.integers(-400, 400)))
+    others = (
+        (chest, StudyKind.CHEST, 400, "C", "CT THORAX", "CHEST", "2", _write_chest),
+        (head, StudyKind.HEAD, 900, "H", "CT HEAD", "HEAD", "3", _write_head),
+    )
+    for wanted, kind, days, prefix, description, body_part, study_id, write in others:
+        if not wanted:
+            continue
         study = replace(
             abdomen,
-            study_uid=derive_uid(config.seed, plan.patient_id, "study", StudyKind.CHEST),
-            accession=f"C{plan.seed % 10**8:08d}",
-            study_date=when,
-            description="CT THORAX",
-            body_part="CHEST",
-            study_id="2",
+            study_uid=derive_uid(config.seed, plan.patient_id, "study", kind),
+            accession=f"{prefix}{plan.seed % 10**8:08d}",
+            study_date=study_date + timedelta(days=int(extra.integers(-days, days))),
+            description=description,
+            body_part=body_part,
+            study_id=study_id,
         )
-        _write_chest(rng, patient, study, result)
-    if head:
-        when = study_date + timedelta(days=int(extra.integers(-900, 900)))
-        study = replace(
-            abdomen,
-            study_uid=derive_uid(config.seed, plan.patient_id, "study", StudyKind.HEAD),
-            accession=f"H{plan.seed % 10**8:08d}",
-            study_date=when,
-            description="CT HEAD",
-            body_part="HEAD",
-            study_id="3",
-        )
-        _write_head(rng, patient, study, result)
+        write(rng, patient, study, result)
     return result
 
 
