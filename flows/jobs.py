@@ -132,7 +132,7 @@ def preflight_score(params: ScoreParams, *, remote: bool) -> None:
 
 _PROFILE_OVERRIDES = (
     *("epochs", "batch_size", "learning_rate", "weights", "select_epoch", "decay_after"),
-    *("mixed_precision", "seed", "oversample", "augment", "schedule"),
+    *("mixed_precision", "seed", "oversample", "oversample_unit", "augment", "schedule"),
 )
 
 

@@ -98,6 +98,15 @@ class Profile(StrEnum):
     CPU_DEMO = "cpu-demo"
 
 
+class OversampleUnit(StrEnum):
+    """What benign oversampling resamples: `patient` (the paper: benign training patients,
+    each with all their images, drawn until benign and malignant patients are 50:50) or
+    `image` (benign images drawn until the images are 50:50)."""
+
+    PATIENT = "patient"
+    IMAGE = "image"
+
+
 class ServerAction(StrEnum):
     """What `renalflow server` does with the local Prefect server kept warm between
     commands: `status` (where it runs, its database, when it stops) or `stop` (now)."""

@@ -29,6 +29,7 @@ from renalflow.tasks.config import (
     VOTE_THRESHOLD,
     Interpolation,
     MixedPrecision,
+    OversampleUnit,
     PreprocessConfig,
     Profile,
     Schedule,
@@ -38,7 +39,7 @@ from renalflow.tasks.config import (
     Task,
     WindowSource,
 )
-from renalflow.tasks.model import check_region
+from renalflow.tasks.model import LOWEST_VAL_LOSS, check_region
 
 if TYPE_CHECKING:
     from renalflow.tasks.sources.query import PacsSettings
@@ -424,8 +425,9 @@ class TrainParams(JobParams):
     )
     select_epoch: int | None = Field(
         default=None,
-        ge=1,
-        description="keep this epoch's model (the paper kept 5); default: lowest validation loss",
+        description="keep this epoch's model, or 'best': the epoch with the lowest "
+        "validation loss (paper: 5, the epoch the authors kept; cpu-demo: best)",
+        json_schema_extra=cli(metavar="N|best"),
     )
     decay_after: int | None = Field(
         default=None,
@@ -454,8 +456,14 @@ class TrainParams(JobParams):
     seed: int = Field(default=SEED, description="seed for the split, weights and shuffling")
     oversample: bool | None = Field(
         default=None,
-        description="resample the rarer class's training images (benign; for a selector, "
+        description="resample the rarer class's training data (benign; for a selector, "
         "lesion slices) to 50:50 (paper: on)",
+    )
+    oversample_unit: OversampleUnit | None = Field(
+        default=None,
+        description="what oversampling draws: 'patient' (paper: benign patients, each with "
+        "all their images, until patients are 50:50) or 'image' (a selector always draws "
+        "slices)",
     )
     augment: bool | None = Field(
         default=None,
@@ -481,6 +489,21 @@ class TrainParams(JobParams):
                 raise ValueError(f"a momentum between 0 and 1, or none; got {value!r}") from None
         if value is not None and value != 0 and not 0 < value < 1:
             raise ValueError(f"a momentum between 0 and 1, or none; got {value}")
+        return value
+
+    @field_validator("select_epoch", mode="before")
+    @classmethod
+    def _select_epoch(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("best", "lowest-val-loss"):
+            return LOWEST_VAL_LOSS  # explicitly the lowest validation loss (None: the profile's)
+        if value is not None:
+            try:
+                number = int(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"an epoch number or 'best'; got {value!r}") from None
+            if number < 1:
+                raise ValueError(f"an epoch number (1 or more) or 'best'; got {value!r}")
+            return number
         return value
 
     @field_validator("region", mode="before")

@@ -96,3 +96,29 @@ def oversample_indices(labels: np.ndarray, rng: np.random.Generator) -> np.ndarr
     minority, majority = (pos, neg) if len(pos) < len(neg) else (neg, pos)
     extra = rng.choice(minority, size=len(majority) - len(minority), replace=True)
     return rng.permutation(np.concatenate([majority, minority, extra]))
+
+
+def oversample_patient_indices(
+    labels: np.ndarray, patients: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Indices that resample the minority class's patients up to 50:50 patients, shuffled.
+
+    The paper's rule: "sampling all patients in the benign training set until a 50:50
+    ratio was reached between benign and malignant patients". `labels` holds 0/1 per
+    image and `patients` the image's patient; every image of every patient appears
+    once, then minority patients are drawn with replacement, each bringing all its
+    images, until both classes have the same number of patients. Only indices are made.
+    """
+    labels = np.asarray(labels)
+    patients = np.asarray(patients)
+    names, first, inverse = np.unique(patients, return_index=True, return_inverse=True)
+    rows = [np.flatnonzero(inverse == i) for i in range(len(names))]
+    patient_label = labels[first]
+    pos = np.flatnonzero(patient_label == 1)
+    neg = np.flatnonzero(patient_label == 0)
+    if len(pos) == 0 or len(neg) == 0:
+        return rng.permutation(len(labels))
+    minority, majority = (pos, neg) if len(pos) < len(neg) else (neg, pos)
+    extra = rng.choice(minority, size=len(majority) - len(minority), replace=True)
+    drawn = [rows[i] for i in extra]
+    return rng.permutation(np.concatenate([np.arange(len(labels)), *drawn]))
