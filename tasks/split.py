@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -122,3 +123,24 @@ def oversample_patient_indices(
     extra = rng.choice(minority, size=len(majority) - len(minority), replace=True)
     drawn = [rows[i] for i in extra]
     return rng.permutation(np.concatenate([np.arange(len(labels)), *drawn]))
+
+
+def extend_split(
+    existing: dict[str, str], labels: dict[str, str], config: SplitConfig
+) -> dict[str, str]:
+    """`existing` with every patient of `labels` it lacks added: each new patient's split
+    is drawn by the shares from a hash of (seed, patient ID), so it never depends on
+    which other patients arrived with it. Patients already split keep their split, so a
+    model retrained on a grown cohort is tested on patients no earlier model of the
+    same lineage trained on."""
+    out = dict(existing)
+    for patient in sorted(set(labels) - set(existing)):
+        digest = hashlib.sha256(f"{config.seed}:{patient}".encode()).digest()
+        draw = int.from_bytes(digest[:8], "big") / 2**64
+        if draw < config.train:
+            out[patient] = Split.TRAIN.value
+        elif draw < config.train + config.validation:
+            out[patient] = Split.VALIDATION.value
+        else:
+            out[patient] = Split.TEST.value
+    return out

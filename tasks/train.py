@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -90,32 +88,9 @@ def resolve_split(model_dir: Path, labels: dict[str, str], config: SplitConfig) 
 
 
 def _environment() -> dict[str, Any]:
-    # Keras and its backends are heavy (seconds): loaded by the training process only.
-    import keras
+    from renalflow.tasks.devices import environment
 
-    env: dict[str, Any] = {
-        "keras_backend": keras.backend.backend(),
-        "keras": keras.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "numpy": np.__version__,
-        "pid": os.getpid(),
-        "host": platform.node(),
-    }
-    try:
-        if env["keras_backend"] == "tensorflow":
-            import tensorflow as tf
-
-            env["tensorflow"] = tf.__version__
-            env["devices"] = [d.name for d in tf.config.list_logical_devices()]
-        elif env["keras_backend"] == "jax":
-            import jax
-
-            env["jax"] = jax.__version__
-            env["devices"] = [str(d) for d in jax.devices()]
-    except Exception as err:  # environment facts are informative, never fatal
-        env["devices_error"] = str(err)
-    return env
+    return environment()
 
 
 def file_digest(path: Path) -> str:
