@@ -35,6 +35,7 @@ from renalflow.tasks.params import (
     ClusterParams,
     CohortReportParams,
     DemoParams,
+    DoctorParams,
     EvaluateParams,
     ExtractParams,
     HistoryParams,
@@ -42,6 +43,8 @@ from renalflow.tasks.params import (
     JobParams,
     LoadReferencesParams,
     MigrateResultsParams,
+    ModelsParams,
+    PipelineParams,
     PreprocessParams,
     PseudonymiseParams,
     QueryParams,
@@ -136,6 +139,35 @@ DETAILS: dict[str, str] = {
         "(HMAC-SHA256) under the key in RENALFLOW_PSEUDONYM_KEY or a Prefect Secret block "
         "(--key-secret); without a key, nothing is scored."
     ),
+    "pipeline": (
+        "One pass from new files to the model scheduled scoring uses: ingest ARCHIVE's new "
+        "files into STORE, train a model into MODELS_DIR/<time> (on a Dask worker with "
+        "--resources GPU=1 when --dask-address has one; --device gpu refuses to run "
+        "without a GPU), evaluate it on the held-out test patients, evaluate the "
+        "production model on the same patients (production's split is carried over, new "
+        "patients split by a seeded hash), register the new version in RESULTS/models and "
+        "promote it when its --gate-metric exceeds production's by more than "
+        "--gate-margin (a tie keeps production; with no production model it is promoted "
+        "when its figure is defined). --gate manual registers only. Every promotion is a "
+        "row of RESULTS/model_aliases with the gate's figures."
+    ),
+    "models": (
+        "The registry is two Delta tables of RESULTS, queryable with `renalflow query`: "
+        "models (one row per registered version: task, profile, model_dir, "
+        "preprocess_version, held-out test figures) and model_aliases (every promotion "
+        "and rollback, appended). `list` marks production; `register` evaluates "
+        "--model-dir on its test split of --store and adds it; `promote VERSION` makes it "
+        "production; `rollback` returns production to the version it named before the "
+        "last promotion. `renalflow score --model-alias production` uses what production "
+        "names when the run starts and records its version in every vote."
+    ),
+    "doctor": (
+        "Print what this machine computes on: the Keras backend (KERAS_BACKEND), the "
+        "devices it sees and whether any is a GPU, whether TensorFlow was built with "
+        "CUDA, and the versions of renalflow, Keras, TensorFlow (or tensorflow-cpu), "
+        "JAX, NumPy, Prefect and Dask. Run it on a GPU node (or in the GPU image) before "
+        "training there."
+    ),
     "query": (
         "Run SQL against the results table, whose tables appear as the views study_votes, "
         "patient_votes, slice_scores and reference_outcomes (--describe says what every "
@@ -202,9 +234,11 @@ DETAILS: dict[str, str] = {
         "an extract again into a new OUT and fails unless every file is byte-identical."
     ),
     "serve": (
-        "Register three deployments with the Prefect server at PREFECT_API_URL and run "
+        "Register four deployments with the Prefect server at PREFECT_API_URL and run "
         "them from this process: renalflow-score/nightly (scores new studies of ARCHIVE on "
-        "the schedule), renalflow-ingest/on-demand and renalflow-train/on-demand. Trigger "
+        "the schedule), renalflow-ingest/on-demand, renalflow-train/on-demand and "
+        "renalflow-pipeline/on-demand (ingest, train, gate, promote; its run form asks for "
+        "the labels and the models folder). Trigger "
         "runs from the Prefect UI or with `prefect deployment run renalflow-score/nightly`. "
         "Stop with Ctrl-C."
     ),
@@ -465,9 +499,10 @@ def cmd_ingest(params: IngestParams) -> int:
 
 
 def cmd_train(params: TrainParams) -> int:
-    from renalflow.flows.jobs import launch, train_config, train_job
+    from renalflow.flows.jobs import launch, preflight_train, train_config, train_job
 
     train_config(params)  # contradicting settings end here, before anything starts
+    preflight_train(params.device, params.dask_address)
     result = launch(train_job, params)
     print(
         f"model {result.model_dir} (version {result.model_version}, "
@@ -515,6 +550,76 @@ def cmd_score(params: ScoreParams) -> int:
 
     preflight_score(params, remote=False)
     print(format_summary(launch(score_job, params)))
+    return EXIT_OK
+
+
+def cmd_pipeline(params: PipelineParams) -> int:
+    from renalflow.flows.jobs import (
+        launch,
+        pipeline_job,
+        preflight_ingest,
+        preflight_train,
+        train_config,
+    )
+    from renalflow.flows.pipeline import format_summary
+
+    train_config(params)  # contradicting settings end here, before anything starts
+    params.preprocess_config()
+    preflight_ingest(
+        IngestParams(
+            archive=params.archive, store=params.store, labels=params.labels,
+            lesions=params.lesions,
+        ),
+        remote=False,
+    )  # fmt: skip
+    preflight_train(params.device, params.dask_address)
+    print(format_summary(launch(pipeline_job, params)))
+    return EXIT_OK
+
+
+def cmd_models(params: ModelsParams) -> int:
+    from renalflow.tasks import registry
+    from renalflow.tasks.config import ModelsAction
+
+    _s3_credentials_for_reading_or_new(params.results)
+    results = _as_uri(params.results)
+    reason = params.reason or "by hand"
+    if params.action is ModelsAction.REGISTER:
+        from renalflow.tasks.evaluate import evaluate
+
+        assert params.model_dir and params.store  # the model's validator says so
+        model_dir = os.path.abspath(params.model_dir)
+        metrics = evaluate(_as_uri(params.store), model_dir, str(Path(model_dir) / "evaluation"))
+        model = registry.register_model(results, model_dir, metrics, "models-register")
+        print(f"registered {model.model_version} ({model.model_dir}); test AUC {model.test_auc}")
+    elif params.action is ModelsAction.PROMOTE:
+        assert params.version  # the model's validator says so
+        model = registry.promote(results, params.version, reason, run_id="models-promote")
+        print(f"production is {model.model_version} ({model.model_dir})")
+    elif params.action is ModelsAction.ROLLBACK:
+        left, now = registry.rollback(results, reason, run_id="models-rollback")
+        print(f"production rolled back from {left} to {now}")
+    else:
+        production = registry.alias_version(results)
+        print(
+            f"{'version':<16}  {'task':<10}  {'profile':<8}  {'test AUC':>8}  "
+            f"{'patients':>8}  model_dir"
+        )
+        for model in registry.list_models(results):
+            auc = "" if model.test_auc is None else f"{model.test_auc:.3f}"
+            mark = "  <- production" if model.model_version == production else ""
+            print(
+                f"{model.model_version:<16}  {model.model_task:<10}  {model.model_profile:<8}  "
+                f"{auc:>8}  {model.test_patients or '':>8}  {model.model_dir}{mark}"
+            )
+        print(f"production: {production or 'none'}")
+    return EXIT_OK
+
+
+def cmd_doctor(params: DoctorParams) -> int:
+    from renalflow.tasks.devices import environment, format_environment
+
+    print(format_environment(environment()))
     return EXIT_OK
 
 
@@ -786,6 +891,17 @@ def _s3_credentials_for_reading(results: str) -> None:
     check_location(_as_uri(results), "results table", must_exist=True)
 
 
+def _s3_credentials_for_reading_or_new(results: str) -> None:
+    """As `_s3_credentials_for_reading`, for commands that may create R's registry."""
+    from renalflow.flows.runtime import load_s3_credentials, prefect_api, require_extras_for
+    from renalflow.tasks.storage import S3_CREDENTIALS_BLOCK_ENV
+
+    require_extras_for(results)
+    if os.environ.get(S3_CREDENTIALS_BLOCK_ENV):
+        with prefect_api():
+            load_s3_credentials()
+
+
 def _as_uri(location: str) -> str:
     from renalflow.flows.jobs import as_uri
 
@@ -798,6 +914,8 @@ COMMANDS: dict[str, Callable[[Any], int]] = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "score": cmd_score,
+    "pipeline": cmd_pipeline,
+    "models": cmd_models,
     "query": cmd_query,
     "history": cmd_history,
     "migrate-results": cmd_migrate_results,
@@ -809,6 +927,7 @@ COMMANDS: dict[str, Callable[[Any], int]] = {
     "web": cmd_web,
     "demo": cmd_demo,
     "server": cmd_server,
+    "doctor": cmd_doctor,
 }
 
 

@@ -1,4 +1,5 @@
-"""Prefect deployments of the jobs in `renalflow.flows.jobs` (ingest, train, score).
+"""Prefect deployments of the jobs in `renalflow.flows.jobs` (ingest, train, score,
+pipeline).
 
 The jobs take their parameter models (the Prefect UI renders them as run forms), so a
 deployment offers exactly the options the CLI has. `renalflow serve` registers the
@@ -12,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from renalflow.flows.jobs import ingest_job, score_job, train_job
+from renalflow.flows.jobs import ingest_job, pipeline_job, score_job, train_job
 from renalflow.flows.score import default_store
 from renalflow.tasks.params import (
     NIGHTLY_CRON,
@@ -78,6 +79,22 @@ def build_deployments(params: ServeParams) -> list[Any]:
                 "params": {"model_dir": params.model_dir, "dask_address": params.dask_address}
             },
             description="Train the classifier on a slice store (GPU worker when available).",
+            **common,
+        ),
+        # The pipeline needs the labels and a folder for model directories, which serving
+        # does not know: the run form asks for them.
+        pipeline_job.to_deployment(
+            name="on-demand",
+            parameters={
+                "params": {
+                    "archive": params.archive,
+                    "store": store,
+                    "results": params.results,
+                    "dask_address": params.dask_address,
+                }
+            },
+            description="Ingest, train, compare with production on the same held-out "
+            "patients, register and promote through the gate.",
             **common,
         ),
     ]

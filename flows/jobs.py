@@ -25,13 +25,16 @@ from renalflow.tasks.errors import InputError
 from renalflow.tasks.params import (
     EvaluateParams,
     IngestParams,
+    PipelineParams,
     ScoreParams,
     SynthParams,
+    TrainingOptions,
     TrainParams,
 )
 
 if TYPE_CHECKING:
     from renalflow.flows.ingest import IngestSummary
+    from renalflow.flows.pipeline import PipelineSummary
     from renalflow.flows.score import ScoreSummary
     from renalflow.tasks.model import TrainConfig
     from renalflow.tasks.synth import SynthReport
@@ -108,6 +111,26 @@ def preflight_ingest(params: IngestParams, *, remote: bool) -> None:
         read_lesions_csv(as_uri(params.lesions))
 
 
+def scoring_model_dir(params: ScoreParams) -> str:
+    """The model a scoring run uses: --model-dir, or the one the registry of its results
+    names by --model-alias now (resolved when the run starts)."""
+    if params.model_dir:
+        return os.path.abspath(params.model_dir)
+    from renalflow.tasks.registry import resolve_alias
+
+    assert params.model_alias is not None  # the model's validator says so
+    return resolve_alias(as_uri(params.results), params.model_alias).model_dir
+
+
+def preflight_train(device: Any, dask_address: str | None) -> None:
+    """`--device gpu` with no GPU worker and no GPU here: refused at once, in one line."""
+    from renalflow.flows.train import place_training
+    from renalflow.tasks.config import Device
+
+    if Device(device) is Device.GPU:
+        place_training(device, dask_address, log=lambda _: None)
+
+
 def preflight_score(params: ScoreParams, *, remote: bool) -> None:
     """No key, no model or no archive: refused before any work."""
     from renalflow.tasks.ingest import check_archive
@@ -116,7 +139,7 @@ def preflight_score(params: ScoreParams, *, remote: bool) -> None:
 
     if key_from_env() is None and not params.key_secret:
         raise InputError(NO_KEY_HELP)
-    read_model_info(params.model_dir)
+    read_model_info(scoring_model_dir(params))
     if params.selector:
         read_model_info(params.selector)
     pacs = preflight_pacs(params, remote=remote)
@@ -132,11 +155,11 @@ def preflight_score(params: ScoreParams, *, remote: bool) -> None:
 
 _PROFILE_OVERRIDES = (
     *("epochs", "batch_size", "learning_rate", "weights", "select_epoch", "decay_after"),
-    *("mixed_precision", "seed", "oversample", "augment", "schedule"),
+    *("mixed_precision", "seed", "oversample", "oversample_unit", "augment", "schedule"),
 )
 
 
-def train_config(params: TrainParams) -> "TrainConfig":
+def train_config(params: TrainingOptions) -> "TrainConfig":
     """The profile's defaults with what the parameters set."""
     from renalflow.tasks.model import profile_config
 
@@ -239,22 +262,16 @@ def ingest_job(params: IngestParams) -> "IngestSummary":
 def train_job(params: TrainParams) -> "TrainResult":
     """Train the classifier or the slice selector (on a GPU worker of `dask_address` when
     it has one)."""
-    from renalflow.flows.train import gpu_workers, train_flow
+    from renalflow.flows.train import place_training, train_flow
 
     config = train_config(params)
     load_s3_credentials()
     logger = get_run_logger()
-    gpu = False
+    address, gpu = place_training(params.device, params.dask_address, logger.info)
     flow_ = train_flow
-    if params.dask_address:
-        found = gpu_workers(params.dask_address)
-        if found:
-            logger.info(f"training on GPU worker(s) {', '.join(found)}")
-            runner = dask_task_runner(address=params.dask_address)
-            flow_ = train_flow.with_options(task_runner=runner)  # type: ignore[arg-type]
-            gpu = True
-        else:
-            logger.warning("no Dask worker with a GPU resource: training in this process")
+    if address:
+        runner = dask_task_runner(address=address)
+        flow_ = train_flow.with_options(task_runner=runner)  # type: ignore[arg-type]
     return flow_(
         store=as_uri(params.store),
         model_dir=params.model_dir,
@@ -262,7 +279,44 @@ def train_job(params: TrainParams) -> "TrainResult":
         gpu=gpu,
         task=params.task,
         target_sensitivity=params.target_sensitivity,
+        device=params.device,
     )
+
+
+@flow(name="renalflow-pipeline")
+def pipeline_job(params: PipelineParams) -> "PipelineSummary":
+    """Ingest, train, evaluate, compare with production, register and gate."""
+    from renalflow.flows.pipeline import format_summary, pipeline_flow, summary_dict
+
+    # The model takes the slices the pipeline makes: its input is the ingest's --size.
+    config = replace(train_config(params), input_size=params.size)
+    load_s3_credentials()
+    preflight_ingest(
+        IngestParams(
+            archive=params.archive, store=params.store, labels=params.labels,
+            lesions=params.lesions,
+        ),
+        remote=True,
+    )  # fmt: skip
+    summary = pipeline_flow(
+        archive=as_uri(params.archive),
+        store=as_uri(params.store),
+        labels=params.labels,
+        results=as_uri(params.results),
+        models_dir=os.path.abspath(params.models_dir),
+        config=config,
+        ingest={"lesions": params.lesions, "preprocess": params.preprocess_config()},
+        device=params.device,
+        dask_address=params.dask_address,
+        workers=params.workers,
+        gate=params.gate,
+        gate_metric=params.gate_metric,
+        gate_margin=params.gate_margin,
+        n_bootstrap=params.bootstrap,
+    )
+    get_run_logger().info(format_summary(summary))
+    _write_json(params.summary_json, summary_dict(summary))
+    return summary
 
 
 @flow(name="renalflow-evaluate")
@@ -313,9 +367,12 @@ def score_job(params: ScoreParams) -> "ScoreSummary":
         if found:
             logger.info(f"scoring on GPU worker(s) {', '.join(found)}")
     runner = dask_task_runner(params.workers, params.dask_address)
+    model_dir = scoring_model_dir(params)
+    if params.model_alias:
+        logger.info(f"{params.model_alias.value} model: {model_dir}")
     summary = score_flow.with_options(task_runner=runner)(  # type: ignore[arg-type]
         archive=as_uri(params.archive),
-        model_dir=os.path.abspath(params.model_dir),
+        model_dir=model_dir,
         results=as_uri(params.results),
         store=as_uri(params.store) if params.store else None,
         cohort=params.cohort,
@@ -346,5 +403,6 @@ JOBS = {
     TrainParams: train_job,
     EvaluateParams: evaluate_job,
     ScoreParams: score_job,
+    PipelineParams: pipeline_job,
 }
 """The job flow of each parameter model that has one."""

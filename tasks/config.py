@@ -98,6 +98,63 @@ class Profile(StrEnum):
     CPU_DEMO = "cpu-demo"
 
 
+class OversampleUnit(StrEnum):
+    """What benign oversampling resamples: `patient` (the paper: benign training patients,
+    each with all their images, drawn until benign and malignant patients are 50:50) or
+    `image` (benign images drawn until the images are 50:50)."""
+
+    PATIENT = "patient"
+    IMAGE = "image"
+
+
+class Device(StrEnum):
+    """Where training runs: `auto` (a Dask worker started with `--resources GPU=1` when
+    the cluster has one, else this process, said in the log), `gpu` (a GPU worker or a
+    GPU this process sees, else refused at once) or `cpu` (this process)."""
+
+    AUTO = "auto"
+    GPU = "gpu"
+    CPU = "cpu"
+
+
+class ModelAlias(StrEnum):
+    """Registry aliases: `production` is the model scheduled scoring uses."""
+
+    PRODUCTION = "production"
+
+
+class ModelsAction(StrEnum):
+    """What `renalflow models` does with the registry."""
+
+    LIST = "list"
+    REGISTER = "register"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+
+
+class Gate(StrEnum):
+    """How a pipeline's new model reaches production: `auto` (promoted when it passes
+    the rule below) or `manual` (registered only; a person runs `renalflow models
+    promote VERSION`)."""
+
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
+class GateMetric(StrEnum):
+    """The held-out test figure the gate compares: `auc` (image ROC AUC, the paper's
+    headline figure) or `patient_accuracy` (the 51% vote per patient)."""
+
+    AUC = "auc"
+    PATIENT_ACCURACY = "patient_accuracy"
+
+
+GATE_MARGIN = 0.0
+"""Our choice: a new model is promoted only when its gate metric exceeds production's, on
+the same held-out test patients, by more than this (0: strictly better; a tie keeps the
+model already in production, so retraining on the same data does not churn it)."""
+
+
 class ServerAction(StrEnum):
     """What `renalflow server` does with the local Prefect server kept warm between
     commands: `status` (where it runs, its database, when it stops) or `stop` (now)."""

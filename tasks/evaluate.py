@@ -79,16 +79,21 @@ def patient_table(
 
 
 def select_slices(
-    store_uri: str, model_dir: Path, split: str | None, cohort: str | None
+    store_uri: str,
+    model_dir: Path,
+    split: str | None,
+    cohort: str | None,
+    split_from: str | Path | None = None,
 ) -> SliceSet:
     """The labelled slices through the mass (as training took them) of the split's
-    patients, or of an external cohort."""
+    patients (the split of `split_from`'s model directory, default the model's own), or
+    of an external cohort."""
     if cohort and cohort != DEVELOPMENT:
         slices, _ = load_mass_slices(store_uri, cohorts=[cohort])
         if len(slices) == 0:
             raise InputError(f"no labelled slices of cohort {cohort!r} in {store_uri}")
         return slices
-    assignment = load_split(ModelDir(model_dir).split)
+    assignment = load_split(ModelDir(split_from or model_dir).split)
     wanted = split or Split.TEST.value
     patients = {p for p, s in assignment.items() if s == wanted}
     if not patients:
@@ -113,8 +118,11 @@ def evaluate(
     vote_threshold: float = VOTE_THRESHOLD,
     n_bootstrap: int = 1000,
     seed: int = SEED,
+    split_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score a split or external cohort; write metrics.json, patients.csv, plots and report.md.
+    `split_from`: take the split's patients from that model directory's split.json (to
+    compare two models on the same held-out patients).
 
     A slice selector is evaluated as one (tasks/selector.py), at its stored threshold."""
     if model_task(model_dir) is Task.SELECTOR:
@@ -131,7 +139,7 @@ def evaluate(
     model_dir, report = Path(model_dir), Path(report_dir)
     check_store_matches(model_dir, store_uri)
     report.mkdir(parents=True, exist_ok=True)
-    slices = select_slices(store_uri, model_dir, split, cohort)
+    slices = select_slices(store_uri, model_dir, split, cohort, split_from)
     model = load_model(model_dir)
     probabilities = predict_probabilities(model, slices.images)
     y = slices.labels.astype(int)

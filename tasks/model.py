@@ -8,6 +8,7 @@ input pipeline moves uint8 and the accelerator does the float work.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from renalflow.tasks.config import SEED, MixedPrecision, Profile, Schedule
+from renalflow.tasks.config import SEED, MixedPrecision, OversampleUnit, Profile, Schedule
 from renalflow.tasks.errors import ModelError
 
 NOT_PAPER_NOTE = (
@@ -25,6 +26,19 @@ NOT_PAPER_NOTE = (
     "laptop CPU. It is NOT the paper's ResNet50V2 model and its numbers are not the "
     "paper's."
 )
+
+UNSTATED_BY_THE_PAPER = {
+    "batch_size": "renalflow's choice: the paper does not state its batch; 32 is Keras' "
+    "default and fits ResNet50V2 at 224 px in the paper's 4 GB GPU",
+    "window": "renalflow's choice: the paper exported 8-bit images without naming a CT "
+    "window; 40/400 HU is the standard abdominal soft-tissue window",
+    "interpolation": "renalflow's inference: the paper resized 512 to 224 px through Keras' "
+    "load_img, which uses nearest-neighbour unless told otherwise",
+    "oversample_draws": "renalflow's choice: the paper does not say whether benign patients "
+    "were drawn with replacement; renalflow draws them at random (seeded) with replacement",
+}
+"""What a paper-profile model's config.json (its model card) labels as renalflow's choice,
+with the reason: values the paper does not state."""
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -36,12 +50,15 @@ class TrainConfig:
     Attributes:
         profile: `paper` (ResNet50V2, 224x224x3) or `cpu-demo` (small CNN).
         epochs: 10 in the paper.
-        batch_size: 32.
+        batch_size: 32, renalflow's choice: the paper does not state its batch; 32 is
+            Keras' default and fits ResNet50V2 at 224 px in the paper's 4 GB GPU.
         learning_rate: RMSprop, 2e-5 in the paper (no decay).
         weights: `imagenet` (downloaded by Keras only when asked), `none` (random), or
-            a path to a local weights file for the backbone (offline hospitals).
-        select_epoch: keep the model of this epoch (the paper kept epoch 5); None keeps
-            the epoch with the lowest validation loss.
+            a path to a local copy of Keras' published ResNet50V2 no-top weights file
+            (offline hospitals; its MD5 is checked against Keras' published hash).
+        select_epoch: keep the model of this epoch (the paper kept epoch 5 of 10, chosen
+            by watching validation); None keeps the epoch with the lowest validation
+            loss (renalflow's option, and the cpu-demo profile's rule).
         decay_after: multiply the learning rate by `decay_factor` after this epoch
             (the authors' suggested improvement: after the fourth); None = no decay.
         schedule: `constant` (the paper; `decay_after` steps it down) or `cosine`
@@ -52,7 +69,10 @@ class TrainConfig:
         region: (top, bottom, left, right) fractions of the slice the network looks
             at; None (the paper) looks at the whole slice.
         mixed_precision: None, "bf16" or "fp16".
-        oversample: resample benign training images to 50:50 (the paper did).
+        oversample: resample benign training data to 50:50 (the paper did).
+        oversample_unit: `patient` (the paper: benign patients are drawn, each with all
+            their images, until benign and malignant patients are 50:50) or `image`.
+            A slice selector always resamples images (its classes are slices).
         augment: random horizontal flips, zoom, shifts and pixel noise while training
             (inactive at inference). Off for the paper's model, where rotation and
             flipping made results much worse; on for cpu-demo, where it is what stops
@@ -66,7 +86,7 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 2e-5
     weights: str = "imagenet"
-    select_epoch: int | None = None
+    select_epoch: int | None = 5
     decay_after: int | None = None
     decay_factor: float = 0.1
     schedule: Schedule = Schedule.CONSTANT
@@ -74,6 +94,7 @@ class TrainConfig:
     region: tuple[float, float, float, float] | None = None
     mixed_precision: MixedPrecision | None = None
     oversample: bool = True
+    oversample_unit: OversampleUnit = OversampleUnit.PATIENT
     augment: bool = False
     seed: int = SEED
     input_size: int = 224
@@ -84,9 +105,16 @@ class TrainConfig:
             raise ValueError("epochs, batch_size and learning_rate must be positive")
         if self.select_epoch is not None and not 1 <= self.select_epoch <= self.epochs:
             raise ValueError(
-                f"select_epoch {self.select_epoch} is outside the {self.epochs} epochs trained"
+                f"select_epoch {self.select_epoch} is outside the {self.epochs} epochs trained "
+                "(give --select-epoch N within them, or --select-epoch best for the lowest "
+                "validation loss)"
             )
         object.__setattr__(self, "schedule", _vocabulary(Schedule, "schedule", self.schedule))
+        object.__setattr__(
+            self,
+            "oversample_unit",
+            _vocabulary(OversampleUnit, "oversample_unit", self.oversample_unit),
+        )
         if self.schedule is Schedule.COSINE and self.decay_after is not None:
             raise ValueError("decay_after steps a constant learning rate; not with schedule cosine")
         if self.ema is not None and not 0 < self.ema < 1:
@@ -106,6 +134,7 @@ class TrainConfig:
         out = asdict(self)
         out["profile"] = self.profile.value
         out["schedule"] = self.schedule.value
+        out["oversample_unit"] = self.oversample_unit.value
         out["mixed_precision"] = self.mixed_precision.value if self.mixed_precision else None
         out["region"] = list(self.region) if self.region is not None else None
         return out
@@ -140,8 +169,14 @@ MIN_REGION = 8  # pixels: smaller regions leave the networks nothing to pool
 REGION_LAYER = "kidney_region"  # the cropping layer; explain.py finds the region by it
 
 
+LOWEST_VAL_LOSS = 0
+"""`select_epoch` given as this keeps the epoch with the lowest validation loss (None in
+TrainConfig; None among overrides means "the profile's rule")."""
+
+
 def profile_config(profile: Profile | str, **overrides: Any) -> TrainConfig:
-    """Defaults for a profile, then explicit overrides (None values are ignored)."""
+    """Defaults for a profile, then explicit overrides (None values are ignored;
+    `select_epoch=LOWEST_VAL_LOSS` keeps the epoch with the lowest validation loss)."""
     profile = Profile(profile)
     base = TrainConfig(profile=profile)
     if profile is Profile.CPU_DEMO:
@@ -151,6 +186,7 @@ def profile_config(profile: Profile | str, **overrides: Any) -> TrainConfig:
         base = replace(
             base,
             epochs=20,
+            select_epoch=None,  # lowest validation loss: averaged weights settle late
             learning_rate=1e-3,
             weights="none",
             batch_size=32,
@@ -160,6 +196,8 @@ def profile_config(profile: Profile | str, **overrides: Any) -> TrainConfig:
             region=KIDNEY_REGION,
         )
     given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("select_epoch") == LOWEST_VAL_LOSS:
+        given["select_epoch"] = None
     if given.get("decay_after") is not None and "schedule" not in given:
         given["schedule"] = Schedule.CONSTANT  # asking for a step decay replaces a cosine default
     return replace(base, **given)
@@ -358,17 +396,48 @@ def imagenet_weights() -> str:
         ) from err
 
 
+def file_md5(path: str) -> str:
+    """The MD5 of a file, as Keras publishes its weights' hashes."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_weights_file(path: str) -> str:
+    """`path` when it is Keras' published ResNet50V2 no-top weights file (by its MD5);
+    a ModelError saying what to pass otherwise."""
+    if not os.path.isfile(path):
+        raise ModelError(
+            f"weights file {path} does not exist; give a local ResNet50V2 (no top) weights "
+            f"file ({IMAGENET_WEIGHTS}), 'imagenet' to download through Keras, or 'none' "
+            "for random weights"
+        )
+    found = file_md5(path)
+    if found != IMAGENET_WEIGHTS_MD5:
+        raise ModelError(
+            f"weights file {path} is not Keras' published {IMAGENET_WEIGHTS} (MD5 {found}, "
+            f"published {IMAGENET_WEIGHTS_MD5}): copy that file again from a machine that "
+            f"has it (~/.keras/models/{IMAGENET_WEIGHTS}), or pass --weights none"
+        )
+    return path
+
+
+def resolve_weights(config: TrainConfig) -> str | None:
+    """The backbone's weights file for `config` (None: random start or no backbone),
+    checked, downloaded or refused: training calls it before it writes anything."""
+    if config.profile is not Profile.PAPER:
+        return None
+    return _backbone_weights(config.weights)
+
+
 def _backbone_weights(weights: str) -> str | None:
     if weights == "none":
         return None
     if weights == "imagenet":
         return imagenet_weights()
-    if not os.path.exists(weights):
-        raise ModelError(
-            f"weights file {weights} does not exist; give a local ResNet50V2 (no top) weights "
-            "file, 'imagenet' to download through Keras, or 'none' for random weights"
-        )
-    return weights
+    return check_weights_file(weights)
 
 
 def backbone_of(model: Any) -> Any:

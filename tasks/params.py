@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from renalflow.tasks.config import (
     CALLING_AE,
     DEVELOPMENT,
+    GATE_MARGIN,
     ID_COLUMN,
     IMAGE_THRESHOLD,
     MIN_IMAGES,
@@ -27,8 +28,14 @@ from renalflow.tasks.config import (
     SEED,
     SELECTOR_SENSITIVITY,
     VOTE_THRESHOLD,
+    Device,
+    Gate,
+    GateMetric,
     Interpolation,
     MixedPrecision,
+    ModelAlias,
+    ModelsAction,
+    OversampleUnit,
     PreprocessConfig,
     Profile,
     Schedule,
@@ -38,7 +45,7 @@ from renalflow.tasks.config import (
     Task,
     WindowSource,
 )
-from renalflow.tasks.model import check_region
+from renalflow.tasks.model import LOWEST_VAL_LOSS, check_region
 
 if TYPE_CHECKING:
     from renalflow.tasks.sources.query import PacsSettings
@@ -111,7 +118,10 @@ KEY_SECRET_HELP = (
     "RENALFLOW_PSEUDONYM_KEY from the environment)"
 )
 
-TABLES_HELP = "study_votes, patient_votes, slice_scores and reference_outcomes"
+TABLES_HELP = (
+    "study_votes, patient_votes, slice_scores, reference_outcomes and the model registry "
+    "(models, model_aliases)"
+)
 
 
 class PacsParams(JobParams):
@@ -179,8 +189,18 @@ class ScreeningParams(PacsParams, SelectionParams):
     (scoring now, or on a schedule)."""
 
     archive: str = Field(description=ARCHIVE_HELP, json_schema_extra=positional())
-    model_dir: str = Field(description="trained model (renalflow train)")
     results: str = Field(description="results table folder or s3:// URI")
+    model_dir: str | None = Field(
+        default=None,
+        description="trained model (renalflow train)",
+        json_schema_extra=cli(group="model"),
+    )
+    model_alias: ModelAlias | None = Field(
+        default=None,
+        description="use the model the registry of RESULTS names by this alias when the run "
+        "starts (renalflow models, renalflow pipeline); the votes record its version",
+        json_schema_extra=cli(group="model"),
+    )
     store: str | None = Field(
         default=None,
         description="slice store for the archive's slices (default: RESULTS.slices beside "
@@ -194,6 +214,12 @@ class ScreeningParams(PacsParams, SelectionParams):
         "on; marked a research result, not a diagnosis), by STOW-RS or C-STORE; PACS "
         "archives only (our choice: off, the PACS administrator must agree)",
     )
+
+    @model_validator(mode="after")
+    def _one_model(self) -> ScreeningParams:
+        if (self.model_dir is None) == (self.model_alias is None):
+            raise ValueError("give --model-dir or --model-alias (e.g. production), one of them")
+        return self
 
     @model_validator(mode="after")
     def _report_needs_pacs(self) -> ScreeningParams:
@@ -381,30 +407,17 @@ class IngestParams(PreprocessParams, PacsParams, ClusterParams, SummaryParams):
     )
 
 
-class TrainParams(JobParams):
-    """Unset options take the profile's value (`renalflow.tasks.model.profile_config`)."""
+class TrainingOptions(JobParams):
+    """How a model is trained (train, pipeline). Unset options take the profile's value
+    (`renalflow.tasks.model.profile_config`)."""
 
-    command: ClassVar[str] = "train"
-    summary: ClassVar[str] = (
-        "train the classifier (or the slice selector) on the development cohort (paper "
-        "profile by default)"
+    device: Device = Field(
+        default=Device.AUTO,
+        description="'auto': a Dask worker started with --resources GPU=1 when the cluster "
+        "has one, else this process (said in the log); 'gpu': a GPU worker or a GPU this "
+        "process sees, else refused at once; 'cpu': this process",
     )
 
-    store: str = Field(description="slice store written by `renalflow ingest`")
-    model_dir: str = Field(description="where the model and its records go")
-    task: Task = Field(
-        default=Task.CLASSIFIER,
-        description="'classifier': benign vs malignant on labelled slices (the paper's); "
-        "'selector' (ours): does a slice show the renal mass, learnt from the slices whose "
-        "lesion annotation is known (ingest with DICOM SEG or --lesions)",
-    )
-    target_sensitivity: float = Field(
-        default=SELECTOR_SENSITIVITY,
-        gt=0,
-        le=1,
-        description="selector only: its threshold is the highest that finds at least this "
-        "share of the validation split's lesion slices (our choice)",
-    )
     profile: Profile = Field(
         default=Profile.PAPER,
         description="'paper': ResNet50V2, ImageNet weights, RMSprop 2e-5, 10 epochs; "
@@ -424,8 +437,9 @@ class TrainParams(JobParams):
     )
     select_epoch: int | None = Field(
         default=None,
-        ge=1,
-        description="keep this epoch's model (the paper kept 5); default: lowest validation loss",
+        description="keep this epoch's model, or 'best': the epoch with the lowest "
+        "validation loss (paper: 5, the epoch the authors kept; cpu-demo: best)",
+        json_schema_extra=cli(metavar="N|best"),
     )
     decay_after: int | None = Field(
         default=None,
@@ -454,19 +468,19 @@ class TrainParams(JobParams):
     seed: int = Field(default=SEED, description="seed for the split, weights and shuffling")
     oversample: bool | None = Field(
         default=None,
-        description="resample the rarer class's training images (benign; for a selector, "
+        description="resample the rarer class's training data (benign; for a selector, "
         "lesion slices) to 50:50 (paper: on)",
+    )
+    oversample_unit: OversampleUnit | None = Field(
+        default=None,
+        description="what oversampling draws: 'patient' (paper: benign patients, each with "
+        "all their images, until patients are 50:50) or 'image' (a selector always draws "
+        "slices)",
     )
     augment: bool | None = Field(
         default=None,
         description="random flips, zoom, shifts and noise while training (paper: off, the "
         "paper found augmentation harmful; cpu-demo: on)",
-    )
-    dask_address: str | None = Field(
-        default=None,
-        description="Dask scheduler with GPU workers (`dask worker ... --resources GPU=1`); "
-        "training runs there when it has one, in this process otherwise",
-        json_schema_extra=cli(metavar="ADDRESS"),
     )
 
     @field_validator("ema", mode="before")
@@ -481,6 +495,21 @@ class TrainParams(JobParams):
                 raise ValueError(f"a momentum between 0 and 1, or none; got {value!r}") from None
         if value is not None and value != 0 and not 0 < value < 1:
             raise ValueError(f"a momentum between 0 and 1, or none; got {value}")
+        return value
+
+    @field_validator("select_epoch", mode="before")
+    @classmethod
+    def _select_epoch(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("best", "lowest-val-loss"):
+            return LOWEST_VAL_LOSS  # explicitly the lowest validation loss (None: the profile's)
+        if value is not None:
+            try:
+                number = int(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"an epoch number or 'best'; got {value!r}") from None
+            if number < 1:
+                raise ValueError(f"an epoch number (1 or more) or 'best'; got {value!r}")
+            return number
         return value
 
     @field_validator("region", mode="before")
@@ -500,6 +529,38 @@ class TrainParams(JobParams):
                 "TOP,BOTTOM,LEFT,RIGHT as fractions of the slice, top < bottom and left < "
                 f"right (e.g. 0.28,0.9,0.14,0.86), or 'full'; got {original!r}"
             ) from None
+
+
+class TrainParams(TrainingOptions):
+    """Unset options take the profile's value (`renalflow.tasks.model.profile_config`)."""
+
+    command: ClassVar[str] = "train"
+    summary: ClassVar[str] = (
+        "train the classifier (or the slice selector) on the development cohort (paper "
+        "profile by default)"
+    )
+
+    store: str = Field(description="slice store written by `renalflow ingest`")
+    model_dir: str = Field(description="where the model and its records go")
+    task: Task = Field(
+        default=Task.CLASSIFIER,
+        description="'classifier': benign vs malignant on labelled slices (the paper's); "
+        "'selector' (ours): does a slice show the renal mass, learnt from the slices whose "
+        "lesion annotation is known (ingest with DICOM SEG or --lesions)",
+    )
+    target_sensitivity: float = Field(
+        default=SELECTOR_SENSITIVITY,
+        gt=0,
+        le=1,
+        description="selector only: its threshold is the highest that finds at least this "
+        "share of the validation split's lesion slices (our choice)",
+    )
+    dask_address: str | None = Field(
+        default=None,
+        description="Dask scheduler with GPU workers (`dask worker ... --resources GPU=1`); "
+        "training runs there when it has one, in this process otherwise",
+        json_schema_extra=cli(metavar="ADDRESS"),
+    )
 
 
 class VoteParams(JobParams):
@@ -575,11 +636,107 @@ class ScoreParams(ScreeningParams, VoteParams, ClusterParams, SummaryParams):
     )
 
 
+class PipelineParams(TrainingOptions, PreprocessParams, ClusterParams, SummaryParams):
+    command: ClassVar[str] = "pipeline"
+    summary: ClassVar[str] = (
+        "ingest new files, train, evaluate against production on the same held-out "
+        "patients, register, and promote through the gate"
+    )
+
+    archive: str = Field(description=ARCHIVE_HELP, json_schema_extra=positional())
+    store: str = Field(description="slice store of the development cohort (made if absent)")
+    labels: str = Field(
+        description="CSV with patient_id,label (benign|malignant)",
+        json_schema_extra=cli(metavar="CSV"),
+    )
+    results: str = Field(
+        description="results table folder or URI; the registry is its models and "
+        "model_aliases tables"
+    )
+    models_dir: str = Field(
+        description="folder for the trained model directories (one per run, named by the "
+        "time it started)",
+        json_schema_extra=cli(metavar="FOLDER"),
+    )
+    lesions: str | None = Field(
+        default=None,
+        description="CSV of lesion ranges for whole studies (as for renalflow ingest)",
+        json_schema_extra=cli(metavar="CSV"),
+    )
+    gate: Gate = Field(
+        default=Gate.AUTO,
+        description="'auto': promote the new model to production when it passes the gate; "
+        "'manual': register it only, for `renalflow models promote VERSION`",
+    )
+    gate_metric: GateMetric = Field(
+        default=GateMetric.AUC,
+        description="held-out test figure the gate compares (our choice: the image AUC, the "
+        "paper's headline figure)",
+    )
+    gate_margin: float = Field(
+        default=GATE_MARGIN,
+        ge=0,
+        le=1,
+        description="promote only when the new model's figure exceeds production's on the "
+        "same held-out patients by more than this (our choice: 0, strictly better; a tie "
+        "keeps production)",
+    )
+    bootstrap: int = Field(
+        default=1000, ge=1, description="bootstrap resamples for the AUC's 95% CI (our choice)"
+    )
+
+
+class ModelsParams(JobParams):
+    command: ClassVar[str] = "models"
+    summary: ClassVar[str] = (
+        "the model registry beside the results: list, register, promote VERSION, rollback"
+    )
+
+    action: ModelsAction = Field(
+        default=ModelsAction.LIST,
+        description="list: registered versions and what production names; register: add "
+        "--model-dir with its held-out test figures (needs --store); promote: make VERSION "
+        "production; rollback: production back to the version it named before",
+        json_schema_extra=positional(),
+    )
+    version: str | None = Field(
+        default=None,
+        description="model version to promote (or a unique start of it)",
+        json_schema_extra=positional(),
+    )
+    results: str = Field(description="results table folder or URI")
+    model_dir: str | None = Field(default=None, description="register: the trained model")
+    store: str | None = Field(
+        default=None, description="register: the slice store its test patients are in"
+    )
+    reason: str | None = Field(
+        default=None,
+        description="promote, rollback: why, recorded in model_aliases (default: by hand)",
+    )
+
+    @model_validator(mode="after")
+    def _action_needs(self) -> ModelsParams:
+        if self.action is ModelsAction.PROMOTE and not self.version:
+            raise ValueError("promote needs the VERSION to promote (renalflow models list)")
+        if self.action is not ModelsAction.PROMOTE and self.version:
+            raise ValueError(f"{self.action.value} takes no VERSION")
+        if self.action is ModelsAction.REGISTER and not (self.model_dir and self.store):
+            raise ValueError("register needs --model-dir and --store")
+        return self
+
+
+class DoctorParams(JobParams):
+    command: ClassVar[str] = "doctor"
+    summary: ClassVar[str] = (
+        "print the Keras backend, the devices it sees (GPUs) and the versions in use"
+    )
+
+
 class QueryParams(JobParams):
     command: ClassVar[str] = "query"
     summary: ClassVar[str] = (
         "DuckDB SQL over the results table (study_votes, patient_votes, slice_scores, "
-        "reference_outcomes)"
+        "reference_outcomes, models, model_aliases)"
     )
 
     sql: str | None = Field(
@@ -863,6 +1020,8 @@ JOB_PARAMS: tuple[type[JobParams], ...] = (
     TrainParams,
     EvaluateParams,
     ScoreParams,
+    PipelineParams,
+    ModelsParams,
     QueryParams,
     HistoryParams,
     MigrateResultsParams,
@@ -874,5 +1033,6 @@ JOB_PARAMS: tuple[type[JobParams], ...] = (
     WebParams,
     DemoParams,
     ServerParams,
+    DoctorParams,
 )
 """Every command, in the order `renalflow --help` lists them."""

@@ -126,6 +126,20 @@ COLUMN_DOCS: dict[str, str] = {
     "given when it was loaded",
     "outcome_year_month": "year and month of the outcome (YYYY-MM; never the exact date)",
     "loaded_at": "when the outcome was loaded (UTC)",
+    "model_task": "what the model was trained for: classifier or selector",
+    "model_dir": "the model directory (model.keras and its records) of this model version",
+    "test_patients": "held-out test patients the model was evaluated on at registration",
+    "test_images": "their images (slices through the mass)",
+    "test_auc": "image ROC AUC on those test patients; null when undefined (one class)",
+    "test_accuracy": "image accuracy on those test patients",
+    "test_patient_accuracy": "patient vote accuracy (51% rule) on those test patients",
+    "registered_at": "when the model version was registered (UTC)",
+    "event_id": "identifier of one change of an alias",
+    "alias": "the alias changed (production: the model scheduled scoring uses)",
+    "action": "promote (the alias moves to model_version) or rollback (back to the "
+    "version it pointed at before)",
+    "reason": "why: the gate's rule and figures, or who promoted by hand",
+    "changed_at": "when the alias changed (UTC)",
 }
 
 
@@ -247,7 +261,44 @@ REFERENCE_OUTCOMES_SCHEMA = _documented(
     ]
 )
 
-DESCRIBED = {**SCHEMAS, REFERENCE_OUTCOMES: REFERENCE_OUTCOMES_SCHEMA}
+MODELS = "models"
+"""The model registry: one row per registered model version (tasks/registry.py)."""
+MODELS_SCHEMA = _documented(
+    [
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("model_task", pa.string(), nullable=False),
+        pa.field("model_profile", pa.string(), nullable=False),
+        pa.field("model_dir", pa.string(), nullable=False),
+        pa.field("preprocess_version", pa.string(), nullable=False),
+        pa.field("test_patients", pa.int64()),
+        pa.field("test_images", pa.int64()),
+        pa.field("test_auc", pa.float64()),
+        pa.field("test_accuracy", pa.float64()),
+        pa.field("test_patient_accuracy", pa.float64()),
+        pa.field("registered_at", _TIMESTAMP, nullable=False),
+        pa.field("flow_run_id", pa.string()),
+    ]
+)
+MODEL_ALIASES = "model_aliases"
+"""Every change of a registry alias (promote, rollback), appended, never rewritten."""
+MODEL_ALIASES_SCHEMA = _documented(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("alias", pa.string(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("action", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("changed_at", _TIMESTAMP, nullable=False),
+        pa.field("flow_run_id", pa.string()),
+    ]
+)
+
+DESCRIBED = {
+    **SCHEMAS,
+    REFERENCE_OUTCOMES: REFERENCE_OUTCOMES_SCHEMA,
+    MODELS: MODELS_SCHEMA,
+    MODEL_ALIASES: MODEL_ALIASES_SCHEMA,
+}
 """Every table of R, in the order the data dictionary lists them."""
 
 # Merge keys: one row per image, per study and per patient, for each model version.
@@ -256,7 +307,13 @@ KEYS = {
     STUDY_VOTES: ("study_key", "model_version"),
     PATIENT_VOTES: ("patient_key", "model_version"),
     REFERENCE_OUTCOMES: ("patient_key", "source"),
+    MODELS: ("model_version",),
+    MODEL_ALIASES: ("event_id",),
 }
+
+OPTIONAL_TABLES = (REFERENCE_OUTCOMES, MODELS, MODEL_ALIASES)
+"""Tables of R made when first written (loading references, registering a model), not
+by scoring: read as empty until then."""
 
 # Columns that must never appear in R (checked on every write and by the tests).
 FORBIDDEN_COLUMNS = frozenset(
@@ -436,6 +493,9 @@ _DESCRIPTIONS = {
     "studies (the paper's unit), per model version",
     REFERENCE_OUTCOMES: "renalflow: reference outcomes (histology, follow-up) per patient "
     "pseudonym and source, for agreement with the votes",
+    MODELS: "renalflow: the model registry, one row per registered model version with its "
+    "held-out test figures",
+    MODEL_ALIASES: "renalflow: every promotion and rollback of a registry alias (production)",
 }
 
 
@@ -604,8 +664,8 @@ def read_pinned(
         moment = as_of
     tables = {STUDY_VOTES: _conformed(votes.to_pyarrow_dataset().to_table(), STUDY_VOTES)}
     read: dict[str, int | None] = {STUDY_VOTES: int(votes.version())}
-    for name in (PATIENT_VOTES, SLICE_SCORES, REFERENCE_OUTCOMES):
-        if name == REFERENCE_OUTCOMES and not _is_table(table_uri(results, name)):
+    for name in (PATIENT_VOTES, SLICE_SCORES, *OPTIONAL_TABLES):
+        if name in OPTIONAL_TABLES and not _is_table(table_uri(results, name)):
             tables[name], read[name] = DESCRIBED[name].empty_table(), None
             continue
         table = open_table(results, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -96,3 +97,50 @@ def oversample_indices(labels: np.ndarray, rng: np.random.Generator) -> np.ndarr
     minority, majority = (pos, neg) if len(pos) < len(neg) else (neg, pos)
     extra = rng.choice(minority, size=len(majority) - len(minority), replace=True)
     return rng.permutation(np.concatenate([majority, minority, extra]))
+
+
+def oversample_patient_indices(
+    labels: np.ndarray, patients: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Indices that resample the minority class's patients up to 50:50 patients, shuffled.
+
+    The paper's rule: "sampling all patients in the benign training set until a 50:50
+    ratio was reached between benign and malignant patients". `labels` holds 0/1 per
+    image and `patients` the image's patient; every image of every patient appears
+    once, then minority patients are drawn with replacement, each bringing all its
+    images, until both classes have the same number of patients. Only indices are made.
+    """
+    labels = np.asarray(labels)
+    patients = np.asarray(patients)
+    names, first, inverse = np.unique(patients, return_index=True, return_inverse=True)
+    rows = [np.flatnonzero(inverse == i) for i in range(len(names))]
+    patient_label = labels[first]
+    pos = np.flatnonzero(patient_label == 1)
+    neg = np.flatnonzero(patient_label == 0)
+    if len(pos) == 0 or len(neg) == 0:
+        return rng.permutation(len(labels))
+    minority, majority = (pos, neg) if len(pos) < len(neg) else (neg, pos)
+    extra = rng.choice(minority, size=len(majority) - len(minority), replace=True)
+    drawn = [rows[i] for i in extra]
+    return rng.permutation(np.concatenate([np.arange(len(labels)), *drawn]))
+
+
+def extend_split(
+    existing: dict[str, str], labels: dict[str, str], config: SplitConfig
+) -> dict[str, str]:
+    """`existing` with every patient of `labels` it lacks added: each new patient's split
+    is drawn by the shares from a hash of (seed, patient ID), so it never depends on
+    which other patients arrived with it. Patients already split keep their split, so a
+    model retrained on a grown cohort is tested on patients no earlier model of the
+    same lineage trained on."""
+    out = dict(existing)
+    for patient in sorted(set(labels) - set(existing)):
+        digest = hashlib.sha256(f"{config.seed}:{patient}".encode()).digest()
+        draw = int.from_bytes(digest[:8], "big") / 2**64
+        if draw < config.train:
+            out[patient] = Split.TRAIN.value
+        elif draw < config.train + config.validation:
+            out[patient] = Split.VALIDATION.value
+        else:
+            out[patient] = Split.TEST.value
+    return out

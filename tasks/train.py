@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -20,14 +18,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from renalflow.tasks.config import DEVELOPMENT, SELECTOR_SENSITIVITY, Profile, Split, Task
+from renalflow.tasks.config import (
+    DEVELOPMENT,
+    SELECTOR_SENSITIVITY,
+    OversampleUnit,
+    Profile,
+    Split,
+    Task,
+)
 from renalflow.tasks.dataset import SliceSet, iterate_batches, load_mass_slices, load_slices
 from renalflow.tasks.errors import InputError, ModelError, StoreError
 from renalflow.tasks.model import (
     NOT_PAPER_NOTE,
+    UNSTATED_BY_THE_PAPER,
     TrainConfig,
     build_model,
     predict_probabilities,
+    resolve_weights,
 )
 from renalflow.tasks.model_dir import PAPER_NOTE, ModelDir, load_model, staged
 from renalflow.tasks.selector import (
@@ -43,6 +50,7 @@ from renalflow.tasks.split import (
     SplitConfig,
     load_split,
     oversample_indices,
+    oversample_patient_indices,
     save_split,
     split_patients,
 )
@@ -80,32 +88,9 @@ def resolve_split(model_dir: Path, labels: dict[str, str], config: SplitConfig) 
 
 
 def _environment() -> dict[str, Any]:
-    # Keras and its backends are heavy (seconds): loaded by the training process only.
-    import keras
+    from renalflow.tasks.devices import environment
 
-    env: dict[str, Any] = {
-        "keras_backend": keras.backend.backend(),
-        "keras": keras.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "numpy": np.__version__,
-        "pid": os.getpid(),
-        "host": platform.node(),
-    }
-    try:
-        if env["keras_backend"] == "tensorflow":
-            import tensorflow as tf
-
-            env["tensorflow"] = tf.__version__
-            env["devices"] = [d.name for d in tf.config.list_logical_devices()]
-        elif env["keras_backend"] == "jax":
-            import jax
-
-            env["jax"] = jax.__version__
-            env["devices"] = [str(d) for d in jax.devices()]
-    except Exception as err:  # environment facts are informative, never fatal
-        env["devices_error"] = str(err)
-    return env
+    return environment()
 
 
 def file_digest(path: Path) -> str:
@@ -147,8 +132,11 @@ def make_sequence(
     seed: int,
     oversample: bool,
     shuffle: bool,
+    patients: np.ndarray | None = None,
 ) -> Any:
-    """A Keras PyDataset that reshuffles (and re-draws the oversampling) every epoch."""
+    """A Keras PyDataset that reshuffles (and re-draws the oversampling) every epoch.
+    With `patients` (each image's patient), oversampling draws whole patients (the
+    paper's rule); without, images."""
     import keras  # heavy (seconds): loaded by the training process only
 
     class SliceBatches(keras.utils.PyDataset):  # type: ignore[misc]
@@ -158,6 +146,8 @@ def make_sequence(
             self.order = self._draw()
 
         def _draw(self) -> np.ndarray:
+            if oversample and patients is not None:
+                return oversample_patient_indices(labels, patients, self.rng)
             if oversample:
                 return oversample_indices(labels, self.rng)
             return self.rng.permutation(len(labels)) if shuffle else np.arange(len(labels))
@@ -191,8 +181,10 @@ def train_model(
     threshold is then chosen on the validation split for `target_sensitivity`
     (tasks/selector.py). The model directory appears whole when training ends (it is
     written beside it and renamed): a failed or interrupted run leaves nothing
-    half-written."""
+    half-written. The backbone's weights are checked (or downloaded) first: weights
+    that cannot be had are refused before anything is written."""
     task = Task(task)
+    resolve_weights(config)
     with staged(model_dir) as work:
         result = _train_into(store_uri, work, config, split_config, log, task, target_sensitivity)
     result.model_dir = str(Path(model_dir))
@@ -262,6 +254,7 @@ def _train_into(
             "train": config.to_dict(),
             "split": split_config.__dict__,
             "note": NOT_PAPER_NOTE if config.profile is Profile.CPU_DEMO else PAPER_NOTE,
+            "not_stated_by_the_paper": UNSTATED_BY_THE_PAPER,
         },
     )
     if config.profile is Profile.CPU_DEMO:
@@ -273,8 +266,16 @@ def _train_into(
         f"{config.epochs} epochs, batch {config.batch_size}, seed {config.seed}"
     )
 
+    # The paper resampled benign patients; a selector's classes are slices, not patients.
+    by_patient = task is Task.CLASSIFIER and config.oversample_unit is OversampleUnit.PATIENT
     train_seq = make_sequence(
-        train.images, train.labels, config.batch_size, config.seed, config.oversample, True
+        train.images,
+        train.labels,
+        config.batch_size,
+        config.seed,
+        config.oversample,
+        True,
+        patients=train.meta["patient_id"].to_numpy() if by_patient else None,
     )
     model = build_model(config, steps=config.epochs * len(train_seq))
     val_seq = make_sequence(

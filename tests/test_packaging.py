@@ -107,3 +107,36 @@ def test_the_locks_pin_every_direct_dependency_within_its_bounds(lock, groups):
         assert requirement.specifier.contains(pins[name], prereleases=True), (
             f"{lock} pins {requirement.name}=={pins[name]}, outside pyproject's {line!r}"
         )
+
+
+def test_the_gpu_lock_resolves_tensorflow_with_cuda_and_no_cpu_only_wheel():
+    """GPU nodes install requirements-gpu.lock: TensorFlow with its CUDA wheels, never the
+    CPU-only wheel that the base dependencies pin on x86_64 (which would leave a GPU
+    node computing on its CPU)."""
+    pins = _pins("requirements-gpu.lock")
+    assert "tensorflow-cpu" not in pins
+    assert pins["tensorflow"] == _pins("requirements.lock")["tensorflow-cpu"]
+    assert {"nvidia-cudnn-cu12", "nvidia-cublas-cu12"} <= set(pins)
+    # Everything else is the CPU lock's version, so both kinds of node run the same code.
+    cpu = _pins("requirements.lock")
+    assert {name: cpu[name] for name in cpu if name != "tensorflow-cpu"} == {
+        name: pins[name] for name in cpu if name != "tensorflow-cpu"
+    }
+    dockerfile = (ROOT / "infra" / "docker" / "Dockerfile.gpu").read_text()
+    assert "requirements-gpu.lock" in dockerfile and "tensorflow-cpu" not in dockerfile
+
+
+def test_the_kubernetes_gpu_request_is_a_string():
+    import yaml
+
+    documents = list(
+        yaml.safe_load_all((ROOT / "infra" / "kubernetes" / "dask-cluster.yaml").read_text())
+    )
+    limits = [
+        container["resources"]["limits"]
+        for doc in documents
+        if doc and doc.get("kind") == "DaskWorkerGroup"
+        for container in doc["spec"]["worker"]["spec"]["containers"]
+    ]
+    gpu = [limit["nvidia.com/gpu"] for limit in limits if "nvidia.com/gpu" in limit]
+    assert gpu == ["1"]

@@ -65,6 +65,7 @@ def test_prefect_yaml_sets_only_fields_of_the_models_and_every_required_one():
         "renalflow-score/nightly",
         "renalflow-ingest/on-demand",
         "renalflow-train/on-demand",
+        "renalflow-pipeline/on-demand",
     }
 
 
@@ -77,12 +78,14 @@ def test_serve_builds_the_same_jobs_with_model_parameters(tmp_path):
         cron="30 1 * * *",
         timezone="Europe/Copenhagen",
     )
-    score, ingest, train = build_deployments(params)
+    score, ingest, train, pipeline = build_deployments(params)
     assert score.parameters["params"]["archive"] == params.archive
     assert score.parameters["params"]["workers"] == 2
     assert ingest.parameters["params"]["store"] == str(tmp_path / "r") + ".slices"
     assert train.parameters["params"]["model_dir"] == params.model_dir
     assert score.schedules[0].schedule.cron == "30 1 * * *"
+    assert pipeline.parameters["params"]["results"] == params.results
+    assert pipeline.parameters["params"]["store"] == str(tmp_path / "r") + ".slices"
     for deployment, model in zip((score, ingest), (JOB_PARAMS[4], JOB_PARAMS[1]), strict=True):
         model.model_validate(deployment.parameters["params"])
 
@@ -92,3 +95,12 @@ def test_local_timezone_is_an_iana_name(monkeypatch):
     assert local_timezone() == "Europe/Copenhagen"
     monkeypatch.delenv("TZ")
     assert local_timezone()
+
+
+def test_scheduled_scoring_follows_the_production_alias(tmp_path):
+    params = ServeParams(
+        archive=str(tmp_path / "a"), model_alias="production", results=str(tmp_path / "r")
+    )
+    score = build_deployments(params)[0]
+    assert score.parameters["params"]["model_alias"] == "production"
+    assert score.parameters["params"]["model_dir"] is None

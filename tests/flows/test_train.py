@@ -61,3 +61,40 @@ def test_training_is_placed_on_the_gpu_worker(prefect_api, small_store, tmp_path
         with Client(cluster) as client:
             pids = client.run(os.getpid)
         assert env["pid"] == pids[next(iter(gpu))], "training did not run on the GPU worker"
+
+
+def test_device_gpu_on_a_cluster_without_a_gpu_worker_is_refused_at_once(dask_cluster, tmp_path):
+    from renalflow.flows.train import place_training
+    from renalflow.tasks.errors import InputError
+
+    with pytest.raises(InputError, match="has no worker with a GPU resource"):
+        place_training("gpu", dask_cluster.scheduler_address)
+    assert place_training("cpu", dask_cluster.scheduler_address) == (None, False)
+    said = []
+    assert place_training("auto", dask_cluster.scheduler_address, said.append) == (None, False)
+    assert "no GPU worker" in said[0]  # never silent
+
+
+def test_a_gpu_worker_that_sees_no_gpu_refuses_device_gpu(prefect_api, small_store, tmp_path):
+    """The worker checks the device it got: one that advertises GPU=1 but has no GPU
+    (here, a CPU machine) fails the run instead of training on its CPU."""
+    from distributed import LocalCluster
+    from prefect_dask import DaskTaskRunner
+
+    from renalflow.tasks.devices import gpu_devices
+    from renalflow.tasks.errors import InputError
+
+    if gpu_devices():
+        pytest.skip("this machine has a GPU")
+    with LocalCluster(
+        n_workers=1, processes=True, threads_per_worker=1, dashboard_address=None,
+        resources={"GPU": 1},
+    ) as cluster:  # fmt: skip
+        runner = DaskTaskRunner(address=cluster.scheduler_address)
+        config = profile_config("cpu-demo", input_size=64, epochs=1)
+        with pytest.raises(InputError, match="the training process sees no GPU"):
+            train_flow.with_options(task_runner=runner)(
+                store=small_store, model_dir=str(tmp_path / "m"), config=config, gpu=True,
+                device="gpu",
+            )  # fmt: skip
+        assert not (tmp_path / "m").exists()

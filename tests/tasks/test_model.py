@@ -33,6 +33,37 @@ def test_paper_profile_defaults_are_the_papers():
     assert (config.epochs, config.batch_size, config.learning_rate) == (10, 32, 2e-5)
     assert config.weights == "imagenet" and config.oversample and config.decay_after is None
     assert not config.augment  # the paper found augmentation harmful
+    assert config.select_epoch == 5  # the paper kept the epoch-5 model of 10
+    assert config.oversample_unit.value == "patient"  # benign patients were resampled
+    assert config.schedule.value == "constant"  # the paper: no decay (decay_after 4 is an option)
+
+
+def test_the_cpu_demo_profile_and_best_keep_the_lowest_validation_loss():
+    assert profile_config("cpu-demo").select_epoch is None
+    assert profile_config("paper", select_epoch=0).select_epoch is None
+    assert profile_config("paper", select_epoch=3).select_epoch == 3
+    with pytest.raises(ValueError, match="--select-epoch best"):
+        profile_config("paper", epochs=2)
+
+
+def test_the_checked_hash_is_the_one_keras_publishes_for_resnet50v2_notop():
+    from keras.src.applications.resnet import WEIGHTS_HASHES
+
+    from renalflow.tasks.model import IMAGENET_WEIGHTS_MD5
+
+    assert WEIGHTS_HASHES["resnet50v2"][1] == IMAGENET_WEIGHTS_MD5
+
+
+def test_a_weights_file_that_is_not_keras_published_one_is_refused(tmp_path):
+    from renalflow.tasks.errors import ModelError
+    from renalflow.tasks.model import check_weights_file
+
+    other = tmp_path / "resnet50v2_notop.h5"
+    other.write_bytes(b"not the published weights")
+    with pytest.raises(ModelError, match=r"is not Keras' published .* \(MD5 [0-9a-f]{32}"):
+        check_weights_file(str(other))
+    with pytest.raises(ModelError, match="does not exist"):
+        check_weights_file(str(tmp_path / "missing.h5"))
 
 
 def test_paper_model_has_the_papers_architecture_and_optimiser(paper_model):
@@ -69,9 +100,14 @@ def test_paper_model_trains_a_step_on_the_cpu(paper_model):
     assert np.isfinite(logs["loss"])
 
 
-def test_local_weights_file_round_trips(paper_model, tmp_path: Path):
+def test_local_weights_file_round_trips(paper_model, tmp_path: Path, monkeypatch):
+    """A local file is loaded into the backbone once its MD5 is the published one (the
+    published file itself is not downloaded in tests: this file's hash stands in)."""
+    from renalflow.tasks import model as model_module
+
     path = tmp_path / "resnet50v2_notop.weights.h5"
     backbone_of(paper_model).save_weights(path)
+    monkeypatch.setattr(model_module, "IMAGENET_WEIGHTS_MD5", model_module.file_md5(str(path)))
     loaded = build_model(TrainConfig(weights=str(path)))
     for a, b in zip(backbone_of(paper_model).weights, backbone_of(loaded).weights, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -6,6 +6,7 @@ from renalflow.tasks.split import (
     SplitConfig,
     load_split,
     oversample_indices,
+    oversample_patient_indices,
     save_split,
     split_patients,
 )
@@ -58,4 +59,19 @@ def test_oversampling_balances_classes_without_dropping_images():
     assert set(np.flatnonzero(labels == 1)) <= set(order)
     assert set(np.flatnonzero(labels == 0)) <= set(order)
     again = oversample_indices(labels, np.random.default_rng(0))
+    np.testing.assert_array_equal(order, again)
+
+
+def test_patient_oversampling_draws_whole_benign_patients_to_50_50_patients():
+    """The paper's unit is the patient: 2 benign patients (3 and 5 images) against 6
+    malignant ones become 6 benign draws, each bringing all its images."""
+    patients = np.array(["b1"] * 3 + ["b2"] * 5 + [f"m{i}" for i in range(6) for _ in range(4)])
+    labels = np.array([0] * 8 + [1] * 24)
+    order = oversample_patient_indices(labels, patients, np.random.default_rng(0))
+    assert set(order) == set(range(len(labels)))  # no image dropped
+    counts = {p: int((patients[order] == p).sum()) for p in set(patients)}
+    assert all(counts[f"m{i}"] == 4 for i in range(6))
+    draws = counts["b1"] // 3 + counts["b2"] // 5
+    assert counts["b1"] % 3 == 0 and counts["b2"] % 5 == 0 and draws == 6
+    again = oversample_patient_indices(labels, patients, np.random.default_rng(0))
     np.testing.assert_array_equal(order, again)

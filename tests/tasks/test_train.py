@@ -94,7 +94,7 @@ def test_offline_imagenet_weights_end_in_one_line_and_leave_no_model_dir(
         model_module, "IMAGENET_WEIGHTS_URL", f"http://127.0.0.1:{free_port()}/weights.h5"
     )
     model_dir = tmp_path / "model"
-    config = profile_config("paper", input_size=64, epochs=1)
+    config = profile_config("paper", input_size=64, epochs=1, select_epoch=1)
     with pytest.raises(ModelError, match="cannot download the ImageNet weights") as info:
         train_model(store, model_dir, config, log=lambda _: None)
     assert "--weights PATH" in str(info.value) and "--weights none" in str(info.value)
@@ -108,7 +108,9 @@ def test_a_failed_retraining_keeps_the_model_it_would_have_replaced(store, train
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
     before = (copy / "model_version.txt").read_text()
-    config = profile_config("paper", input_size=64, epochs=1, weights=str(tmp_path / "no.h5"))
+    config = profile_config(
+        "paper", input_size=64, epochs=1, select_epoch=1, weights=str(tmp_path / "no.h5")
+    )
     from renalflow.tasks.errors import ModelError
 
     with pytest.raises(ModelError, match=r"weights file .* does not exist"):
@@ -125,3 +127,39 @@ def test_a_one_class_validation_split_is_named_not_reported_as_auc_0():
     assert note.startswith("every validation image is malignant: val_auc is meaningless")
     assert validation_warnings(np.array([0, 1, 1], np.int8), {"val_auc": [0.8]}, 1) == []
     assert "undefined" in validation_warnings(np.array([0, 1]), {"val_auc": [float("nan")]}, 1)[0]
+
+
+def test_a_weights_file_with_another_checksum_is_refused_before_anything_is_written(
+    store, tmp_path
+):
+    from renalflow.tasks.errors import ModelError
+
+    weights = tmp_path / "weights.h5"
+    weights.write_bytes(b"x" * 1024)
+    model_dir = tmp_path / "model"
+    config = profile_config("paper", input_size=64, select_epoch=1, epochs=1, weights=str(weights))
+    with pytest.raises(ModelError, match="is not Keras' published"):
+        train_model(store, model_dir, config, log=lambda _: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.h5"]
+
+
+@pytest.mark.slow
+def test_the_paper_profile_trains_end_to_end_and_keeps_the_epoch_5_model(store, tmp_path):
+    """The paper's protocol at tiny size on the CPU: ResNet50V2 (random start: no
+    download in tests), RMSprop 2e-5, constant rate, benign patients resampled, and the
+    epoch-5 model kept whatever the validation loss says (correctness, not speed)."""
+    import json
+
+    config = profile_config("paper", input_size=64, weights="none", epochs=6)
+    assert config.select_epoch == 5 and config.oversample_unit.value == "patient"
+    model_dir = tmp_path / "paper"
+    result = train_model(store, model_dir, config, log=lambda _: None)
+    assert result.selected_epoch == 5 and len(result.history["loss"]) == 6
+    kept = (model_dir / "model.keras").read_bytes()
+    assert kept == (model_dir / "checkpoints" / "epoch-05.keras").read_bytes()
+    recorded = json.loads((model_dir / "config.json").read_text())
+    assert recorded["note"] == "paper profile"
+    assert recorded["train"]["select_epoch"] == 5
+    assert recorded["train"]["oversample_unit"] == "patient"
+    assert recorded["train"]["learning_rate"] == 2e-5
+    assert set(recorded["not_stated_by_the_paper"]) >= {"batch_size", "window", "interpolation"}
