@@ -187,6 +187,7 @@ def profile_config(profile: Profile | str, **overrides: Any) -> TrainConfig:
             base,
             epochs=20,
             select_epoch=None,  # lowest validation loss: averaged weights settle late
+            oversample_unit=OversampleUnit.IMAGE,  # as measured by bench/bench_cpu_demo.py
             learning_rate=1e-3,
             weights="none",
             batch_size=32,
