@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
@@ -298,7 +299,11 @@ def synthesize_archive(
             if progress:
                 progress(done, len(work), report.slices)
     else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        # Never fork: a process that already loaded TensorFlow (the demo synthesises
+        # after training; tests do) leaves forked children that crash when they collect
+        # its objects. Forkserver children start from a clean interpreter.
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
             for done, result in enumerate(pool.map(_write_patient_job, work), start=1):
                 results.append(result)
                 report.slices += result.slices

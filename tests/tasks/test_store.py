@@ -11,6 +11,7 @@ from renalflow.tasks.store import (
     INVENTORY_COLUMNS,
     REJECT_SCHEMA,
     REJECTS,
+    SERIES_COLUMNS,
     SLICE_META_COLUMNS,
     SLICE_ORDER,
     SLICE_SCHEMA,
@@ -142,7 +143,8 @@ def test_read_slices_gives_one_copy_of_each_slice_in_order(tmp_path: Path):
     store, uids = _store_of_two_slices(tmp_path)
     meta, images = read_slices(store)
     assert meta["sop_instance_uid"].tolist() == uids[::-1]  # ordered by z
-    assert list(meta.columns) == [*SLICE_META_COLUMNS, "lesion"]  # lesion: from `lesions`
+    # lesion: from the `lesions` table
+    assert list(meta.columns) == [*SLICE_META_COLUMNS, *SERIES_COLUMNS, "lesion"]
     assert images.shape == (2, 224, 224)
     empty, none = read_slices(store, cohorts=["other"], empty_size=32)
     assert empty.empty and none.shape == (0, 32, 32)
