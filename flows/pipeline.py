@@ -104,10 +104,14 @@ def pipeline_flow(
     from renalflow.flows.runtime import dask_task_runner
     from renalflow.flows.train import place_training, train_flow
     from renalflow.tasks import registry
+    from renalflow.tasks.model_dir import read_model_info
+    from renalflow.tasks.store import store_for
 
     logger = get_run_logger()
     run_id = str(flow_run.get_id() or "local")
     runner = dask_task_runner(workers, dask_address)
+    made_with = ingest["preprocess"].version
+    store = store_for(store, made_with)  # another preprocessing: a store of its own
     ingest_flow.with_options(task_runner=runner)(  # type: ignore[arg-type]
         archive=archive, store=store, labels=labels, **ingest
     )
@@ -137,8 +141,20 @@ def pipeline_flow(
     production_metrics = None
     production_figure = None
     if production is not None:
+        # Production sees the test patients' slices made its own way: a store of its
+        # preprocessing, made now from the same archive when there is none yet.
+        preprocess = read_model_info(production.model_dir).preprocess
+        production_store = store_for(store, preprocess.version)
+        if production_store != store:
+            logger.info(f"production reads slices made its own way: {production_store}")
+            ingest_flow.with_options(task_runner=runner)(  # type: ignore[arg-type]
+                archive=archive,
+                store=production_store,
+                labels=labels,
+                **{**ingest, "preprocess": preprocess},
+            )
         production_metrics = evaluate_for_registry(
-            store,
+            production_store,
             production.model_dir,
             str(model_dir / COMPARISON),
             str(model_dir),

@@ -61,7 +61,7 @@ from renalflow.tasks.score import (
 from renalflow.tasks.selection import select_slices
 from renalflow.tasks.sources import archive_folder, is_pacs
 from renalflow.tasks.sources.query import PacsSettings
-from renalflow.tasks.store import read_inventory
+from renalflow.tasks.store import read_inventory, store_for
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -185,7 +185,8 @@ def score_flow(
     selector = None
     if selector_dir:
         selector = load_selector(selector_dir, info)
-    store = store or default_store(results)
+    # The default store holds one preprocessing; another model's slices go beside it.
+    store = store or store_for(default_store(results), info.preprocess.version)
     run_id = str(flow_run.get_id() or "local")
     summary = ScoreSummary(archive, results, store, info.model_version, run_id)
     summary.key_id = key_id(key)

@@ -440,6 +440,20 @@ def read_manifest(store_uri: str) -> dict[str, Any]:
         return dict(json.loads(handle.read()))
 
 
+def store_for(store_uri: str, preprocess_version: str) -> str:
+    """The slice store for slices made with `preprocess_version`: `store_uri` itself when
+    it does not exist yet or was made that way, else its sibling `STORE.VERSION`, made
+    on demand. Models with other preprocessing (another size, window or filter) so get
+    slices of their own side by side, and none is ever refused for the first model's."""
+    try:
+        made_with = read_manifest(store_uri).get("preprocess_version")
+    except StoreError:  # no manifest: a new store (storage failures raise their own)
+        return store_uri
+    if made_with == preprocess_version:
+        return store_uri
+    return f"{store_uri.rstrip('/')}.{preprocess_version}"
+
+
 def describe_store(store_uri: str) -> str:
     """A short summary of a slice store: patients, series and slices per label and phase."""
     import duckdb  # 0.16 s that workers importing the store would pay for nothing

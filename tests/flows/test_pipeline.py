@@ -4,6 +4,8 @@ production alias and records its version; a worse model leaves production unchan
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from renalflow.flows.jobs import pipeline_job, score_job
@@ -37,7 +39,7 @@ def _pipeline(root, cluster, **options):
         labels=str(root / "synth" / "labels.csv"),
         results=str(root / "results"),
         models_dir=str(root / "models"),
-        size=SIZE,
+        size=options.pop("size", SIZE),
         profile="cpu-demo",
         dask_address=cluster.scheduler_address,
         bootstrap=20,
@@ -89,3 +91,19 @@ def test_pipeline_promotes_a_model_scoring_follows_it_and_a_worse_one_is_held_ba
     assert actions.column("action").to_pylist() == ["promote", "promote", "rollback"]
     with pytest.raises(InputError, match="no earlier version to roll back to"):
         registry.rollback(results, "again")
+
+    # A model made another way (48 px): its slices go to a store of their own. With the
+    # store gone, production (64 px) is compared on slices made its way, on demand.
+    shutil.rmtree(archive / "store")
+    third = _pipeline(archive, dask_cluster, epochs=1, seed=9, size=48, gate="manual")
+    assert not third.promoted
+    assert [p.name for p in archive.glob("store.*")] != []  # production's, made on demand
+    assert third.production_metrics["patient"]["n"] == third.metrics["patient"]["n"]
+    registry.promote(results, third.model_version, "by hand")
+    summary = score_job(score)  # the same nightly parameters, now the 48-px model
+    assert summary.model_version == third.model_version
+    assert summary.store != str(archive / "results.slices")  # beside the 64-px slices
+    used = run_query(results, "select distinct model_version from study_votes order by 1")
+    assert sorted(used.column("model_version").to_pylist()) == sorted(
+        [first.model_version, third.model_version]
+    )
