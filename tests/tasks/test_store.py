@@ -156,3 +156,15 @@ def test_reading_slices_a_part_does_not_hold_explains(tmp_path: Path):
     (part,) = list_parts(store, SLICES)
     with pytest.raises(StoreError, match="changed during scoring"):
         read_part_slices(fs, part, [uids[1], "9.9.9"])
+
+
+def test_a_store_for_another_preprocessing_is_its_sibling(tmp_path: Path):
+    from renalflow.tasks.config import PreprocessConfig
+    from renalflow.tasks.store import store_for
+
+    store = str(tmp_path / "store")
+    made, other = PreprocessConfig(output_size=64), PreprocessConfig(output_size=48)
+    assert store_for(store, made.version) == store  # none yet: this one
+    check_manifest(store, made.to_dict(), made.version)
+    assert store_for(store, made.version) == store
+    assert store_for(store + "/", other.version) == f"{store}.{other.version}"
