@@ -17,16 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from common import add_workdir, machine
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -100,17 +99,12 @@ def main() -> int:
     )
     parser.add_argument("--slices", type=int, default=4000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument(
-        "--workdir", default=os.path.join(tempfile.gettempdir(), "renalflow-bench-ingest")
-    )
+    add_workdir(parser, "ingest")
     args = parser.parse_args()
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)
 
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}"
-    )
+    print(machine())
     t0 = time.perf_counter()
     archive, n = build_archive(root / "data", args.slices)
     built = time.perf_counter() - t0

@@ -11,15 +11,13 @@ Usage: python bench/bench_input.py [--images 20000] [--batch-size 256]
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import add_workdir, machine
 
 from renalflow.tasks.dataset import iterate_batches, load_slices
 from renalflow.tasks.split import oversample_indices
@@ -61,13 +59,9 @@ def main() -> int:
     )
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument(
-        "--workdir", default=os.path.join(tempfile.gettempdir(), "renalflow-bench-input")
-    )
+    add_workdir(parser, "input")
     args = parser.parse_args()
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
+    print(machine())
     store = build_store(Path(args.workdir), args.images)
 
     started = time.perf_counter()

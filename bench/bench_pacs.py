@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pydicom
+from common import add_workdir, machine
 
 from renalflow.tasks.sources import parse_source
 from renalflow.tasks.sources.credentials import PASSWORD_ENV, USER_ENV
@@ -76,9 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=12)
     parser.add_argument("--matrix", type=int, default=512)
-    parser.add_argument(
-        "--workdir", default=os.path.join(tempfile.gettempdir(), "renalflow-bench-pacs")
-    )
+    add_workdir(parser, "pacs")
     args = parser.parse_args()
     work = Path(args.workdir)
     archive = build_archive(
@@ -90,10 +87,7 @@ def main() -> None:
         f"archive: {len(files):,} files, {size / 1e6:,.1f} MB, {args.patients} patients, "
         f"{args.matrix} px ({archive})"
     )
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"Python {platform.python_version()}"
-    )
+    print(machine())
     orthanc_dir = work / "orthanc"
     shutil.rmtree(orthanc_dir, ignore_errors=True)
     with start_orthanc(orthanc_dir) as pacs:

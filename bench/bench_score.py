@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
+
+from common import add_workdir, machine
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -107,7 +108,7 @@ def _load_model(path: str, version: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=60)
-    parser.add_argument("--workdir", default="/tmp/renalflow-bench-score")
+    add_workdir(parser, "score")
     parser.add_argument("--profiles", nargs="+", default=["cpu-demo", "paper"])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
@@ -118,7 +119,7 @@ def main() -> None:
 
     root = Path(args.workdir)
     archive, store = build_store(root, args.patients)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(machine())
     with (
         prefect_api(),
         LocalCluster(

@@ -26,10 +26,11 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
+
+from common import machine
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -227,7 +228,7 @@ def main() -> None:
         f"\n{args.patients} patients' whole studies (seed {args.seed}); classifier "
         f"{args.demo / 'model'}, selector {selector}"
     )
-    print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(machine())
     print(
         "mode        accuracy (abdominal)  unvoted chest/head  slices voted / in studies  score run"
     )

@@ -26,17 +26,16 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from common import add_workdir, machine
 
 # Prefect's own temporary server, as `prefect_api()` used it before the local server
 # (the reference the figures are compared with).
@@ -128,16 +127,11 @@ def main() -> int:
     )
     parser.add_argument("--patients", type=int, default=140)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument(
-        "--workdir", default=os.path.join(tempfile.gettempdir(), "renalflow-bench-startup")
-    )
+    add_workdir(parser, "startup")
     args = parser.parse_args()
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-        f", load average {os.getloadavg()[0]:.1f} (other work on the machine skews every figure)"
-    )
+    print(machine())
     archive, n = build_archive(root / "synth", args.patients, args.workers)
     print(f"archive: {n} slices from `renalflow synth --patients {args.patients}`")
 
