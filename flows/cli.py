@@ -243,19 +243,24 @@ DETAILS: dict[str, str] = {
         "Stop with Ctrl-C."
     ),
     "web": (
-        "Serve a small web page (on loopback by default) where one patient's CT series "
-        "(DICOM files or a zip) is uploaded and classified with the model: the vote, the "
-        "share of malignant slices against the vote line, the probability of every slice "
-        "along z and heat maps of the slices that decided the vote. Unusable files are "
-        "listed with the ingest's reasons. Uploads are removed after scoring unless "
-        "--keep-uploads."
+        "Serve a small web page (on loopback by default) where one patient's CT study "
+        "(DICOM files or a zip) is uploaded and classified with the model. Slices are "
+        "selected as `renalflow score` does: abdominal series only, then the lesion "
+        "slices of a DICOM SEG uploaded with the study, else --selector's, else (with "
+        "--all-slices) every slice. The page shows each series with its decision and "
+        "why, the vote, the share of malignant slices against the vote line, the "
+        "probability of every slice that voted along z and heat maps of the slices that "
+        "decided the vote. Unusable files are listed with the ingest's reasons. Uploads "
+        "are removed after scoring unless --keep-uploads."
     ),
     "demo": (
-        "The whole pipeline on this machine, as one Prefect flow: synthesise a development "
-        "archive, ingest it into a slice store on a local Dask cluster, train the cpu-demo "
-        "model, evaluate it on the held-out test patients, score a second (screening) "
-        "archive into the Delta results table, and query it with DuckDB. Everything goes "
-        "under OUT; steps whose output exists are reused. About 10 minutes on 2 CPU cores."
+        "The whole pipeline on this machine, as one Prefect flow: synthesise a curated "
+        "development archive, ingest it on a local Dask cluster, train and evaluate the "
+        "cpu-demo classifier on it; synthesise annotated whole studies, train and evaluate "
+        "a slice selector on them; screen an archive of whole studies without annotations "
+        "with both into the Delta results tables, and query them with DuckDB. Everything "
+        "goes under OUT; steps whose output exists are reused. About 11 minutes on 2 CPU "
+        "cores."
     ),
 }
 
