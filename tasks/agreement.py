@@ -1,19 +1,30 @@
 """Agreement of the votes with reference outcomes: sensitivity, specificity, PPV and NPV
-with Wilson 95% CIs, overall and by group (positive class: malignant).
+with Wilson 95% CIs and percentile bootstrap 95% CIs, overall and by group (positive
+class: malignant).
 
 Only voted rows with exactly one reference outcome count; what is left out (no vote,
 no reference, references that disagree with each other) is counted, never dropped
 silently. Wilson score intervals (tasks.metrics) are used because they stay inside
-[0, 1] and say something at 0% and 100%, where small groups often sit.
+[0, 1] and say something at 0% and 100%, where small groups often sit. The bootstrap
+resamples the group's compared rows (as a multinomial draw of its 2x2 table, seeded),
+so a figure's denominator varies as it would in another sample of the same cohort.
+Both treat rows as independent: at the study level, studies of one patient are not.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
-from renalflow.tasks.config import MIN_AGREEMENT_N, Label, StudyStatus
+from renalflow.tasks.config import (
+    AGREEMENT_BOOTSTRAP,
+    MIN_AGREEMENT_N,
+    SEED,
+    Label,
+    StudyStatus,
+)
 from renalflow.tasks.metrics import wilson_interval
 
 FIGURES = ("sensitivity", "specificity", "ppv", "npv")
@@ -64,6 +75,36 @@ class Agreement:
         }[name]
         low, high = wilson_interval(successes, n)
         return Proportion(successes, n, low, high)
+
+    def bootstrap(
+        self, n_boot: int = AGREEMENT_BOOTSTRAP, seed: int = SEED
+    ) -> dict[str, tuple[float, float]]:
+        """Each figure's percentile bootstrap 95% CI: the compared rows resampled with
+        replacement `n_boot` times (a multinomial draw of the 2x2 table, seeded);
+        resamples where a figure has no cases do not count. NaN bounds when fewer than
+        half the resamples define it."""
+        cells = np.array([self.tp, self.fp, self.tn, self.fn], dtype=float)
+        if cells.sum() == 0:
+            return {name: (float("nan"), float("nan")) for name in FIGURES}
+        rng = np.random.default_rng([seed, 0xA6EE])
+        tp, fp, tn, fn = rng.multinomial(int(cells.sum()), cells / cells.sum(), n_boot).T
+        pairs = {
+            "sensitivity": (tp, tp + fn),
+            "specificity": (tn, tn + fp),
+            "ppv": (tp, tp + fp),
+            "npv": (tn, tn + fn),
+        }
+        out = {}
+        for name in FIGURES:
+            successes, n = pairs[name]
+            defined = n > 0
+            if defined.sum() < n_boot / 2:
+                out[name] = (float("nan"), float("nan"))
+                continue
+            shares = successes[defined] / n[defined]
+            low, high = np.percentile(shares, [2.5, 97.5])
+            out[name] = (float(low), float(high))
+        return out
 
     def warnings(self, min_n: int = MIN_AGREEMENT_N) -> list[str]:
         """What a reader must know before quoting this group's figures."""

@@ -55,6 +55,10 @@ class InTraining(StrEnum):
 MIN_AGREEMENT_N = 10
 """Our choice: an agreement figure (sensitivity, specificity, PPV, NPV) resting on fewer
 cases than this is flagged: one case more or less moves it by 10 points or more."""
+AGREEMENT_BOOTSTRAP = 2000
+"""Our choice: resamples of the 2x2 table behind each agreement figure's percentile
+bootstrap 95% CI (given beside the Wilson interval; 2,000 puts the 2.5th and 97.5th
+percentiles 50 resamples from the ends)."""
 
 
 ID_COLUMN = "patient_id"

@@ -206,7 +206,9 @@ def cohort_report(
 
 def agreement_frame(agreement: dict[str, Any]) -> pd.DataFrame:
     """The agreement rows as one table: unit, grouping, group, model, the 2x2 counts,
-    and each figure with its 95% CI and the cases it rests on."""
+    and each figure with its Wilson 95% CI (`_ci_low/_high`), its percentile bootstrap
+    95% CI (`_boot_low/_high`, AGREEMENT_BOOTSTRAP resamples, seed SEED) and the cases
+    it rests on."""
     records = []
     for unit, found in agreement.items():
         for row in found["rows"]:
@@ -214,11 +216,14 @@ def agreement_frame(agreement: dict[str, Any]) -> pd.DataFrame:
             record: dict[str, Any] = {"unit": unit, "by": row["by"], "group": row["group"]}
             record.update(model_version=row["model"], n=counts.n, tp=counts.tp, fp=counts.fp)
             record.update(tn=counts.tn, fn=counts.fn)
+            bootstrap = counts.bootstrap()
             for name in FIGURES:
                 figure = row["figures"][name]
                 record[name] = round(figure.value, 4)
                 record[f"{name}_ci_low"] = round(figure.low, 4)
                 record[f"{name}_ci_high"] = round(figure.high, 4)
+                record[f"{name}_boot_low"] = round(bootstrap[name][0], 4)
+                record[f"{name}_boot_high"] = round(bootstrap[name][1], 4)
                 record[f"{name}_n"] = figure.n
             record["warnings"] = "; ".join(row["warnings"])
             records.append(record)

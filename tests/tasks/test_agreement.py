@@ -63,3 +63,28 @@ def test_rows_that_cannot_be_compared_are_counted_not_dropped():
     assert (found.no_vote, found.no_reference, found.conflicting) == (1, 1, 1)
     by_vendor = agreement_by(found.rows, "manufacturer")
     assert [(a.group, a.tp) for a in by_vendor] == [("GE", 1)]
+
+
+def test_bootstrap_intervals_agree_with_resampling_the_rows_by_hand():
+    """The 2x2 table's multinomial draw against resampling the 10 rows themselves."""
+    import numpy as np
+
+    agreement = count_agreement(*_votes(HAND))
+    ours = agreement.bootstrap(n_boot=20000, seed=3)
+    assert ours == agreement.bootstrap(n_boot=20000, seed=3)  # seeded
+    rng = np.random.default_rng(11)
+    vote = np.array([v == "malignant" for v, _ in HAND])
+    truth = np.array([o == "malignant" for _, o in HAND])
+    shares = []
+    for _ in range(20000):
+        pick = rng.integers(0, len(HAND), len(HAND))
+        v, t = vote[pick], truth[pick]
+        if t.sum():
+            shares.append((v & t).sum() / t.sum())
+    by_hand = np.percentile(shares, [2.5, 97.5])
+    assert ours["sensitivity"] == pytest.approx(tuple(by_hand), abs=0.03)
+    assert ours["sensitivity"][0] <= 0.6 <= ours["sensitivity"][1]
+    # A figure every resample gets right has no spread; one without cases has no CI.
+    perfect = count_agreement(*_votes([("malignant", "malignant")] * 12))
+    assert perfect.bootstrap()["sensitivity"] == (1.0, 1.0)
+    assert all(math.isnan(b) for b in perfect.bootstrap()["specificity"])
