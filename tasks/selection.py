@@ -144,17 +144,18 @@ def _overlap(a: pd.Series, b: pd.Series) -> float:
     return max(0.0, shared / shorter)
 
 
-def _text(value: object) -> str:
+def header_text(value: object) -> str:
+    """A header value from a series table as text: "" for a missing one (None or NaN)."""
     return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
 def _same_acquisition(a: pd.Series, b: pd.Series) -> bool:
     """Two reconstructions of one acquisition: same frame of reference and phase, the same
     AcquisitionNumber where both have one, and z ranges overlapping by at least half."""
-    frame = _text(a["frame_of_reference_uid"])
-    if not frame or frame != _text(b["frame_of_reference_uid"]):
+    frame = header_text(a["frame_of_reference_uid"])
+    if not frame or frame != header_text(b["frame_of_reference_uid"]):
         return False
-    if _text(a["phase"]) != _text(b["phase"]):
+    if header_text(a["phase"]) != header_text(b["phase"]):
         return False
     numbers = (a["acquisition_number"], b["acquisition_number"])
     if not any(pd.isna(n) for n in numbers) and numbers[0] != numbers[1]:
@@ -180,7 +181,7 @@ def select_series(slices: pd.DataFrame, rule: SeriesRule | None = None) -> pd.Da
     bases: list[str] = []
     for row in series.to_dict("records"):
         region = judge_region(
-            _text(row["body_part_examined"]), _text(row["series_description"]), rule
+            header_text(row["body_part_examined"]), header_text(row["series_description"]), rule
         )
         bases.append(region.basis.value)
         ends = (row["z_min"], row["z_max"])

@@ -30,7 +30,13 @@ from renalflow.tasks.ingest import FILE_ERRORS, as_reject
 from renalflow.tasks.model import predict_probabilities
 from renalflow.tasks.model_dir import ModelInfo, read_model_info
 from renalflow.tasks.score import ScoreConfig
-from renalflow.tasks.selection import SeriesDecision, annotated, select_series, select_slices
+from renalflow.tasks.selection import (
+    SeriesDecision,
+    annotated,
+    header_text,
+    select_series,
+    select_slices,
+)
 from renalflow.tasks.selector import selected_slices
 from renalflow.tasks.upload import MAX_FILES, UploadLimits, original_name
 from renalflow.tasks.vote import deciding_slices, malignant_images, vote
@@ -307,8 +313,8 @@ def _series_rows(series: pd.DataFrame) -> list[dict[str, Any]]:
     return [
         {
             "series_instance_uid": row["series_instance_uid"],
-            "description": _text(row["series_description"]),
-            "body_part": _text(row["body_part_examined"]),
+            "description": header_text(row["series_description"]),
+            "body_part": header_text(row["body_part_examined"]),
             "slices": int(row["slices"]),
             "thickness_mm": _number(float(row["slice_thickness"]))
             if row["slice_thickness"] is not None
@@ -318,10 +324,6 @@ def _series_rows(series: pd.DataFrame) -> list[dict[str, Any]]:
         }
         for row in series.to_dict("records")
     ]
-
-
-def _text(value: object) -> str:
-    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
 def _vote_and_explain(
