@@ -263,6 +263,7 @@ def train_job(params: TrainParams) -> "TrainResult":
     """Train the classifier or the slice selector (on a GPU worker of `dask_address` when
     it has one)."""
     from renalflow.flows.train import place_training, train_flow
+    from renalflow.tasks.selector import SelectorTraining
 
     config = train_config(params)
     load_s3_credentials()
@@ -278,7 +279,11 @@ def train_job(params: TrainParams) -> "TrainResult":
         config=config,
         gpu=gpu,
         task=params.task,
-        target_sensitivity=params.target_sensitivity,
+        selector=SelectorTraining(
+            target_sensitivity=params.target_sensitivity,
+            hard_negative_mm=params.hard_negative_mm,
+            hard_negative_share=params.hard_negative_share,
+        ),
         device=params.device,
     )
 

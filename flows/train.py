@@ -9,11 +9,12 @@ from distributed import Client
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from renalflow.tasks.config import SELECTOR_SENSITIVITY, Device, Task
+from renalflow.tasks.config import Device, Task
 from renalflow.tasks.devices import gpu_devices, require_gpu
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.evaluate import evaluate
 from renalflow.tasks.model import TrainConfig
+from renalflow.tasks.selector import SelectorTraining
 from renalflow.tasks.split import SplitConfig
 from renalflow.tasks.train import TrainResult, train_model
 
@@ -25,7 +26,7 @@ def train_task(
     config: TrainConfig,
     split: SplitConfig,
     task: Task = Task.CLASSIFIER,
-    target_sensitivity: float = SELECTOR_SENSITIVITY,
+    selector: SelectorTraining | None = None,
     device: Device = Device.AUTO,
 ) -> TrainResult:
     logger = get_run_logger()
@@ -34,9 +35,8 @@ def train_task(
         # GPU=1 but sees no GPU (driver, CPU-only wheel) fails here, never trains on its CPU.
         logger.info(f"training on {', '.join(require_gpu('the training process'))}")
     return train_model(
-        store, model_dir, config, split, log=logger.info, task=task,
-        target_sensitivity=target_sensitivity,
-    )  # fmt: skip
+        store, model_dir, config, split, log=logger.info, task=task, selector=selector
+    )
 
 
 @task(name="evaluate-model", cache_policy=NO_CACHE)
@@ -90,7 +90,7 @@ def train_flow(
     split: SplitConfig | None = None,
     gpu: bool = False,
     task: Task = Task.CLASSIFIER,
-    target_sensitivity: float = SELECTOR_SENSITIVITY,
+    selector: SelectorTraining | None = None,
     device: Device = Device.AUTO,
 ) -> TrainResult:
     """Train the classifier or the slice selector (`task`). With `gpu`, the task is
@@ -98,7 +98,7 @@ def train_flow(
     places it there; with `device` gpu, the training process checks it sees a GPU."""
     config = config or TrainConfig()
     split = split or SplitConfig(seed=config.seed)
-    args = (store, model_dir, config, split, task, target_sensitivity, device)
+    args = (store, model_dir, config, split, task, selector, device)
     if gpu:
         with dask.annotate(resources={"GPU": 1}):
             future = train_task.submit(*args)

@@ -26,6 +26,8 @@ from renalflow.tasks.config import (
     PACS_TIMEOUT_S,
     SCREENING,
     SEED,
+    SELECTOR_HARD_NEGATIVE_MM,
+    SELECTOR_HARD_NEGATIVE_SHARE,
     SELECTOR_SENSITIVITY,
     VOTE_THRESHOLD,
     Device,
@@ -554,6 +556,22 @@ class TrainParams(TrainingOptions):
         le=1,
         description="selector only: its threshold is the highest that finds at least this "
         "share of the validation split's lesion slices (our choice)",
+    )
+    hard_negative_mm: float = Field(
+        default=SELECTOR_HARD_NEGATIVE_MM,
+        ge=0,
+        description="selector only: a slice without the mass this close (mm along z) to a "
+        "lesion slice of its series is a hard negative: the same kidneys, no mass (our "
+        "choice)",
+        json_schema_extra=cli(metavar="MM"),
+    )
+    hard_negative_share: float = Field(
+        default=SELECTOR_HARD_NEGATIVE_SHARE,
+        ge=0,
+        lt=1,
+        description="selector only: the share of each epoch's negatives drawn from the hard "
+        "negatives; 0 draws negatives as they come (our choice)",
+        json_schema_extra=cli(metavar="X"),
     )
     dask_address: str | None = Field(
         default=None,

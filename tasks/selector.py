@@ -28,7 +28,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from renalflow.tasks.config import DEVELOPMENT, SEED, SELECTOR_SENSITIVITY, Split, Task
+from renalflow.tasks.config import (
+    DEVELOPMENT,
+    SEED,
+    SELECTOR_HARD_NEGATIVE_MM,
+    SELECTOR_HARD_NEGATIVE_SHARE,
+    SELECTOR_SENSITIVITY,
+    Split,
+    Task,
+)
 from renalflow.tasks.dataset import SliceSet, load_slices
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.metrics import (
@@ -47,7 +55,7 @@ from renalflow.tasks.model_dir import (
     read_model_info,
     require_task,
 )
-from renalflow.tasks.split import load_split
+from renalflow.tasks.split import load_split, oversample_indices
 
 UNLABELLED = "unlabelled"
 """The split stratum of a patient without a histology label (annotated, not labelled)."""
@@ -417,3 +425,74 @@ def _write_html(
     path = report / "report.html"
     path.write_text(page)
     return path
+
+
+@dataclass(frozen=True)
+class SelectorTraining:
+    """What training a selector takes besides the network's TrainConfig (all ours).
+
+    Attributes:
+        target_sensitivity: its threshold is the highest that finds at least this share
+            of the validation split's lesion slices.
+        hard_negative_mm: a slice without the mass this close along z to a lesion slice
+            of its series is a hard negative.
+        hard_negative_share: the share of each epoch's negatives drawn from them.
+    """
+
+    target_sensitivity: float = SELECTOR_SENSITIVITY
+    hard_negative_mm: float = SELECTOR_HARD_NEGATIVE_MM
+    hard_negative_share: float = SELECTOR_HARD_NEGATIVE_SHARE
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def hard_negatives(meta: pd.DataFrame, lesion: np.ndarray, within_mm: float) -> np.ndarray:
+    """Per slice: it shows no mass, and a lesion slice of its series lies within
+    `within_mm` along z (bool). These show the same kidneys as the mass's slices; the
+    selector must learn to tell them apart."""
+    lesion = np.asarray(lesion).astype(bool)
+    out = np.zeros(len(lesion), dtype=bool)
+    series = meta["series_instance_uid"].to_numpy()
+    z = meta["z"].to_numpy(dtype=float)
+    for uid in np.unique(series[lesion]):
+        rows = np.flatnonzero(series == uid)
+        marked = np.sort(z[rows[lesion[rows]]])
+        here = z[rows]
+        after = np.searchsorted(marked, here)
+        below = np.abs(here - marked[np.clip(after - 1, 0, len(marked) - 1)])
+        above = np.abs(here - marked[np.clip(after, 0, len(marked) - 1)])
+        out[rows] = (np.minimum(below, above) <= within_mm) & ~lesion[rows]
+    return out
+
+
+def selector_draw(
+    labels: np.ndarray, hard: np.ndarray, share: float, rng: np.random.Generator
+) -> np.ndarray:
+    """One epoch's indices for the selector, shuffled, as many as a plain 50:50 draw
+    (twice the negatives): half lesion slices, drawn with replacement; half negatives, of
+    which `share` are hard negatives (`hard`, drawn with replacement where there are too
+    few) and the rest other slices (drawn without replacement, so that a few epochs see
+    them all). Every lesion slice is drawn at least once. With no hard negative, or share
+    0, every negative is drawn once; with more lesion slices than negatives, the plain
+    50:50 draw."""
+    labels, hard = np.asarray(labels), np.asarray(hard).astype(bool)
+    pos = np.flatnonzero(labels == 1)
+    near = np.flatnonzero((labels == 0) & hard)
+    other = np.flatnonzero((labels == 0) & ~hard)
+    total = len(near) + len(other)
+    if len(pos) == 0 or len(pos) >= total:
+        return oversample_indices(labels, rng)
+    if len(near) == 0 or len(other) == 0 or share <= 0:
+        negatives = np.concatenate([near, other])
+    else:
+        n_near = min(total, max(len(near), round(share * total)))
+        n_other = total - n_near
+        negatives = np.concatenate(
+            [
+                rng.choice(near, size=n_near, replace=n_near > len(near)),
+                rng.choice(other, size=n_other, replace=False),
+            ]
+        )
+    drawn = rng.choice(pos, size=len(negatives) - len(pos), replace=True)
+    return rng.permutation(np.concatenate([negatives, pos, drawn]))

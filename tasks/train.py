@@ -20,7 +20,6 @@ import pandas as pd
 
 from renalflow.tasks.config import (
     DEVELOPMENT,
-    SELECTOR_SENSITIVITY,
     OversampleUnit,
     Profile,
     Split,
@@ -39,10 +38,13 @@ from renalflow.tasks.model import (
 from renalflow.tasks.model_dir import PAPER_NOTE, ModelDir, load_model, staged
 from renalflow.tasks.selector import (
     CLASS_NAMES,
+    SelectorTraining,
     choose_threshold,
+    hard_negatives,
     no_annotations_error,
     patient_strata,
     row_classes,
+    selector_draw,
     selector_slices,
     write_threshold,
 )
@@ -133,10 +135,12 @@ def make_sequence(
     oversample: bool,
     shuffle: bool,
     patients: np.ndarray | None = None,
+    draw: Callable[[np.random.Generator], np.ndarray] | None = None,
 ) -> Any:
     """A Keras PyDataset that reshuffles (and re-draws the oversampling) every epoch.
     With `patients` (each image's patient), oversampling draws whole patients (the
-    paper's rule); without, images."""
+    paper's rule); without, images. `draw`, when given, makes each epoch's indices
+    instead (the selector's, with its hard negatives)."""
     import keras  # heavy (seconds): loaded by the training process only
 
     class SliceBatches(keras.utils.PyDataset):  # type: ignore[misc]
@@ -146,6 +150,8 @@ def make_sequence(
             self.order = self._draw()
 
         def _draw(self) -> np.ndarray:
+            if draw is not None:
+                return draw(self.rng)
             if oversample and patients is not None:
                 return oversample_patient_indices(labels, patients, self.rng)
             if oversample:
@@ -172,23 +178,31 @@ def train_model(
     split_config: SplitConfig | None = None,
     log: Callable[[str], None] = print,
     task: Task = Task.CLASSIFIER,
-    target_sensitivity: float = SELECTOR_SENSITIVITY,
+    selector: SelectorTraining | None = None,
 ) -> TrainResult:
     """Train on the development cohort's train split, validate on its validation split.
 
     A `classifier` learns benign vs malignant from labelled slices; a `selector` learns
     "shows the renal mass" from the slices whose lesion annotation is known, and its
-    threshold is then chosen on the validation split for `target_sensitivity`
-    (tasks/selector.py). The model directory appears whole when training ends (it is
-    written beside it and renamed): a failed or interrupted run leaves nothing
-    half-written. The backbone's weights are checked (or downloaded) first: weights
-    that cannot be had are refused before anything is written."""
+    threshold is then chosen on the validation split for `selector`'s target
+    sensitivity (tasks/selector.py; None: SelectorTraining's defaults). The model
+    directory appears whole when training ends (it is written beside it and renamed): a
+    failed or interrupted run leaves nothing half-written. The backbone's weights are
+    checked (or downloaded) first: weights that cannot be had are refused before
+    anything is written."""
     task = Task(task)
     resolve_weights(config)
     with staged(model_dir) as work:
-        result = _train_into(store_uri, work, config, split_config, log, task, target_sensitivity)
+        result = _train_into(store_uri, work, config, split_config, log, task, selector)
     result.model_dir = str(Path(model_dir))
     return result
+
+
+def _selector_draw(
+    train: SliceSet, options: SelectorTraining
+) -> Callable[[np.random.Generator], np.ndarray]:
+    hard = hard_negatives(train.meta, train.labels, options.hard_negative_mm)
+    return lambda rng: selector_draw(train.labels, hard, options.hard_negative_share, rng)
 
 
 def _train_into(
@@ -198,10 +212,11 @@ def _train_into(
     split_config: SplitConfig | None = None,
     log: Callable[[str], None] = print,
     task: Task = Task.CLASSIFIER,
-    target_sensitivity: float = SELECTOR_SENSITIVITY,
+    selector: SelectorTraining | None = None,
 ) -> TrainResult:
     import keras  # heavy (seconds): loaded by the training process only
 
+    selector = selector or SelectorTraining()
     started = time.perf_counter()
     out = Path(model_dir)
     ModelDir(out).checkpoints.mkdir(parents=True, exist_ok=True)
@@ -250,7 +265,7 @@ def _train_into(
         where.config,
         {
             "task": task.value,
-            **({"target_sensitivity": target_sensitivity} if task is Task.SELECTOR else {}),
+            **(selector.to_dict() if task is Task.SELECTOR else {}),
             "train": config.to_dict(),
             "split": split_config.__dict__,
             "note": NOT_PAPER_NOTE if config.profile is Profile.CPU_DEMO else PAPER_NOTE,
@@ -276,6 +291,7 @@ def _train_into(
         config.oversample,
         True,
         patients=train.meta["patient_id"].to_numpy() if by_patient else None,
+        draw=_selector_draw(train, selector) if task is Task.SELECTOR else None,
     )
     model = build_model(config, steps=config.epochs * len(train_seq))
     val_seq = make_sequence(
@@ -312,6 +328,7 @@ def _train_into(
     if task is Task.SELECTOR:
         # On the kept model's validation predictions, never a constant (tasks/selector.py).
         found = predict_probabilities(load_model(out), validation.images)
+        target_sensitivity = selector.target_sensitivity
         chosen = choose_threshold(validation.labels, found, target_sensitivity)
         write_threshold(out, chosen)
         threshold = chosen.threshold

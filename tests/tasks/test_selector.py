@@ -10,7 +10,14 @@ import pandas as pd
 import pytest
 
 from renalflow.tasks.annotations import LesionRow
-from renalflow.tasks.config import DEVELOPMENT, PreprocessConfig, Split, Task
+from renalflow.tasks.config import (
+    DEVELOPMENT,
+    SELECTOR_HARD_NEGATIVE_MM,
+    SELECTOR_HARD_NEGATIVE_SHARE,
+    PreprocessConfig,
+    Split,
+    Task,
+)
 from renalflow.tasks.dataset import load_slices
 from renalflow.tasks.errors import InputError, ModelError
 from renalflow.tasks.evaluate import evaluate
@@ -18,8 +25,10 @@ from renalflow.tasks.model import predict_probabilities, profile_config
 from renalflow.tasks.model_dir import ModelDir, ModelInfo, load_model, read_model_info, require_task
 from renalflow.tasks.selector import (
     choose_threshold,
+    hard_negatives,
     read_threshold,
     selected_slices,
+    selector_draw,
     selector_slices,
     study_recall,
 )
@@ -103,10 +112,41 @@ def test_selector_learns_only_from_slices_whose_lesion_is_known(whole_store, sel
     assert sum(rows[s.value].get("no lesion", 0) for s in Split) == (~lesion).sum()
 
 
+def test_hard_negatives_are_the_unmarked_slices_near_a_lesion_of_their_own_series():
+    meta = pd.DataFrame(
+        {
+            "series_instance_uid": ["a"] * 10 + ["b"] * 4,
+            "z": [*range(0, 50, 5), 0, 5, 10, 15],  # mm
+        }
+    )
+    lesion = np.zeros(14, bool)
+    lesion[[4, 5]] = True  # z 20 and 25 of series a; series b has no lesion
+    near = hard_negatives(meta, lesion, within_mm=10.0)
+    assert np.flatnonzero(near).tolist() == [2, 3, 6, 7]  # z 10, 15, 30, 35
+    assert not hard_negatives(meta, lesion, within_mm=0.0).any()
+
+
+def test_selector_draw_gives_hard_negatives_their_share_and_every_lesion_slice():
+    labels = np.array([1] * 10 + [0] * 90)
+    hard = np.zeros(100, bool)
+    hard[10:20] = True  # 10 hard among 90 negatives
+    order = selector_draw(labels, hard, 0.5, np.random.default_rng(0))
+    assert len(order) == 180  # as many as a plain 50:50 draw
+    assert (labels[order] == 1).sum() == 90 and set(range(10)) <= set(order.tolist())
+    assert hard[order].sum() == 45  # half of the 90 negatives drawn
+    assert len(set(order[~hard[order] & (labels[order] == 0)].tolist())) == 45  # no repeat
+    plain = selector_draw(labels, hard, 0.0, np.random.default_rng(0))
+    assert sorted(plain[labels[plain] == 0].tolist()) == list(range(10, 100))
+    again = selector_draw(labels, hard, 0.5, np.random.default_rng(0))
+    assert again.tolist() == order.tolist()  # seeded
+
+
 def test_selector_model_dir_records_its_task_and_threshold(selector):
     result, model_dir = selector
     config = json.loads((model_dir / "config.json").read_text())
     assert config["task"] == "selector" and config["target_sensitivity"] == 0.95
+    assert config["hard_negative_mm"] == SELECTOR_HARD_NEGATIVE_MM
+    assert config["hard_negative_share"] == SELECTOR_HARD_NEGATIVE_SHARE
     stored = json.loads((model_dir / "selector.json").read_text())
     assert stored["target_sensitivity"] == 0.95 and stored["sensitivity"] >= 0.95
     info = read_model_info(model_dir)
