@@ -17,7 +17,6 @@ Keras, carry the pure-Python fsspec wheel.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -25,13 +24,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import add_gpu_options, keras_precision
+from common import add_gpu_options, keras_precision, script_parser
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=40)
     add_gpu_options(parser)

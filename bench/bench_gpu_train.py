@@ -22,7 +22,6 @@ given, so it needs neither a DICOM archive nor Prefect.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import add_gpu_options, keras_precision
+from common import add_gpu_options, keras_precision, script_parser
 
 
 def epoch_timer() -> tuple[Any, list[float]]:
@@ -60,9 +59,7 @@ def fit_rate(model: Any, batches: Any, epochs: int, images_per_epoch: int) -> fl
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=3, help="timed fits per path (min 2)")
     parser.add_argument("--full", action="store_true", help="also run train_model for 2 epochs")

@@ -1,5 +1,5 @@
 """What the benchmark scripts share: the line that says which machine their figures
-come from, their scratch folder option, and what both GPU benchmarks take and print.
+come from, their command line and scratch folder, and what both GPU benchmarks take and print.
 Imported as `common` (each script runs as `python bench/NAME.py`, with bench/ first on
 the path)."""
 
@@ -18,6 +18,17 @@ def machine() -> str:
         f"{platform.python_version()}, load average {os.getloadavg()[0]:.1f} (other work "
         "on the machine skews every figure)"
     )
+
+
+def script_parser(doc: str | None, workdir: str | None = None) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring as the help, line breaks kept, and
+    with `workdir` its scratch folder option (`add_workdir`)."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    if workdir is not None:
+        add_workdir(parser, workdir)
+    return parser
 
 
 def add_workdir(parser: argparse.ArgumentParser, name: str) -> None:
