@@ -17,30 +17,22 @@ Keras, carry the pure-Python fsspec wheel.
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import add_gpu_options, keras_precision, script_parser
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16")
-    parser.add_argument("--images", type=int, default=16384, help="slices in the generated store")
-    parser.add_argument("--store", help="an existing slice store instead of a generated one")
-    parser.add_argument("--size", type=int, default=224, help="image side (224 as the paper)")
+    add_gpu_options(parser)
     args = parser.parse_args()
-
-    import keras
 
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_input import build_store
@@ -50,15 +42,7 @@ def main() -> int:
     from renalflow.tasks.store import SLICES, list_parts
     from renalflow.tasks.train import file_digest
 
-    print(
-        f"keras {keras.__version__}, backend {keras.backend.backend()}, "
-        f"python {platform.python_version()}, {platform.machine()}"
-    )
-    if keras.backend.backend() == "jax":
-        import jax
-
-        print(f"devices: {jax.devices()}")
-    precision = None if args.precision == "fp32" else args.precision
+    precision = keras_precision(args.precision)
     config = TrainConfig(weights="none", mixed_precision=precision, input_size=args.size)
     model = build_model(config)
     work = Path(tempfile.gettempdir()) / "renalflow-gpu-score"

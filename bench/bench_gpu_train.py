@@ -22,9 +22,7 @@ given, so it needs neither a DICOM archive nor Prefect.
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import add_gpu_options, keras_precision, script_parser
 
 
 def epoch_timer() -> tuple[Any, list[float]]:
@@ -60,16 +59,11 @@ def fit_rate(model: Any, batches: Any, epochs: int, images_per_epoch: int) -> fl
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=3, help="timed fits per path (min 2)")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16")
-    parser.add_argument("--images", type=int, default=16384, help="slices in the generated store")
-    parser.add_argument("--store", help="an existing slice store instead of a generated one")
     parser.add_argument("--full", action="store_true", help="also run train_model for 2 epochs")
-    parser.add_argument("--size", type=int, default=224, help="image side (224 as the paper)")
+    add_gpu_options(parser)
     args = parser.parse_args()
 
     import keras
@@ -81,15 +75,7 @@ def main() -> int:
     from renalflow.tasks.model import TrainConfig, build_model
     from renalflow.tasks.train import make_sequence, train_model
 
-    print(
-        f"keras {keras.__version__}, backend {keras.backend.backend()}, "
-        f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cpus"
-    )
-    if keras.backend.backend() == "jax":
-        import jax
-
-        print(f"jax {jax.__version__}, devices: {jax.devices()}")
-    precision = None if args.precision == "fp32" else args.precision
+    precision = keras_precision(args.precision)
     config = TrainConfig(
         weights="none",
         mixed_precision=precision,

@@ -14,7 +14,6 @@ Usage: python bench/bench_ingest.py [--slices 4000] [--workdir DIR] [--workers N
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from common import add_workdir, machine
+from common import machine, script_parser
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -94,12 +93,9 @@ def run_ingest(archive: Path, store: Path, workers: int, env: dict[str, str]) ->
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__, workdir="ingest")
     parser.add_argument("--slices", type=int, default=4000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    add_workdir(parser, "ingest")
     args = parser.parse_args()
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)

@@ -10,14 +10,13 @@ Usage: python bench/bench_input.py [--images 20000] [--batch-size 256]
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from common import add_workdir, machine
+from common import machine, script_parser
 
 from renalflow.tasks.dataset import iterate_batches, load_slices
 from renalflow.tasks.split import oversample_indices
@@ -54,12 +53,9 @@ def build_store(root: Path, n: int, seed: int = 0, size: int = 224) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__, workdir="input")
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--batch-size", type=int, default=256)
-    add_workdir(parser, "input")
     args = parser.parse_args()
     print(machine())
     store = build_store(Path(args.workdir), args.images)

@@ -22,7 +22,6 @@ Usage: python bench/bench_startup.py [--patients 140] [--workers 2] [--workdir D
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from common import add_workdir, machine
+from common import machine, script_parser
 
 # Prefect's own temporary server, as `prefect_api()` used it before the local server
 # (the reference the figures are compared with).
@@ -122,12 +121,9 @@ def run_ingest(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__, workdir="startup")
     parser.add_argument("--patients", type=int, default=140)
     parser.add_argument("--workers", type=int, default=2)
-    add_workdir(parser, "startup")
     args = parser.parse_args()
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)

@@ -562,7 +562,7 @@ def cmd_pipeline(params: PipelineParams) -> int:
     from renalflow.flows.jobs import (
         launch,
         pipeline_job,
-        preflight_ingest,
+        preflight_pipeline,
         preflight_train,
         train_config,
     )
@@ -570,13 +570,7 @@ def cmd_pipeline(params: PipelineParams) -> int:
 
     train_config(params)  # contradicting settings end here, before anything starts
     params.preprocess_config()
-    preflight_ingest(
-        IngestParams(
-            archive=params.archive, store=params.store, labels=params.labels,
-            lesions=params.lesions,
-        ),
-        remote=False,
-    )  # fmt: skip
+    preflight_pipeline(params, remote=False)
     preflight_train(params.device, params.dask_address)
     print(format_summary(launch(pipeline_job, params)))
     return EXIT_OK

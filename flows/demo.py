@@ -34,6 +34,7 @@ from renalflow.tasks.pseudonym import KEY_ENV
 
 if TYPE_CHECKING:
     from renalflow.flows.score import ScoreSummary
+    from renalflow.tasks.train import TrainResult
 
 DEMO_QUERY = """\
 select status, selection_source, vote, count(*) as studies,
@@ -165,6 +166,12 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
         else:
             run_synth(wanted)
 
+    def train_once(wanted: TrainParams) -> "TrainResult | None":
+        if has_model(Path(wanted.model_dir)):
+            print(f"   (a {wanted.task.value} is already there; reusing it)")
+            return None
+        return train_job(wanted)
+
     def ingest(folder: Path, store: Path) -> None:
         summary = ingest_job(
             IngestParams(
@@ -199,14 +206,10 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
     print(describe_store(str(where.store.resolve())))
 
     step(f"3/9 train the classifier: profile cpu-demo -> {where.model}")
-    if has_model(where.model):
-        print("   (a model is already there; reusing it)")
-    else:
-        result = train_job(
-            TrainParams(
-                store=str(where.store), model_dir=str(where.model), profile=Profile.CPU_DEMO
-            )
-        )
+    result = train_once(
+        TrainParams(store=str(where.store), model_dir=str(where.model), profile=Profile.CPU_DEMO)
+    )
+    if result is not None:
         print(f"   model version {result.model_version}, epoch {result.selected_epoch}")
 
     step(f"4/9 evaluate the classifier: the held-out test patients -> {where.report}")
@@ -232,18 +235,16 @@ def demo_flow(params: DemoParams) -> dict[str, str]:
     ingest(where.annotated, where.selector_store)
 
     step(f"6/9 train + evaluate the slice selector: cpu-demo -> {where.selector}")
-    if has_model(where.selector):
-        print("   (a selector is already there; reusing it)")
-    else:
-        selector = train_job(
-            TrainParams(
-                store=str(where.selector_store),
-                model_dir=str(where.selector),
-                task=Task.SELECTOR,
-                profile=Profile.CPU_DEMO,
-                epochs=params.selector_epochs,
-            )
+    selector = train_once(
+        TrainParams(
+            store=str(where.selector_store),
+            model_dir=str(where.selector),
+            task=Task.SELECTOR,
+            profile=Profile.CPU_DEMO,
+            epochs=params.selector_epochs,
         )
+    )
+    if selector is not None:
         threshold = selector.selector_threshold
         print(f"   selector version {selector.model_version}, threshold {threshold:.4g}")
     selector_metrics = evaluate(where.selector_store, where.selector, where.selector_report)

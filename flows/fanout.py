@@ -28,6 +28,7 @@ from renalflow.tasks.errors import RenalflowError, is_transient_io
 
 T = TypeVar("T")
 R = TypeVar("R")
+F = TypeVar("F")
 
 
 def retry_on_transient_io(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -108,23 +109,21 @@ def live_workers() -> int | None:
     return len(runner.client.scheduler_info(n_workers=-1).get("workers", {}))
 
 
-def while_workers(
-    futures: list[PrefectFuture[R]],
+def finished_while_workers(
+    finished: queue.SimpleQueue[F],
+    pending: Callable[[], str],
+    kept: str,
     grace_s: float = NO_WORKERS_GRACE_S,
     poll_s: float = 5.0,
-) -> Iterator[PrefectFuture[R]]:
-    """Each future as it completes (like Prefect's as_completed), but a cluster that has
-    had no workers for `grace_s` ends the wait with NoWorkersError instead of waiting
-    forever (what is done is kept: the store and the results commit per batch).
+) -> Iterator[F]:
+    """Each future as done callbacks put it on `finished`, for as long as the caller
+    takes them; a cluster that has had no workers for `grace_s` meanwhile ends the wait
+    with NoWorkersError, saying what is `pending` and what is `kept`.
 
-    Waits on a queue filled by done callbacks, never on a signal-based timeout, so the
-    caller's work between two futures is never interrupted."""
-    finished: queue.SimpleQueue[PrefectFuture[R]] = queue.SimpleQueue()
-    for future in futures:
-        future.add_done_callback(finished.put)
-    remaining = len(futures)
+    Waits on the queue, never on a signal-based timeout, so the caller's work between
+    two futures is never interrupted."""
     without_since: float | None = None
-    while remaining:
+    while True:
         try:
             future = finished.get(timeout=poll_s)
         except queue.Empty:
@@ -135,13 +134,36 @@ def while_workers(
             if time.monotonic() - without_since >= grace_s:
                 raise NoWorkersError(
                     f"the Dask cluster has had no workers for {grace_s:.0f} s with "
-                    f"{remaining} tasks waiting (its workers died or were stopped): start "
-                    "workers for it (`dask worker SCHEDULER_ADDRESS`) or run without "
-                    "--dask-address, then rerun; finished batches are kept"
+                    f"{pending()}: start workers for it (`dask worker SCHEDULER_ADDRESS`) "
+                    f"or run without --dask-address, then rerun; {kept} are kept"
                 ) from None
             continue
+        yield future
+
+
+def while_workers(
+    futures: list[PrefectFuture[R]],
+    grace_s: float = NO_WORKERS_GRACE_S,
+    poll_s: float = 5.0,
+) -> Iterator[PrefectFuture[R]]:
+    """Each future as it completes (like Prefect's as_completed), but a cluster that has
+    had no workers for `grace_s` ends the wait with NoWorkersError instead of waiting
+    forever (what is done is kept: the store and the results commit per batch)."""
+    finished: queue.SimpleQueue[PrefectFuture[R]] = queue.SimpleQueue()
+    for future in futures:
+        future.add_done_callback(finished.put)
+    remaining = len(futures)
+
+    def pending() -> str:
+        return f"{remaining} tasks waiting (its workers died or were stopped)"
+
+    if not remaining:
+        return
+    for future in finished_while_workers(finished, pending, "finished batches", grace_s, poll_s):
         remaining -= 1
         yield future
+        if not remaining:
+            return
 
 
 def completed_batches(

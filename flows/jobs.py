@@ -89,26 +89,50 @@ def preflight_pacs(params: IngestParams | ScoreParams, *, remote: bool) -> bool:
     return True
 
 
+def _preflight_archive(
+    params: IngestParams | ScoreParams,
+    *others: tuple[str | None, str, bool],
+    remote: bool,
+) -> None:
+    """The archive checked (a PACS, or a folder or bucket of DICOM files); with `remote`,
+    the archive and the `others` (as `_reach` takes them) reached first."""
+    from renalflow.tasks.ingest import check_archive
+
+    pacs = preflight_pacs(params, remote=remote)
+    if remote:  # object storage reached once, each problem in one line
+        _reach((None if pacs else params.archive, "archive", True), *others)
+    if not pacs and (remote or _is_local(params.archive)):
+        check_archive(as_uri(params.archive))
+
+
 def preflight_ingest(params: IngestParams, *, remote: bool) -> None:
     """Refuse a missing archive or a bad labels file with a clear message. Local inputs
     are checked at once; remote ones (`remote=True`) once credentials are loaded."""
     from renalflow.tasks.annotations import read_lesions_csv
-    from renalflow.tasks.ingest import check_archive, read_labels
+    from renalflow.tasks.ingest import read_labels
 
-    pacs = preflight_pacs(params, remote=remote)
-    if remote:  # object storage reached once, each problem in one line
-        _reach(
-            (None if pacs else params.archive, "archive", True),
-            (params.store, "slice store", False),
-            (params.labels, "labels file", True),
-            (params.lesions, "lesions file", True),
-        )
-    if not pacs and (remote or _is_local(params.archive)):
-        check_archive(as_uri(params.archive))
+    _preflight_archive(
+        params,
+        (params.store, "slice store", False),
+        (params.labels, "labels file", True),
+        (params.lesions, "lesions file", True),
+        remote=remote,
+    )
     if params.labels and (remote or _is_local(params.labels)):
         read_labels(params.labels)
     if params.lesions and (remote or _is_local(params.lesions)):
         read_lesions_csv(as_uri(params.lesions))
+
+
+def preflight_pipeline(params: PipelineParams, *, remote: bool) -> None:
+    """The pipeline's archive, store, labels and lesions, checked as ingest checks them."""
+    preflight_ingest(
+        IngestParams(
+            archive=params.archive, store=params.store, labels=params.labels,
+            lesions=params.lesions,
+        ),
+        remote=remote,
+    )  # fmt: skip
 
 
 def scoring_model_dir(params: ScoreParams) -> str:
@@ -133,7 +157,6 @@ def preflight_train(device: Any, dask_address: str | None) -> None:
 
 def preflight_score(params: ScoreParams, *, remote: bool) -> None:
     """No key, no model or no archive: refused before any work."""
-    from renalflow.tasks.ingest import check_archive
     from renalflow.tasks.model_dir import read_model_info
     from renalflow.tasks.pseudonym import NO_KEY_HELP, key_from_env
 
@@ -142,15 +165,12 @@ def preflight_score(params: ScoreParams, *, remote: bool) -> None:
     read_model_info(scoring_model_dir(params))
     if params.selector:
         read_model_info(params.selector)
-    pacs = preflight_pacs(params, remote=remote)
-    if remote:  # object storage reached once, each problem in one line
-        _reach(
-            (None if pacs else params.archive, "archive", True),
-            (params.results, "results table", False),
-            (params.store, "slice store", False),
-        )
-    if not pacs and (remote or _is_local(params.archive)):
-        check_archive(as_uri(params.archive))
+    _preflight_archive(
+        params,
+        (params.results, "results table", False),
+        (params.store, "slice store", False),
+        remote=remote,
+    )
 
 
 _PROFILE_OVERRIDES = (
@@ -296,13 +316,7 @@ def pipeline_job(params: PipelineParams) -> "PipelineSummary":
     # The model takes the slices the pipeline makes: its input is the ingest's --size.
     config = replace(train_config(params), input_size=params.size)
     load_s3_credentials()
-    preflight_ingest(
-        IngestParams(
-            archive=params.archive, store=params.store, labels=params.labels,
-            lesions=params.lesions,
-        ),
-        remote=True,
-    )  # fmt: skip
+    preflight_pipeline(params, remote=True)
     summary = pipeline_flow(
         archive=as_uri(params.archive),
         store=as_uri(params.store),

@@ -19,9 +19,7 @@ from prefect.futures import PrefectFuture
 from prefect.tasks import exponential_backoff
 
 from renalflow.flows.fanout import (
-    NO_WORKERS_GRACE_S,
-    NoWorkersError,
-    live_workers,
+    finished_while_workers,
     retry_on_transient_io,
     worker_died,
 )
@@ -75,15 +73,17 @@ FETCH_RETRIES = 3
 10, 20 then 40 s later (with jitter); after that the study is recorded as failed and
 retried on the next run."""
 
+# Every request to the PACS (fetching a study, sending a report) retries the same way.
+PACS_TASK_OPTIONS: dict[str, Any] = {
+    "cache_policy": NO_CACHE,
+    "retries": FETCH_RETRIES,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=10),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_on_transient_io,
+}
 
-@task(
-    name="fetch-study",
-    cache_policy=NO_CACHE,
-    retries=FETCH_RETRIES,
-    retry_delay_seconds=exponential_backoff(backoff_factor=10),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient_io,
-)
+
+@task(name="fetch-study", **PACS_TASK_OPTIONS)
 def fetch_study_task(
     source: PacsSource, study: StudyRef, store: str, settings: PacsSettings
 ) -> StudyFetch:
@@ -107,26 +107,19 @@ def bounded(
 
     while waiting and len(running) < max(1, limit):
         start()
-    without_since: float | None = None
-    while running:
-        try:
-            future = finished.get(timeout=5.0)
-        except queue.Empty:
-            if live_workers() != 0:
-                without_since = None
-                continue
-            without_since = without_since or time.monotonic()
-            if time.monotonic() - without_since >= NO_WORKERS_GRACE_S:
-                raise NoWorkersError(
-                    f"the Dask cluster has had no workers for {NO_WORKERS_GRACE_S:.0f} s with "
-                    f"{len(running) + len(waiting)} studies to fetch: start workers for it or "
-                    "run without --dask-address, then rerun; fetched studies are kept"
-                ) from None
-            continue
+    if not running:
+        return
+    for future in finished_while_workers(
+        finished,
+        lambda: f"{len(running) + len(waiting)} studies to fetch",
+        "fetched studies",
+    ):
         item = running.pop(id(future))
         if waiting:
             start()
         yield item, future
+        if not running:
+            return
 
 
 def fetch_source(archive: str, store: str, settings: PacsSettings) -> SourceSummary:
@@ -204,14 +197,7 @@ def fetch_source(archive: str, store: str, settings: PacsSettings) -> SourceSumm
     return summary
 
 
-@task(
-    name="send-report",
-    cache_policy=NO_CACHE,
-    retries=FETCH_RETRIES,
-    retry_delay_seconds=exponential_backoff(backoff_factor=10),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient_io,
-)
+@task(name="send-report", **PACS_TASK_OPTIONS)
 def send_report_task(source: PacsSource, path: str, root: str, settings: PacsSettings) -> str:
     report = read_report(path)
     client = open_client(source, settings)

@@ -82,6 +82,20 @@ def load_split(path: Path) -> dict[str, str]:
     return {row["patient_id"]: row["split"] for row in data["patients"]}
 
 
+def _balance(
+    labels: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The majority class's indices, the minority's, and minority indices drawn with
+    replacement until both classes count the same; None when a class is missing."""
+    pos = np.flatnonzero(labels == 1)
+    neg = np.flatnonzero(labels == 0)
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    minority, majority = (pos, neg) if len(pos) < len(neg) else (neg, pos)
+    extra = rng.choice(minority, size=len(majority) - len(minority), replace=True)
+    return majority, minority, extra
+
+
 def oversample_indices(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Indices that resample the minority class (with replacement) up to 50:50, shuffled.
 
@@ -90,12 +104,10 @@ def oversample_indices(labels: np.ndarray, rng: np.random.Generator) -> np.ndarr
     made: no image is copied on disk or in memory.
     """
     labels = np.asarray(labels)
-    pos = np.flatnonzero(labels == 1)
-    neg = np.flatnonzero(labels == 0)
-    if len(pos) == 0 or len(neg) == 0:
+    balance = _balance(labels, rng)
+    if balance is None:
         return rng.permutation(len(labels))
-    minority, majority = (pos, neg) if len(pos) < len(neg) else (neg, pos)
-    extra = rng.choice(minority, size=len(majority) - len(minority), replace=True)
+    majority, minority, extra = balance
     return rng.permutation(np.concatenate([majority, minority, extra]))
 
 
@@ -114,13 +126,10 @@ def oversample_patient_indices(
     patients = np.asarray(patients)
     names, first, inverse = np.unique(patients, return_index=True, return_inverse=True)
     rows = [np.flatnonzero(inverse == i) for i in range(len(names))]
-    patient_label = labels[first]
-    pos = np.flatnonzero(patient_label == 1)
-    neg = np.flatnonzero(patient_label == 0)
-    if len(pos) == 0 or len(neg) == 0:
+    balance = _balance(labels[first], rng)
+    if balance is None:
         return rng.permutation(len(labels))
-    minority, majority = (pos, neg) if len(pos) < len(neg) else (neg, pos)
-    extra = rng.choice(minority, size=len(majority) - len(minority), replace=True)
+    _, _, extra = balance
     drawn = [rows[i] for i in extra]
     return rng.permutation(np.concatenate([np.arange(len(labels)), *drawn]))
 

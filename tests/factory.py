@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,30 @@ def save_without_meta(ds: Dataset, path: Path) -> Path:
     return path
 
 
+def curated_archive(
+    root: Path, *, patients: int, seed: int, slices: int, jobs: int = 1, **config: Any
+) -> Path:
+    """ROOT/archive: a synthetic archive in the paper's curated format (only slices through
+    the mass, at most `slices` a series), beside ROOT/labels.csv; `config` sets the other
+    SynthConfig fields."""
+    from renalflow.tasks.synth import SynthConfig, synthesize_archive
+
+    synth = SynthConfig(
+        patients=patients, seed=seed, max_slices_per_series=slices, lesion_only=True, **config
+    )
+    synthesize_archive(root, synth, jobs=jobs)
+    return root / "archive"
+
+
+def start_cli(*args: str, **popen: Any) -> subprocess.Popen[str]:
+    """`renalflow ARGS` started in a new Python process, its output (stdout and stderr
+    together unless `popen` says otherwise) read as text."""
+    options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, **popen}
+    return subprocess.Popen(
+        [sys.executable, "-m", "renalflow.flows.cli", *args], text=True, **options
+    )
+
+
 def build_store(root: Path, *, patients: int, seed: int, size: int = 64) -> str:
     """A small labelled slice store of curated slices through the mass (a synthetic
     archive), ingested as `renalflow ingest` does, without Prefect or Dask."""
@@ -208,17 +234,33 @@ def lesion_seg(source: list[Dataset], frames: range, *, organ: bool = False) -> 
         segmented_property_type=codes.SCT.Kidney if organ else codes.SCT.Mass,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
     )
+    return binary_seg(source, mask, description)
+
+
+def binary_seg(
+    source: list[Dataset],
+    mask: np.ndarray,
+    description: Any,
+    *,
+    series_number: int = 99,
+    manufacturer: str = "renalflow tests",
+    model: str = "highdicom",
+) -> Dataset:
+    """A binary DICOM SEG written by highdicom over `source`: one segment (a highdicom
+    SegmentDescription), `mask` a frame per source slice."""
+    import highdicom as hd
+
     return hd.seg.Segmentation(
         source_images=source,
         pixel_array=mask,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
         series_instance_uid=generate_uid(),
-        series_number=99,
+        series_number=series_number,
         sop_instance_uid=generate_uid(),
         instance_number=1,
-        manufacturer="renalflow tests",
-        manufacturer_model_name="highdicom",
+        manufacturer=manufacturer,
+        manufacturer_model_name=model,
         software_versions="1",
         device_serial_number="1",
     )

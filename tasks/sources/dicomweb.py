@@ -16,6 +16,7 @@ from typing import Any
 import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
+from pydicom.datadict import tag_for_keyword
 from requests.auth import HTTPBasicAuth
 
 from renalflow.tasks.sources import PacsError, PacsSource, PacsUnavailableError, StudyNotDelivered
@@ -34,6 +35,9 @@ from renalflow.tasks.sources.query import (
     Sink,
     StudyRef,
     dicom_range,
+    instance_refs,
+    series_refs,
+    study_refs,
 )
 
 TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
@@ -46,8 +50,13 @@ QIDO_PAGE = 1000
 _AS_STORED = (("application/dicom", "*"),)
 
 
-def _values(item: dict[str, Any], tag: str) -> list[Any]:
-    return list(item.get(tag, {}).get("Value", []))
+def _values(item: dict[str, Any], keyword: str) -> list[Any]:
+    """An attribute's values in a QIDO-RS item (DICOM JSON, keyed by the hex tag)."""
+    return list(item.get(f"{tag_for_keyword(keyword):08X}", {}).get("Value", []))
+
+
+def _strings(item: dict[str, Any], keyword: str) -> tuple[str, ...]:
+    return tuple(str(v) for v in _values(item, keyword))
 
 
 def _paged(
@@ -66,8 +75,8 @@ def _paged(
             return results
 
 
-def _text(item: dict[str, Any], tag: str) -> str:
-    values = _values(item, tag)
+def _text(item: dict[str, Any], keyword: str) -> str:
+    values = _values(item, keyword)
     return str(values[0]) if values else ""
 
 
@@ -169,54 +178,32 @@ class DicomwebPacs:
         with self._errors("finding studies"):
             found = _paged(
                 self._client.search_for_studies,
-                "0020000D",
+                "StudyInstanceUID",
                 search_filters=filters,
                 fields=["StudyDescription", "StudyDate", "ModalitiesInStudy"],
             )
-        return [
-            StudyRef(
-                _text(item, "0020000D"),
-                _text(item, "00080020"),
-                _text(item, "00081030"),
-                tuple(str(v).upper() for v in _values(item, "00080061")),
-            )
-            for item in found
-            if _text(item, "0020000D")
-        ]
+        return study_refs(found, _text, _strings)
 
     def find_series(self, study: str) -> list[SeriesRef]:
         with self._errors(f"listing the series of study {study}", study):
             found = _paged(
                 self._client.search_for_series,
-                "0020000E",
+                "SeriesInstanceUID",
                 study_instance_uid=study,
                 fields=["Modality", "BodyPartExamined", "SeriesDescription"],
             )
-        return [
-            SeriesRef(
-                _text(item, "0020000E"),
-                _text(item, "00080060"),
-                _text(item, "00180015"),
-                _text(item, "0008103E"),
-            )
-            for item in found
-            if _text(item, "0020000E")
-        ]
+        return series_refs(found, _text)
 
     def find_instances(self, study: str, series: str) -> list[InstanceRef]:
         with self._errors(f"listing the instances of series {series}", study):
             found = _paged(
                 self._client.search_for_instances,
-                "00080018",
+                "SOPInstanceUID",
                 study_instance_uid=study,
                 series_instance_uid=series,
                 fields=["ImageType"],
             )
-        return [
-            InstanceRef(_text(item, "00080018"), tuple(str(v) for v in _values(item, "00080008")))
-            for item in found
-            if _text(item, "00080018")
-        ]
+        return instance_refs(found, _text, _strings)
 
     def fetch_series(self, study: str, series: str, sink: Sink) -> None:
         with self._errors(f"retrieving series {series}", study):

@@ -47,6 +47,9 @@ from renalflow.tasks.sources.query import (
     Sink,
     StudyRef,
     dicom_range,
+    instance_refs,
+    series_refs,
+    study_refs,
 )
 
 STORAGE_CLASSES = (
@@ -212,16 +215,7 @@ class DimsePacs:
         query.StudyDescription = ""
         with self._association() as assoc:
             found = self._find(assoc, query, "finding studies")
-        return [
-            StudyRef(
-                _text(item, "StudyInstanceUID"),
-                _text(item, "StudyDate"),
-                _text(item, "StudyDescription"),
-                tuple(m.upper() for m in _multi(item, "ModalitiesInStudy")),
-            )
-            for item in found
-            if _text(item, "StudyInstanceUID")
-        ]
+        return study_refs(found, _text, _multi)
 
     def find_series(self, study: str) -> list[SeriesRef]:
         query = Dataset()
@@ -233,16 +227,7 @@ class DimsePacs:
         query.SeriesDescription = ""
         with self._association() as assoc:
             found = self._find(assoc, query, f"listing the series of study {study}")
-        return [
-            SeriesRef(
-                _text(item, "SeriesInstanceUID"),
-                _text(item, "Modality"),
-                _text(item, "BodyPartExamined"),
-                _text(item, "SeriesDescription"),
-            )
-            for item in found
-            if _text(item, "SeriesInstanceUID")
-        ]
+        return series_refs(found, _text)
 
     def find_instances(self, study: str, series: str) -> list[InstanceRef]:
         query = Dataset()
@@ -253,11 +238,7 @@ class DimsePacs:
         query.ImageType = ""
         with self._association() as assoc:
             found = self._find(assoc, query, f"listing the instances of series {series}")
-        return [
-            InstanceRef(_text(item, "SOPInstanceUID"), _multi(item, "ImageType"))
-            for item in found
-            if _text(item, "SOPInstanceUID")
-        ]
+        return instance_refs(found, _text, _multi)
 
     def fetch_series(self, study: str, series: str, sink: Sink) -> None:
         query = Dataset()

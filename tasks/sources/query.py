@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from renalflow.tasks.config import (
     CALLING_AE,
@@ -55,6 +55,56 @@ class SeriesRef:
 class InstanceRef:
     sop_instance_uid: str
     image_type: tuple[str, ...] = ()
+
+
+A = TypeVar("A")
+"""One answer of a PACS query: a C-FIND identifier or a QIDO-RS item."""
+
+
+def study_refs(
+    answers: Iterable[A],
+    text: Callable[[A, str], str],
+    values: Callable[[A, str], tuple[str, ...]],
+) -> list[StudyRef]:
+    """The studies a PACS answered (`text` and `values` read an answer's attribute by
+    keyword), those without a StudyInstanceUID left out."""
+    refs = [
+        StudyRef(
+            text(answer, "StudyInstanceUID"),
+            text(answer, "StudyDate"),
+            text(answer, "StudyDescription"),
+            tuple(m.upper() for m in values(answer, "ModalitiesInStudy")),
+        )
+        for answer in answers
+    ]
+    return [ref for ref in refs if ref.study_instance_uid]
+
+
+def series_refs(answers: Iterable[A], text: Callable[[A, str], str]) -> list[SeriesRef]:
+    """The series a PACS answered, those without a SeriesInstanceUID left out."""
+    refs = [
+        SeriesRef(
+            text(answer, "SeriesInstanceUID"),
+            text(answer, "Modality"),
+            text(answer, "BodyPartExamined"),
+            text(answer, "SeriesDescription"),
+        )
+        for answer in answers
+    ]
+    return [ref for ref in refs if ref.series_instance_uid]
+
+
+def instance_refs(
+    answers: Iterable[A],
+    text: Callable[[A, str], str],
+    values: Callable[[A, str], tuple[str, ...]],
+) -> list[InstanceRef]:
+    """The instances a PACS answered, those without a SOPInstanceUID left out."""
+    refs = [
+        InstanceRef(text(answer, "SOPInstanceUID"), values(answer, "ImageType"))
+        for answer in answers
+    ]
+    return [ref for ref in refs if ref.sop_instance_uid]
 
 
 @dataclass(frozen=True)

@@ -115,8 +115,9 @@ class Anatomy:
             x, y, c, cy + 15 * mm, body_rx * 0.62 * visceral_scale, body_ry * 0.55 * visceral_scale
         )
         tissue[visceral] = TISSUE_INDEX["fat"]
+        section = Section(tissue, x, y, self, z, body_rx, body_ry)
         if self.trunk is not None:
-            self.trunk.paint_below_organs(tissue, x, y, self, z, body_rx, body_ry)
+            self.trunk.paint_below_organs(section)
         # Liver on the patient's right (image left), spleen on the left; both taper.
         liver = math.sqrt(max(0.0, 1 - ((z - self.liver_z) / 90.0) ** 2))
         if liver > 0.15:
@@ -146,13 +147,27 @@ class Anatomy:
         tissue[aorta] = TISSUE_INDEX["aorta"]
         tissue[ellipse(x, y, c - 18 * mm, spine_y - 25 * mm, 12 * mm, 9 * mm)] = TISSUE_INDEX["ivc"]
         if self.trunk is not None:
-            self.trunk.paint_over_organs(tissue, x, y, self, z, body_rx, body_ry)
+            self.trunk.paint_over_organs(section)
         return tissue
 
     @property
     def liver_dome(self) -> float:
         """z (mm from the kidneys' mid-plane) of the liver's top, where it is last drawn."""
         return self.liver_z + 90.0 * math.sqrt(1 - 0.15**2)
+
+
+@dataclass(frozen=True)
+class Section:
+    """An axial cross-section as `Anatomy` draws it: the tissue indices painted so far
+    (changed in place), the pixel grid, the body and its radii at `z`."""
+
+    tissue: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    body: Anatomy
+    z: float
+    body_rx: float
+    body_ry: float
 
 
 @dataclass(frozen=True)
@@ -173,18 +188,11 @@ class Trunk:
     def visceral_scale(self, z: float) -> float:
         return float(np.clip(1.0 - 0.0015 * z, 0.75, 1.15))
 
-    def paint_below_organs(
-        self,
-        tissue: np.ndarray,
-        x: np.ndarray,
-        y: np.ndarray,
-        body: Anatomy,
-        z: float,
-        body_rx: float,
-        body_ry: float,
-    ) -> None:
+    def paint_below_organs(self, section: Section) -> None:
         """Bowel loops in the visceral fat, more of them further down; drawn before the
         organs, which cover them."""
+        tissue, x, y, body, z = section.tissue, section.x, section.y, section.body, section.z
+        body_rx, body_ry = section.body_rx, section.body_ry
         share = float(np.clip((body.liver_z + 40.0 - z) / 120.0, 0.0, 0.55))
         if share <= 0:
             return
@@ -194,17 +202,10 @@ class Trunk:
         loops = inside & (texture > np.quantile(texture[inside], 1 - share))
         tissue[loops & (tissue == TISSUE_INDEX["fat"])] = TISSUE_INDEX["bowel"]
 
-    def paint_over_organs(
-        self,
-        tissue: np.ndarray,
-        x: np.ndarray,
-        y: np.ndarray,
-        body: Anatomy,
-        z: float,
-        body_rx: float,
-        body_ry: float,
-    ) -> None:
+    def paint_over_organs(self, section: Section) -> None:
         """Lungs and the heart above the lung bases; the iliac wings below the crest."""
+        tissue, x, y, body, z = section.tissue, section.x, section.y, section.body, section.z
+        body_rx, body_ry = section.body_rx, section.body_ry
         c, cy, mm = body.c, body.cy, body.mm
         soft = np.isin(tissue, [TISSUE_INDEX["fat"], TISSUE_INDEX["muscle"]])
         lungs = float(np.clip((z - self.lung_z) / 80.0, 0.0, 1.0))

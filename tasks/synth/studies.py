@@ -354,20 +354,17 @@ def _write_abdomen(
             )
             annotated.append((series, shown, masks))
             uids.append(series.series_uid)
+            annotation = ("seg+csv" if seg else "csv") if shown else ""
             result.records.append(
-                SeriesRecord(
-                    patient_id=patient.plan.patient_id,
-                    study_instance_uid=study.study_uid,
-                    series_instance_uid=series.series_uid,
-                    study=StudyKind.ABDOMEN,
-                    kind=SeriesKind.AXIAL,
-                    body_part_examined=study.body_part,
-                    series_description=series.description,
-                    phase=phase.value,
-                    slice_thickness=t,
+                _series_record(
+                    patient,
+                    study,
+                    StudyKind.ABDOMEN,
+                    SeriesKind.AXIAL,
+                    series,
                     slices=len(positions),
                     lesion_slices=len(shown),
-                    annotated=("seg+csv" if seg else "csv") if shown else "",
+                    annotated=annotation,
                 )
             )
             number += 1
@@ -402,6 +399,35 @@ def _write_abdomen(
             )
     if scout:
         _write_scout(rng, patient, study, top + 40.0, bottom - 40.0, result)
+
+
+def _series_record(
+    patient: _Patient,
+    study: StudyTags,
+    study_kind: StudyKind,
+    kind: SeriesKind,
+    series: SeriesTags,
+    *,
+    slices: int,
+    lesion_slices: int = 0,
+    annotated: str = "",
+) -> SeriesRecord:
+    """The series.csv row of a series written from `series`'s tags (a localizer's row
+    gives no slice thickness)."""
+    return SeriesRecord(
+        patient_id=patient.plan.patient_id,
+        study_instance_uid=study.study_uid,
+        series_instance_uid=series.series_uid,
+        study=study_kind,
+        kind=kind,
+        body_part_examined=study.body_part,
+        series_description=series.description,
+        phase=series.phase.value,
+        slice_thickness=None if kind is SeriesKind.LOCALIZER else series.thickness,
+        slices=slices,
+        lesion_slices=lesion_slices,
+        annotated=annotated,
+    )
 
 
 def _write_scout(
@@ -445,19 +471,7 @@ def _write_scout(
     result.count(series.syntax.name)
     result.series += 1
     result.records.append(
-        SeriesRecord(
-            patient_id=patient.plan.patient_id,
-            study_instance_uid=study.study_uid,
-            series_instance_uid=series.series_uid,
-            study=StudyKind.ABDOMEN,
-            kind=SeriesKind.LOCALIZER,
-            body_part_examined=study.body_part,
-            series_description=series.description,
-            phase=Phase.NONCONTRAST.value,
-            slice_thickness=None,
-            slices=1,
-            lesion_slices=0,
-        )
+        _series_record(patient, study, StudyKind.ABDOMEN, SeriesKind.LOCALIZER, series, slices=1)
     )
 
 
@@ -488,19 +502,7 @@ def _write_other(
     positions = scan_positions(top, bottom, thickness, limits, (bottom, bottom))
     _write_axial(rng, patient, study, series, positions, kind, result)
     result.records.append(
-        SeriesRecord(
-            patient_id=patient.plan.patient_id,
-            study_instance_uid=study.study_uid,
-            series_instance_uid=series.series_uid,
-            study=kind,
-            kind=SeriesKind.AXIAL,
-            body_part_examined=study.body_part,
-            series_description=series.description,
-            phase=phase.value,
-            slice_thickness=thickness,
-            slices=len(positions),
-            lesion_slices=0,
-        )
+        _series_record(patient, study, kind, SeriesKind.AXIAL, series, slices=len(positions))
     )
 
 

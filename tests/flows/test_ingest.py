@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,8 +19,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from renalflow.flows.ingest import IngestSummary, format_summary, ingest_flow
 from renalflow.tasks.store import REJECTS, SLICES, list_parts, read_table
-from renalflow.tasks.synth import SynthConfig, synthesize_archive
-from tests.factory import CORONAL, make_ct, save, save_without_meta
+from tests.factory import CORONAL, curated_archive, make_ct, save, save_without_meta, start_cli
 
 REAL_FILES = [
     "CT_small.dcm",  # real CT, explicit VR little endian
@@ -58,12 +56,7 @@ def _files(archive: Path) -> set[str]:
 def mixed_archive(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     """Synthetic patients mixed with real and odd DICOM from other sources."""
     root = tmp_path_factory.mktemp("mixed")
-    synthesize_archive(
-        root / "synth",
-        SynthConfig(patients=3, seed=3, max_slices_per_series=4, lesion_only=True),
-        jobs=1,
-    )
-    archive = root / "synth" / "archive"
+    archive = curated_archive(root / "synth", patients=3, seed=3, slices=4)
     extra = archive / "zz_other_sources"
     extra.mkdir()
     for name in REAL_FILES:
@@ -200,24 +193,13 @@ def test_rerun_adds_nothing_and_decodes_nothing(dask_cluster, ingested):
 
 
 def test_new_files_are_the_only_work_of_a_rerun(dask_cluster, tmp_path):
-    synthesize_archive(
-        tmp_path / "a",
-        SynthConfig(patients=2, seed=21, max_slices_per_series=3, lesion_only=True),
-        jobs=1,
-    )
-    archive = tmp_path / "a" / "archive"
+    archive = curated_archive(tmp_path / "a", patients=2, seed=21, slices=3)
     store = tmp_path / "store"
     first = _run(dask_cluster, archive, store)
     # The archive grows: new patients arrive in new folders.
-    synthesize_archive(
-        tmp_path / "b",
-        SynthConfig(
-            patients=3, seed=22, max_slices_per_series=3, lesion_only=True, patient_prefix="NEW"
-        ),
-        jobs=1,
-    )
-    added = [p for p in (tmp_path / "b" / "archive").rglob("*") if p.is_file()]
-    shutil.copytree(tmp_path / "b" / "archive", archive / "night2")
+    new = curated_archive(tmp_path / "b", patients=3, seed=22, slices=3, patient_prefix="NEW")
+    added = [p for p in new.rglob("*") if p.is_file()]
+    shutil.copytree(new, archive / "night2")
     second = _run(dask_cluster, archive, store)
     assert second.files_already_stored == first.files_found
     assert second.files_new == len(added) == second.slices
@@ -226,29 +208,13 @@ def test_new_files_are_the_only_work_of_a_rerun(dask_cluster, tmp_path):
 
 
 def test_killed_run_then_rerun_leaves_one_row_per_slice(dask_cluster, tmp_path):
-    synthesize_archive(
-        tmp_path / "k",
-        SynthConfig(patients=6, seed=31, max_slices_per_series=8, lesion_only=True),
-        jobs=2,
-    )
-    archive = tmp_path / "k" / "archive"
+    archive = curated_archive(tmp_path / "k", patients=6, seed=31, slices=8, jobs=2)
     store = tmp_path / "store"
     files = _files(archive)
-    cmd = [
-        sys.executable,
-        "-m",
-        "renalflow.flows.cli",
-        "ingest",
-        str(archive),
-        "--store",
-        str(store),
-        "--workers",
-        "2",
-        "--slices-per-task",
-        "4",
-    ]
-    proc = subprocess.Popen(
-        cmd,
+    args = ["ingest", str(archive), "--store", str(store), "--workers", "2"]
+    args += ["--slices-per-task", "4"]
+    proc = start_cli(
+        *args,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -14,7 +14,7 @@ from renalflow.tasks.errors import InputError
 from renalflow.tasks.params import PipelineParams, ScoreParams
 from renalflow.tasks.pseudonym import KEY_ENV
 from renalflow.tasks.query import run_query
-from renalflow.tasks.synth import SynthConfig, synthesize_archive
+from tests.factory import curated_archive
 
 SIZE = 64
 
@@ -22,13 +22,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    synthesize_archive(
-        root / "synth",
-        SynthConfig(
-            patients=12, seed=41, benign_fraction=0.5, max_slices_per_series=4, lesion_only=True
-        ),
-        jobs=2,
-    )
+    curated_archive(root / "synth", patients=12, seed=41, slices=4, jobs=2, benign_fraction=0.5)
     return root
 
 

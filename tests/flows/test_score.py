@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,9 +22,8 @@ from renalflow.tasks.query import run_query
 from renalflow.tasks.results import STUDY_VOTES, history
 from renalflow.tasks.score import ScoreConfig
 from renalflow.tasks.split import SplitConfig, load_split
-from renalflow.tasks.synth import SynthConfig, synthesize_archive
 from renalflow.tasks.train import train_model
-from tests.factory import free_port
+from tests.factory import curated_archive, free_port, start_cli
 
 KEY = "renalflow-test-key-0123456789abcdef"
 SIZE = 64  # tiny images keep the model and its inference fast
@@ -41,13 +39,7 @@ def runner(cluster):
 def trained(dask_cluster, tmp_path_factory):
     """An archive, its slice store and a tiny model trained on it."""
     root = tmp_path_factory.mktemp("score")
-    synthesize_archive(
-        root / "synth",
-        SynthConfig(
-            patients=6, seed=31, benign_fraction=0.5, max_slices_per_series=4, lesion_only=True
-        ),
-        jobs=2,
-    )
+    curated_archive(root / "synth", patients=6, seed=31, slices=4, jobs=2, benign_fraction=0.5)
     archive, store = str(root / "synth" / "archive"), str(root / "store")
     ingest_flow.with_options(task_runner=runner(dask_cluster))(
         archive=archive,
@@ -150,14 +142,8 @@ def test_new_studies_are_the_only_work_of_the_next_night(dask_cluster, trained, 
     shutil.copytree(trained["archive"], archive)
     results = str(tmp_path / "R")
     score(dask_cluster, trained, results, archive=str(archive))
-    synthesize_archive(
-        tmp_path / "new",
-        SynthConfig(
-            patients=2, seed=77, patient_prefix="NEW", max_slices_per_series=3, lesion_only=True
-        ),
-        jobs=1,
-    )
-    shutil.copytree(tmp_path / "new" / "archive", archive / "arrived-tonight")
+    new = curated_archive(tmp_path / "new", patients=2, seed=77, slices=3, patient_prefix="NEW")
+    shutil.copytree(new, archive / "arrived-tonight")
     night = score(dask_cluster, trained, results, archive=str(archive))
     assert night.already_scored == 6 and night.studies_scored == 2 and night.vote_rows_inserted == 2
     assert night.images_scored == night.files_new
@@ -179,21 +165,16 @@ def test_a_new_model_version_adds_its_own_rows(dask_cluster, trained, key, tmp_p
     assert [r["n"] for r in per_model] == [6, 6]
 
 
-def cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "renalflow.flows.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        **kwargs,
-    )
+def rows_and_keys(results: str, table: str, key: str) -> dict[str, int]:
+    """Rows `n` and distinct `key`s `k` of `table`: the same when nothing was scored twice."""
+    sql = f"select count(*) n, count(distinct {key}) k from {table}"
+    return run_query(results, sql).to_pylist()[0]
 
 
 def test_without_a_key_nothing_is_scored(trained, tmp_path, monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
     env = {k: v for k, v in os.environ.items() if k != KEY_ENV}
-    proc = cli(
+    proc = start_cli(
         "score", trained["archive"], "--model-dir", trained["model"], "--results",
         str(tmp_path / "R"), env=env,
     )  # fmt: skip
@@ -208,7 +189,7 @@ def test_studies_nothing_can_select_slices_in_are_refused_in_one_line(trained, t
     env = {**os.environ, KEY_ENV: KEY}
     results = str(tmp_path / "R")
     args = ["score", trained["archive"], "--model-dir", trained["model"], "--results", results]
-    proc = cli(*args, "--store", trained["store"], "--workers", "1", env=env)
+    proc = start_cli(*args, "--store", trained["store"], "--workers", "1", env=env)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 2, out
     lines = [line for line in out.splitlines() if line.strip()]
@@ -227,18 +208,12 @@ def test_killed_run_leaves_the_table_as_it_was_and_a_rerun_completes(
     results = str(tmp_path / "R")
     score(dask_cluster, trained, results, archive=str(archive))
     before = history(results)[0]["version"]
-    synthesize_archive(
-        tmp_path / "new",
-        SynthConfig(
-            patients=3, seed=78, patient_prefix="LATE", max_slices_per_series=3, lesion_only=True
-        ),
-        jobs=1,
-    )
-    shutil.copytree(tmp_path / "new" / "archive", archive / "late")
+    late = curated_archive(tmp_path / "new", patients=3, seed=78, slices=3, patient_prefix="LATE")
+    shutil.copytree(late, archive / "late")
     env = {**os.environ, KEY_ENV: KEY}
     args = ["score", str(archive), "--model-dir", trained["model"], "--results", results]
     args += ["--store", trained["store"], "--workers", "1", "--all-slices"]
-    proc = cli(*args, env=env, start_new_session=True)
+    proc = start_cli(*args, env=env, start_new_session=True)
     assert proc.stdout is not None
     deadline = time.monotonic() + 240
     for line in proc.stdout:  # kill it once it has planned and started scoring
@@ -252,13 +227,8 @@ def test_killed_run_leaves_the_table_as_it_was_and_a_rerun_completes(
     assert (after == before and n == 6) or n == 9
     rerun = score(dask_cluster, trained, results, archive=str(archive))
     assert rerun.already_scored + rerun.studies_scored == 9
-    rows = run_query(
-        results, "select count(*) n, count(distinct study_key) k from study_votes"
-    ).to_pylist()
-    assert rows == [{"n": 9, "k": 9}]
-    images = run_query(
-        results, "select count(*) n, count(distinct image_key) k from slice_scores"
-    ).to_pylist()[0]
+    assert rows_and_keys(results, "study_votes", "study_key") == {"n": 9, "k": 9}
+    images = rows_and_keys(results, "slice_scores", "image_key")
     assert images["n"] == images["k"]
 
 
@@ -269,16 +239,11 @@ def test_two_runs_at_the_same_time_neither_corrupt_nor_duplicate(trained, tmp_pa
     env = {**os.environ, KEY_ENV: KEY}
     args = ["score", str(archive), "--model-dir", trained["model"], "--results", results]
     args += ["--store", store, "--workers", "1", "--all-slices"]
-    procs = [cli(*args, env=env) for _ in range(2)]
+    procs = [start_cli(*args, env=env) for _ in range(2)]
     outputs = [p.communicate(timeout=400)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    votes = run_query(
-        results, "select count(*) n, count(distinct study_key) k from study_votes"
-    ).to_pylist()
-    assert votes == [{"n": 6, "k": 6}]
-    images = run_query(
-        results, "select count(*) n, count(distinct image_key) k from slice_scores"
-    ).to_pylist()[0]
+    assert rows_and_keys(results, "study_votes", "study_key") == {"n": 6, "k": 6}
+    images = rows_and_keys(results, "slice_scores", "image_key")
     assert images["n"] == images["k"] > 0
     assert STUDY_VOTES in os.listdir(results)
 
@@ -292,7 +257,7 @@ def test_serve_registers_a_nightly_deployment_that_runs(trained, tmp_path, prefe
     args = ["serve", trained["archive"], "--model-dir", trained["model"]]
     args += ["--results", results, "--store", trained["store"], "--workers", "1"]
     args += ["--timezone", "Europe/Copenhagen", "--all-slices"]
-    proc = cli(*args, env=env, start_new_session=True)
+    proc = start_cli(*args, env=env, start_new_session=True)
     try:
         wanted = {
             "renalflow-score/nightly",
@@ -382,7 +347,7 @@ def web(trained, tmp_path):
     port = free_port()
     args = ["web", "--model-dir", trained["model"], "--port", str(port)]
     args += ["--out", str(tmp_path / "web"), "--all-slices"]  # the curated synthetic archive
-    proc = cli(*args, start_new_session=True)
+    proc = start_cli(*args, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while True:

@@ -27,7 +27,7 @@ from renalflow.tasks.ingest import (
     ingest_lesions_csv,
 )
 from renalflow.tasks.store import REJECTS, read_inventory, read_lesions, read_table
-from tests.factory import ct_series, lesion_seg, save
+from tests.factory import binary_seg, ct_series, lesion_seg, save
 
 CONFIG = PreprocessConfig(output_size=32)
 N, LESION = 20, range(8, 14)
@@ -161,27 +161,15 @@ def test_a_seg_made_elsewhere_over_real_ct_slices_marks_its_lesion_frames():
             series.append(ds)
         mask = np.zeros((4, real.Rows, real.Columns), bool)
         mask[lesion, 10:20, 10:20] = True
-        seg = hd.seg.Segmentation(
-            source_images=series,
-            pixel_array=mask,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[
-                hd.seg.SegmentDescription(
-                    segment_number=1,
-                    segment_label="Tumor",
-                    segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-                    segmented_property_type=codes.SCT.Neoplasm,
-                    algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-                )
-            ],
-            series_instance_uid=generate_uid(),
-            series_number=50,
-            sop_instance_uid=generate_uid(),
-            instance_number=1,
-            manufacturer="another vendor",
-            manufacturer_model_name="segmenter",
-            software_versions="1",
-            device_serial_number="1",
+        tumour = hd.seg.SegmentDescription(
+            segment_number=1,
+            segment_label="Tumor",
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Neoplasm,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        seg = binary_seg(
+            series, mask, tumour, series_number=50, manufacturer="another vendor", model="segmenter"
         )
         reread = pydicom.dcmread(_bytes(seg))
         rows, described = seg_lesions(reread, f"file:///{name}.seg")
