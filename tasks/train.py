@@ -192,8 +192,11 @@ def train_model(
     anything is written."""
     task = Task(task)
     resolve_weights(config)
+    split_config = split_config or SplitConfig(seed=config.seed)
     with staged(model_dir) as work:
-        result = _train_into(store_uri, work, config, split_config, log, task, selector)
+        result = _train_into(
+            store_uri, work, config, split_config, log, task, selector or SelectorTraining()
+        )
     result.model_dir = str(Path(model_dir))
     return result
 
@@ -207,20 +210,18 @@ def _selector_draw(
 
 def _train_into(
     store_uri: str,
-    model_dir: str | Path,
+    out: Path,
     config: TrainConfig,
-    split_config: SplitConfig | None = None,
-    log: Callable[[str], None] = print,
-    task: Task = Task.CLASSIFIER,
-    selector: SelectorTraining | None = None,
+    split_config: SplitConfig,
+    log: Callable[[str], None],
+    task: Task,
+    selector: SelectorTraining,
 ) -> TrainResult:
+    """train_model's work, into the staging folder `out` (every option resolved)."""
     import keras  # heavy (seconds): loaded by the training process only
 
-    selector = selector or SelectorTraining()
     started = time.perf_counter()
-    out = Path(model_dir)
     ModelDir(out).checkpoints.mkdir(parents=True, exist_ok=True)
-    split_config = split_config or SplitConfig(seed=config.seed)
     keras.utils.set_random_seed(config.seed)
 
     left_out = 0  # labelled slices that do not show the mass (classifier only)
