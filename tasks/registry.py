@@ -25,8 +25,8 @@ from renalflow.tasks.model_dir import read_model_info
 from renalflow.tasks.results import (
     MODEL_ALIASES,
     MODELS,
-    _is_table,
     ensure_table,
+    is_table,
     merge_rows,
     open_table,
     table_uri,
@@ -89,7 +89,7 @@ def register_model(
 
 def list_models(results: str) -> list[RegisteredModel]:
     """Every registered model version, oldest first."""
-    if not _is_table(table_uri(results, MODELS)):
+    if not is_table(table_uri(results, MODELS)):
         return []
     rows = open_table(results, MODELS).to_pyarrow_dataset().to_table()
     fields = set(RegisteredModel.__dataclass_fields__)
@@ -116,7 +116,7 @@ def registered(results: str, version: str) -> RegisteredModel:
 
 
 def _events(results: str, alias: ModelAlias) -> list[dict[str, Any]]:
-    if not _is_table(table_uri(results, MODEL_ALIASES)):
+    if not is_table(table_uri(results, MODEL_ALIASES)):
         return []
     rows = open_table(results, MODEL_ALIASES).to_pyarrow_dataset().to_table().to_pylist()
     return sorted((r for r in rows if r["alias"] == alias.value), key=lambda r: r["changed_at"])

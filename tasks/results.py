@@ -356,7 +356,7 @@ def storage_options(uri: str) -> dict[str, str] | None:
     return options
 
 
-def _is_table(uri: str) -> bool:
+def is_table(uri: str) -> bool:
     """Whether a Delta table exists at `uri` (it has a transaction log).
 
     Asked through fsspec rather than deltalake: some S3-compatible servers answer
@@ -375,7 +375,7 @@ def _is_table(uri: str) -> bool:
 def open_table(results: str, name: str, version: int | datetime | None = None) -> Any:
     """The Delta table `name` of R, at its latest version or at `version`."""
     uri = table_uri(results, name)
-    if not _is_table(uri):
+    if not is_table(uri):
         raise StoreError(
             f"no results table at {uri}; score an archive first with `renalflow score "
             f"ARCHIVE --model-dir M --results {results}`"
@@ -413,10 +413,10 @@ def ensure_tables(results: str, key: bytes | None = None) -> None:
 def ensure_table(results: str, name: str) -> None:
     """Create table `name` of R, empty, if it does not exist (once, even when raced)."""
     uri = table_uri(results, name)
-    if _is_table(uri):
+    if is_table(uri):
         return
     with _creating(uri):
-        if _is_table(uri):
+        if is_table(uri):
             return  # the run that held the lock before us made it
         DeltaTable.create(
             uri,
@@ -455,9 +455,9 @@ def _creating(uri: str) -> Iterator[None]:
         fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"", IfNoneMatch="*")
     except (OSError, ValueError):  # s3fs: 412 Precondition Failed -> another run creates it
         deadline = time.monotonic() + _CREATE_WAIT_S
-        while not _is_table(uri) and time.monotonic() < deadline:
+        while not is_table(uri) and time.monotonic() < deadline:
             time.sleep(0.5)
-        if _is_table(uri):
+        if is_table(uri):
             yield
             return
         # Its creator died before creating it (the marker is left): create it here.
@@ -472,7 +472,7 @@ def check_key_id(results: str, key: bytes) -> None:
     key's public fingerprint (key_id), and rows of another key cannot be linked."""
     mine = key_id(key)
     uri = table_uri(results, STUDY_VOTES)
-    if not _is_table(uri):
+    if not is_table(uri):
         return
     dataset = open_table(results, STUDY_VOTES).to_pyarrow_dataset()
     other = dataset.head(1, columns=["key_id"], filter=pc.field("key_id") != mine)
@@ -572,7 +572,7 @@ def merge_rows(
 def scored_studies(results: str, model_version: str) -> dict[str, int]:
     """study_key -> slices_in_study of the studies this model version has already voted
     on (a study whose stored slice count changed since is scored again)."""
-    if not _is_table(table_uri(results, STUDY_VOTES)):
+    if not is_table(table_uri(results, STUDY_VOTES)):
         return {}
     table = open_table(results, STUDY_VOTES).to_pyarrow_dataset()
     rows = table.to_table(
@@ -665,7 +665,7 @@ def read_pinned(
     tables = {STUDY_VOTES: _conformed(votes.to_pyarrow_dataset().to_table(), STUDY_VOTES)}
     read: dict[str, int | None] = {STUDY_VOTES: int(votes.version())}
     for name in (PATIENT_VOTES, SLICE_SCORES, *OPTIONAL_TABLES):
-        if name in OPTIONAL_TABLES and not _is_table(table_uri(results, name)):
+        if name in OPTIONAL_TABLES and not is_table(table_uri(results, name)):
             tables[name], read[name] = DESCRIBED[name].empty_table(), None
             continue
         table = open_table(results, name)
@@ -737,7 +737,7 @@ def check_layout(results: str) -> None:
     patient (no in_training)."""
     votes_uri = table_uri(results, PATIENT_VOTES)
     study_uri = table_uri(results, STUDY_VOTES)
-    if _is_table(study_uri):
+    if is_table(study_uri):
         if _lacks_in_training(results):
             raise InputError(
                 f"{results} was written by an earlier renalflow: its votes do not say "
@@ -746,7 +746,7 @@ def check_layout(results: str) -> None:
                 "version; old votes get in_training 'unknown', or what --model-dir says)"
             )
         return
-    if not _is_table(votes_uri):
+    if not is_table(votes_uri):
         return
     columns = DeltaTable(votes_uri, storage_options=storage_options(votes_uri)).schema()
     if "study_key" in {field.name for field in columns.fields}:
@@ -761,7 +761,7 @@ def check_layout(results: str) -> None:
 def _lacks_in_training(results: str) -> bool:
     for name in (STUDY_VOTES, PATIENT_VOTES):
         uri = table_uri(results, name)
-        if not _is_table(uri):
+        if not is_table(uri):
             continue
         schema = DeltaTable(uri, storage_options=storage_options(uri)).schema()
         if "in_training" not in {field.name for field in schema.fields}:
@@ -786,11 +786,11 @@ def migrate_results(
     """
     check_key_columns = {"study_key"}
     votes_uri, study_uri = table_uri(results, PATIENT_VOTES), table_uri(results, STUDY_VOTES)
-    if _is_table(study_uri):
+    if is_table(study_uri):
         if not _lacks_in_training(results):
             raise InputError(f"{results} is up to date: nothing to migrate")
         return _add_in_training(results, membership or {})
-    if not _is_table(votes_uri):
+    if not is_table(votes_uri):
         raise InputError(f"{results} holds no results table to migrate")
     old = DeltaTable(votes_uri, storage_options=storage_options(votes_uri))
     if not check_key_columns <= {field.name for field in old.schema().fields}:
