@@ -140,3 +140,21 @@ def test_the_kubernetes_gpu_request_is_a_string():
     ]
     gpu = [limit["nvidia.com/gpu"] for limit in limits if "nvidia.com/gpu" in limit]
     assert gpu == ["1"]
+
+
+def test_no_module_imports_another_modules_private_name():
+    """A module's `_name` is its own: other modules (and the benchmarks) ask its public
+    functions, so a module can change its insides without breaking another."""
+    import ast
+
+    found = []
+    for path in sorted([*ROOT.glob("tasks/**/*.py"), *ROOT.glob("flows/**/*.py"),
+                        *ROOT.glob("bench/*.py")]):  # fmt: skip
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("renalflow"):
+                found += [
+                    f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_")
+                ]
+    assert not found, f"private names imported across modules: {found}"
