@@ -506,7 +506,7 @@ def cmd_ingest(params: IngestParams) -> int:
 def cmd_train(params: TrainParams) -> int:
     from renalflow.flows.jobs import launch, preflight_train, train_config, train_job
 
-    train_config(params)  # contradicting settings end here, before anything starts
+    train_config(params, params.task)  # contradicting settings end here, before anything starts
     preflight_train(params.device, params.dask_address)
     result = launch(train_job, params)
     print(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow, get_run_logger
 
 from renalflow.flows.runtime import dask_task_runner, load_s3_credentials
-from renalflow.tasks.config import Split
+from renalflow.tasks.config import Split, Task
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.params import (
     EvaluateParams,
@@ -176,17 +176,18 @@ def preflight_score(params: ScoreParams, *, remote: bool) -> None:
 _PROFILE_OVERRIDES = (
     *("epochs", "batch_size", "learning_rate", "weights", "select_epoch", "decay_after"),
     *("mixed_precision", "seed", "oversample", "oversample_unit", "augment", "schedule"),
+    "full_resolution",
 )
 
 
-def train_config(params: TrainingOptions) -> "TrainConfig":
-    """The profile's defaults with what the parameters set."""
+def train_config(params: TrainingOptions, task: Task = Task.CLASSIFIER) -> "TrainConfig":
+    """The profile's defaults for the model's task with what the parameters set."""
     from renalflow.tasks.model import profile_config
 
     try:
         # The options named like TrainConfig's fields override the profile (None: unset).
         overrides = params.model_dump(include=set(_PROFILE_OVERRIDES))
-        config = profile_config(params.profile, **overrides)
+        config = profile_config(params.profile, task, **overrides)
         if params.ema is not None:
             config = replace(config, ema=params.ema or None)  # 0 stands for "none"
         if params.region is not None:
@@ -285,7 +286,7 @@ def train_job(params: TrainParams) -> "TrainResult":
     from renalflow.flows.train import place_training, train_flow
     from renalflow.tasks.selector import SelectorTraining
 
-    config = train_config(params)
+    config = train_config(params, params.task)
     load_s3_credentials()
     logger = get_run_logger()
     address, gpu = place_training(params.device, params.dask_address, logger.info)

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from renalflow.tasks.config import SEED, MixedPrecision, OversampleUnit, Profile, Schedule
+from renalflow.tasks.config import SEED, MixedPrecision, OversampleUnit, Profile, Schedule, Task
 from renalflow.tasks.errors import ModelError
 
 NOT_PAPER_NOTE = (
@@ -79,6 +79,12 @@ class TrainConfig:
             a network trained from random weights on a few dozen patients from
             telling them apart by body size and scanner noise instead of the lesion.
         seed: seeds weight initialisation, shuffling and oversampling.
+        full_resolution: cpu-demo only (ours): the small network sees the slice at full
+            resolution, with one more stride-2 stage so that it still sees a mass and
+            its kidney at once. The slice selector's default: at half resolution it
+            cannot tell a kidney slice beside the mass from one through it
+            (bench/bench_selection.py); the classifier keeps half resolution, the
+            setting its benchmark figures were measured with.
     """
 
     profile: Profile = Profile.PAPER
@@ -98,9 +104,14 @@ class TrainConfig:
     augment: bool = False
     seed: int = SEED
     input_size: int = 224
+    full_resolution: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "profile", Profile(self.profile))
+        if self.full_resolution and self.profile is not Profile.CPU_DEMO:
+            raise ValueError(
+                "full_resolution shapes the cpu-demo network; not with --profile paper"
+            )
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("epochs, batch_size and learning_rate must be positive")
         if self.select_epoch is not None and not 1 <= self.select_epoch <= self.epochs:
@@ -174,9 +185,12 @@ LOWEST_VAL_LOSS = 0
 TrainConfig; None among overrides means "the profile's rule")."""
 
 
-def profile_config(profile: Profile | str, **overrides: Any) -> TrainConfig:
-    """Defaults for a profile, then explicit overrides (None values are ignored;
-    `select_epoch=LOWEST_VAL_LOSS` keeps the epoch with the lowest validation loss)."""
+def profile_config(
+    profile: Profile | str, task: Task = Task.CLASSIFIER, **overrides: Any
+) -> TrainConfig:
+    """Defaults for a profile and the model's task, then explicit overrides (None values
+    are ignored; `select_epoch=LOWEST_VAL_LOSS` keeps the epoch with the lowest
+    validation loss)."""
     profile = Profile(profile)
     base = TrainConfig(profile=profile)
     if profile is Profile.CPU_DEMO:
@@ -195,6 +209,7 @@ def profile_config(profile: Profile | str, **overrides: Any) -> TrainConfig:
             schedule=Schedule.COSINE,
             ema=0.99,
             region=KIDNEY_REGION,
+            full_resolution=Task(task) is Task.SELECTOR,
         )
     given = {k: v for k, v in overrides.items() if v is not None}
     if given.get("select_epoch") == LOWEST_VAL_LOSS:
@@ -219,7 +234,9 @@ def _initializers(seed: int) -> Callable[[], Any]:
     return next_initializer
 
 
-def _small_backbone(x: Any, layers: Any, init: Callable[[], Any]) -> Any:
+def _small_backbone(
+    x: Any, layers: Any, init: Callable[[], Any], full_resolution: bool = False
+) -> Any:
     """A small CNN for the CPU demo, sized to the lesion rather than the abdomen.
 
     The slice is averaged to half size (about 3.5 mm a pixel) and seen by one
@@ -227,6 +244,8 @@ def _small_backbone(x: Any, layers: Any, init: Callable[[], Any]) -> Any:
     texture; two stride-2 stages follow, so each output position sees about 75 mm
     (a renal mass and its kidney) and global max pooling reports the most suspicious
     place. A network that sees the whole abdomen at once learns body shapes instead.
+    With `full_resolution` the slice is not averaged and a third stride-2 stage keeps
+    the same view (about four times the computation).
     BatchNormalization uses momentum 0.9 so its statistics settle within a demo run.
     `init` gives each convolution its seeded initialiser.
     """
@@ -243,10 +262,13 @@ def _small_backbone(x: Any, layers: Any, init: Callable[[], Any]) -> Any:
         x = layers.BatchNormalization(momentum=0.9)(x)
         return layers.ReLU()(x)
 
-    x = layers.AveragePooling2D(2, name="half_resolution")(x)
+    if not full_resolution:
+        x = layers.AveragePooling2D(2, name="half_resolution")(x)
     x = conv(x, 16)
     x = conv(conv(x, 24, strides=2), 24)
     x = conv(conv(x, 48, strides=2), 48)
+    if full_resolution:
+        x = conv(conv(x, 64, strides=2), 64)
     x = conv(x, 64, kernel=1)
     x = layers.GlobalMaxPooling2D()(x)
     return layers.Dropout(0.3, name="head_dropout")(x)
@@ -337,7 +359,7 @@ def build_model(config: TrainConfig, steps: int = 0) -> Any:
         backbone.trainable = True  # all weights trainable, as in the paper
         x = backbone(x)
     else:
-        x = _small_backbone(x, layers, init)
+        x = _small_backbone(x, layers, init, config.full_resolution)
     outputs = layers.Dense(
         1, activation="sigmoid", dtype="float32", kernel_initializer=init(), name="malignant"
     )(x)

@@ -484,6 +484,12 @@ class TrainingOptions(JobParams):
         description="random flips, zoom, shifts and noise while training (paper: off, the "
         "paper found augmentation harmful; cpu-demo: on)",
     )
+    full_resolution: bool | None = Field(
+        default=None,
+        description="cpu-demo only (ours): the small network sees slices at full rather than "
+        "half resolution, about 4x the computation (default: on for the slice selector, "
+        "off for the classifier)",
+    )
 
     @field_validator("ema", mode="before")
     @classmethod

@@ -12,6 +12,10 @@ def test_train_options_left_unset_take_the_profiles_values():
     assert demo == profile_config("cpu-demo", epochs=3)
     full = train_config(TrainParams(store="s", model_dir="m", profile="cpu-demo", region="full"))
     assert full.region is None
+    selector = TrainParams(store="s", model_dir="m", profile="cpu-demo", task="selector")
+    assert train_config(selector, selector.task).full_resolution
+    half = selector.model_copy(update={"full_resolution": False})
+    assert not train_config(half, half.task).full_resolution
 
 
 def test_contradicting_train_settings_are_an_input_error():

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from renalflow.tasks.config import Task
 from renalflow.tasks.dataset import iterate_batches
 from renalflow.tasks.errors import ModelError
 from renalflow.tasks.model import (
@@ -126,7 +127,23 @@ def test_cpu_demo_profile_is_small_and_says_what_it_is():
     assert "cpu_demo" in model.name
 
 
+def test_cpu_demo_selector_sees_full_resolution_and_the_classifier_half():
+    classifier, selector = profile_config("cpu-demo"), profile_config("cpu-demo", Task.SELECTOR)
+    assert not classifier.full_resolution and selector.full_resolution
+    assert not profile_config("paper", Task.SELECTOR).full_resolution
+    half, full = build_model(classifier), build_model(selector)
+    names = {layer.name for layer in half.layers}
+    assert "half_resolution" in names
+    assert "half_resolution" not in {layer.name for layer in full.layers}
+    # One more stride-2 stage: the last feature map covers the same share of the slice.
+    last = [layer for layer in full.layers if layer.name.startswith("re_lu")][-1]
+    shown = [layer for layer in half.layers if layer.name.startswith("re_lu")][-1]
+    assert last.output.shape[1:3] == shown.output.shape[1:3]
+
+
 def test_invalid_settings_are_refused():
+    with pytest.raises(ValueError, match="not with --profile paper"):
+        TrainConfig(full_resolution=True)
     with pytest.raises(ValueError, match="outside the 10 epochs"):
         TrainConfig(select_epoch=11)
     with pytest.raises(ValueError, match="bf16 or fp16"):
