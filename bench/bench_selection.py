@@ -206,7 +206,7 @@ def main() -> None:
         default=0,
         help="train a selector of its own on this many annotated patients (0: the demo's)",
     )
-    parser.add_argument("--selector-epochs", type=int, default=12)
+    parser.add_argument("--selector-epochs", type=int, default=16)
     args = parser.parse_args()
     for needed in (args.demo / "model", args.demo / "selector"):
         if not needed.exists():
