@@ -121,7 +121,10 @@ def test_a_worker_killed_mid_ingest_loses_and_duplicates_nothing(cluster, tmp_pa
     summary = run_ingest(cluster, source, store, 32)
     killer.join()
     with Client(cluster) as client:
-        assert victim not in client.run(os.getpid).values(), "the worker was not killed"
+        # The scheduler may still list the dead worker for a moment: those that cannot
+        # answer are skipped, and a live victim would answer with its pid.
+        alive = client.run(os.getpid, on_error="ignore").values()
+        assert victim not in alive, "the worker was not killed"
     assert accounted(store) == Counter(files), "every file exactly once"
     assert summary.slices == len(files)
 
