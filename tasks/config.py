@@ -89,13 +89,14 @@ of a mass costs little, as the others still vote; missing a study's mass loses i
 
 SELECTOR_HARD_NEGATIVE_MM = 60.0
 """Our choice: a slice without the mass within this distance along z of a lesion slice of
-its series is a hard negative for the selector: the same kidneys, no mass. Drawn as they
-come, such slices are a fifth of a whole study's negatives, and a selector trained so
-learns "the kidneys' level" instead of "the renal mass" (bench/bench_selection.py)."""
+its series is a hard negative for the selector: the same kidneys, no mass. A selector
+that does not learn them apart learns "the kidneys' level" instead of "the renal mass"
+(BENCHMARKS.md, "Slice selection")."""
 
 SELECTOR_HARD_NEGATIVE_SHARE = 0.75
 """Our choice: the share of each training epoch's negatives drawn from the hard negatives
-(SELECTOR_HARD_NEGATIVE_MM); 0 draws the negatives as they come."""
+(SELECTOR_HARD_NEGATIVE_MM); 0 draws the negatives as they come (at 60 mm, about two
+thirds of the benchmark's annotated negatives)."""
 
 
 class Split(StrEnum):
