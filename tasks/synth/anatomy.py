@@ -49,6 +49,11 @@ TISSUE_INDEX = {name: i for i, name in enumerate(TISSUES)}
 PHASE_INDEX = {Phase.NONCONTRAST: 0, Phase.ARTERIAL: 1, Phase.VENOUS: 2}
 
 
+def phase_lut(phase: Phase) -> np.ndarray:
+    """Each tissue's HU in `phase`, indexed as TISSUES (what `tissue_at` maps return)."""
+    return np.array([TISSUE_HU[t][PHASE_INDEX[phase]] for t in TISSUES], dtype=np.float32)
+
+
 def grid(size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
     """Pixel coordinates (x, y) of a size x size slice."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)

@@ -22,39 +22,32 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 from pydicom.uid import UID
 
-from renalflow.tasks.config import Phase, SynthDefaults
-from renalflow.tasks.synth.anatomy import (
-    PHASE_INDEX,
-    SIZE,
-    TISSUE_HU,
-    TISSUES,
-    build_anatomy,
-    paint_bowel_gas,
-    paint_kidneys,
-)
-from renalflow.tasks.synth.lesions import MALIGNANT_MIX, paint_lesion, place_lesion
+from renalflow.tasks.config import SynthDefaults
+from renalflow.tasks.synth.anatomy import SIZE, paint_bowel_gas, paint_kidneys, phase_lut
+from renalflow.tasks.synth.lesions import MALIGNANT_MIX, paint_lesion
 from renalflow.tasks.synth.seg import LesionRange, write_lesions_csv
 from renalflow.tasks.synth.studies import (
     SERIES_CSV_HEADER,
+    THICKNESSES,
     PatientResult,
     SeriesRecord,
-    choose_phases,
+    draw_patient,
     write_whole_patient,
 )
 from renalflow.tasks.synth.writer import (
     DEFAULT_SYNTAXES,
-    VENDORS,
     SeriesTags,
-    StudyTags,
+    acquisition_time,
+    add_noise,
     choose_syntax,
     derive_uid,
-    random_name,
+    save_new,
+    series_folder,
     slice_dataset,
 )
 
@@ -171,47 +164,21 @@ def write_patient(
     """Write every series of one curated (lesion-only) patient; returns (series, slices,
     files per syntax)."""
     rng = np.random.default_rng(plan.seed)
-    vendor = VENDORS[int(rng.integers(len(VENDORS)))]
-    spacing = float(rng.uniform(0.68, 0.86))
-    anatomy = build_anatomy(rng, spacing)
-    lesion = place_lesion(rng, anatomy, plan.label, plan.histology)
-    phases = choose_phases(rng)
-    year = int(rng.integers(config.first_study_year, config.last_study_year + 1))
-    study_date = date(year, 1, 1) + timedelta(days=int(rng.integers(0, 365)))
-    birth = date(int(rng.integers(1935, 1990)), int(rng.integers(1, 13)), int(rng.integers(1, 29)))
-    sex = str(rng.choice(["M", "F"]))
-    study_uid = derive_uid(config.seed, plan.patient_id, "study")
-    accession = f"A{plan.seed % 10**8:08d}"
-    folder_a = random_name(rng, 2)
-    bolus_start = 10 * 3600 + int(rng.integers(0, 6 * 3600))
-    table_z = rng.uniform(-250.0, -120.0)
-    study = StudyTags(
-        patient_name=f"SYNTH^PATIENT{plan.index + 1:05d}",
-        patient_id=plan.patient_id,
-        vendor=vendor,
-        spacing=spacing,
-        study_uid=study_uid,
-        accession=accession,
-        study_date=study_date,
-        birth=birth,
-        sex=sex,
-        bolus_start=bolus_start,
-    )
+    drawn = draw_patient(rng, plan, config, SIZE)
+    anatomy, lesion, study, spacing = drawn.anatomy, drawn.lesion, drawn.tags, drawn.spacing
+    phases = drawn.phases
     by_syntax: dict[str, int] = {}
     n_slices = 0
     for s_no, phase in enumerate(phases, start=1):
         syntax = choose_syntax(rng, config.syntaxes)
-        thickness = float(rng.choice([1.5, 2.0, 2.5, 3.0, 5.0]))
+        thickness = float(rng.choice(THICKNESSES))
         # Like the study, keep only images that show the mass: slices where its
         # cross-section is at least a third of its largest diameter.
         extent = 2 * lesion.radius_mm * lesion.z_scale * math.sqrt(1 - (1 / 3) ** 2)
         n = int(np.clip(round(extent / thickness), 2, config.max_slices_per_series))
-        z0 = table_z - (n - 1) * thickness / 2
-        description = str(rng.choice(vendor.descriptions[phase])).format(t=f"{thickness:.1f}")
-        folder = archive / folder_a / random_name(rng, 8)
-        folder.mkdir(parents=True, exist_ok=True)
-        extension = ".dcm" if rng.random() < 0.5 else ""
-        delay = {Phase.ARTERIAL: 35, Phase.VENOUS: 85}.get(phase, 0)
+        z0 = drawn.table_z - (n - 1) * thickness / 2
+        description = str(rng.choice(drawn.vendor.descriptions[phase])).format(t=f"{thickness:.1f}")
+        folder, extension = series_folder(rng, archive / drawn.folder)
         series = SeriesTags(
             series_uid=derive_uid(config.seed, plan.patient_id, "series", s_no),
             number=s_no,
@@ -219,26 +186,20 @@ def write_patient(
             description=description,
             thickness=thickness,
             syntax=syntax,
-            acquired=bolus_start + delay if delay else bolus_start - 300,
+            acquired=acquisition_time(study.bolus_start, phase),
         )
-        phase_lut = np.array([TISSUE_HU[t][PHASE_INDEX[phase]] for t in TISSUES], dtype=np.float32)
+        lut = phase_lut(phase)
         for i in range(n):
             z = z0 + i * thickness
-            dz = z - table_z
-            hu = phase_lut[anatomy.tissue_at(dz)]
+            dz = z - drawn.table_z
+            hu = lut[anatomy.tissue_at(dz)]
             paint_bowel_gas(rng, anatomy, spacing, hu)
             paint_kidneys(anatomy, spacing, dz, phase, hu)
             paint_lesion(s_no, lesion, spacing, dz, phase, hu)
-            noise = rng.standard_normal((SIZE, SIZE), dtype=np.float32)
-            # Tube current modulation: the dose, and so the noise, changes from slice to slice.
-            modulation = float(np.exp(rng.normal(0.0, 0.3)))
-            hu += vendor.noise_hu * modulation * (thickness / 3.0) ** -0.5 * noise
+            add_noise(rng, drawn.vendor, thickness, hu)
             sop_uid = derive_uid(config.seed, plan.patient_id, "sop", s_no, i)
             ds = slice_dataset(study, series, sop_uid, i, z, hu, anatomy.outside_fov)
-            path = folder / f"{random_name(rng, 8)}{extension}"
-            while path.exists():  # never overwrite a slice already written
-                path = folder / f"{random_name(rng, 8)}{extension}"
-            ds.save_as(path, enforce_file_format=True)
+            save_new(ds, rng, folder, extension)
             by_syntax[syntax.name] = by_syntax.get(syntax.name, 0) + 1
             n_slices += 1
     return len(phases), n_slices, by_syntax

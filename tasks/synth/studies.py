@@ -24,15 +24,13 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from renalflow.tasks.config import Phase
 from renalflow.tasks.synth.anatomy import (
-    PHASE_INDEX,
-    TISSUE_HU,
-    TISSUES,
     Anatomy,
     build_anatomy,
     build_trunk,
     head_tissue,
     paint_bowel_gas,
     paint_kidneys,
+    phase_lut,
 )
 from renalflow.tasks.synth.lesions import (
     Lesion,
@@ -48,9 +46,13 @@ from renalflow.tasks.synth.writer import (
     SeriesTags,
     StudyTags,
     Vendor,
+    acquisition_time,
+    add_noise,
     choose_syntax,
     derive_uid,
     random_name,
+    save_new,
+    series_folder,
     slice_dataset,
 )
 
@@ -160,13 +162,58 @@ def choose_phases(rng: np.random.Generator) -> list[Phase]:
     return [Phase.NONCONTRAST]  # contrast allergy, as 9 of the study's patients
 
 
+@dataclass(frozen=True)
+class DrawnPatient:
+    """What a patient's abdominal study starts from. Both kinds of archive draw it the
+    same way, in the same order, so a patient is the same person in both."""
+
+    vendor: Vendor
+    spacing: float  # mm per pixel
+    anatomy: Anatomy
+    lesion: Lesion
+    phases: list[Phase]
+    tags: StudyTags
+    folder: str  # the patient's folder under OUT/archive/
+    table_z: float  # the kidneys' mid-plane in patient coordinates
+
+
+def draw_patient(
+    rng: np.random.Generator, plan: PatientPlan, config: SynthConfig, matrix: int
+) -> DrawnPatient:
+    """Draw `plan`'s patient at `matrix` pixels a side: scanner, body, mass, contrast
+    phases, study date, demographics, folder, bolus time and table position."""
+    vendor = VENDORS[int(rng.integers(len(VENDORS)))]
+    spacing = float(rng.uniform(*SPACING_512)) * 512 / matrix
+    anatomy = build_anatomy(rng, spacing, matrix)
+    lesion = place_lesion(rng, anatomy, plan.label, plan.histology)
+    phases = choose_phases(rng)
+    year = int(rng.integers(config.first_study_year, config.last_study_year + 1))
+    study_date = date(year, 1, 1) + timedelta(days=int(rng.integers(0, 365)))
+    birth = date(int(rng.integers(1935, 1990)), int(rng.integers(1, 13)), int(rng.integers(1, 29)))
+    sex = str(rng.choice(["M", "F"]))
+    folder = random_name(rng, 2)
+    bolus_start = 10 * 3600 + int(rng.integers(0, 6 * 3600))
+    table_z = float(rng.uniform(-250.0, -120.0))
+    tags = StudyTags(
+        patient_name=f"SYNTH^PATIENT{plan.index + 1:05d}",
+        patient_id=plan.patient_id,
+        vendor=vendor,
+        spacing=spacing,
+        study_uid=derive_uid(config.seed, plan.patient_id, "study"),
+        accession=f"A{plan.seed % 10**8:08d}",
+        study_date=study_date,
+        birth=birth,
+        sex=sex,
+        bolus_start=bolus_start,
+    )
+    return DrawnPatient(vendor, spacing, anatomy, lesion, phases, tags, folder, table_z)
+
+
 def write_whole_patient(plan: PatientPlan, config: SynthConfig, archive: Path) -> PatientResult:
     """Write every study of one patient (whole studies); deterministic for `plan.seed`."""
     rng = np.random.default_rng(plan.seed)
-    vendor = VENDORS[int(rng.integers(len(VENDORS)))]
-    spacing = float(rng.uniform(*SPACING_512)) * 512 / config.matrix
-    anatomy = build_anatomy(rng, spacing, config.matrix)
-    lesion = place_lesion(rng, anatomy, plan.label, plan.histology)
+    drawn = draw_patient(rng, plan, config, config.matrix)
+    anatomy, lesion = drawn.anatomy, drawn.lesion
     # A second generator for what curated archives never drew, so the patient's body,
     # mass and phases are the same in both kinds of archive.
     extra = np.random.default_rng([plan.seed, 1])
@@ -183,37 +230,18 @@ def write_whole_patient(plan: PatientPlan, config: SynthConfig, archive: Path) -
             config.seg_share,
         )
     )
-    # The same draws, in the same order, as a curated archive's patient.
-    phases = choose_phases(rng)
-    year = int(rng.integers(config.first_study_year, config.last_study_year + 1))
-    study_date = date(year, 1, 1) + timedelta(days=int(rng.integers(0, 365)))
-    birth = date(int(rng.integers(1935, 1990)), int(rng.integers(1, 13)), int(rng.integers(1, 29)))
-    sex = str(rng.choice(["M", "F"]))
-    folder = archive / random_name(rng, 2)
-    bolus_start = 10 * 3600 + int(rng.integers(0, 6 * 3600))
     patient = _Patient(
         plan=plan,
         config=config,
-        vendor=vendor,
-        spacing=spacing,
+        vendor=drawn.vendor,
+        spacing=drawn.spacing,
         anatomy=anatomy,
         lesion=lesion,
         lesion_z=lesion_z,
-        table_z=float(rng.uniform(-250.0, -120.0)),
-        folder=folder,
+        table_z=drawn.table_z,
+        folder=archive / drawn.folder,
     )
-    abdomen = StudyTags(
-        patient_name=f"SYNTH^PATIENT{plan.index + 1:05d}",
-        patient_id=plan.patient_id,
-        vendor=vendor,
-        spacing=spacing,
-        study_uid=derive_uid(config.seed, plan.patient_id, "study"),
-        accession=f"A{plan.seed % 10**8:08d}",
-        study_date=study_date,
-        birth=birth,
-        sex=sex,
-        bolus_start=bolus_start,
-    )
+    abdomen, phases, study_date = drawn.tags, drawn.phases, drawn.tags.study_date
     result = PatientResult()
     _write_abdomen(rng, extra, patient, abdomen, phases, scout, twin, seg, result)
     others = (
@@ -236,29 +264,6 @@ def write_whole_patient(plan: PatientPlan, config: SynthConfig, archive: Path) -
     return result
 
 
-def _lut(phase: Phase) -> np.ndarray:
-    return np.array([TISSUE_HU[t][PHASE_INDEX[phase]] for t in TISSUES], dtype=np.float32)
-
-
-def _noise(rng: np.random.Generator, patient: _Patient, thickness: float, hu: np.ndarray) -> None:
-    noise = rng.standard_normal(hu.shape, dtype=np.float32)
-    modulation = float(np.exp(rng.normal(0.0, 0.3)))
-    hu += patient.vendor.noise_hu * modulation * (thickness / 3.0) ** -0.5 * noise
-
-
-def _series_folder(rng: np.random.Generator, patient: _Patient) -> tuple[Path, str]:
-    folder = patient.folder / random_name(rng, 8)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder, ".dcm" if rng.random() < 0.5 else ""
-
-
-def _save(ds: Dataset, rng: np.random.Generator, folder: Path, extension: str) -> None:
-    path = folder / f"{random_name(rng, 8)}{extension}"
-    while path.exists():  # never overwrite a file already written
-        path = folder / f"{random_name(rng, 8)}{extension}"
-    ds.save_as(path, enforce_file_format=True)
-
-
 def _write_axial(
     rng: np.random.Generator,
     patient: _Patient,
@@ -271,8 +276,8 @@ def _write_axial(
     """One axial series at `positions` (mm from the kidneys' mid-plane); returns the
     slices that show the mass and their masks. `draw` is the study kind."""
     anatomy, spacing = patient.anatomy, patient.spacing
-    folder, extension = _series_folder(rng, patient)
-    lut = _lut(series.phase)
+    folder, extension = series_folder(rng, patient.folder)
+    lut = phase_lut(series.phase)
     shown: list[Dataset] = []
     masks: list[np.ndarray] = []
     for i, dz in enumerate(positions):
@@ -290,12 +295,12 @@ def _write_axial(
             mask = paint_lesion(
                 series.number, patient.lesion, spacing, dz - patient.lesion_z, series.phase, hu
             )
-        _noise(rng, patient, series.thickness, hu)
+        add_noise(rng, patient.vendor, series.thickness, hu)
         sop_uid = derive_uid(
             patient.config.seed, patient.plan.patient_id, "sop", study.study_uid, series.number, i
         )
         ds = slice_dataset(study, series, sop_uid, i, z, hu, anatomy.outside_fov)
-        _save(ds, rng, folder, extension)
+        save_new(ds, rng, folder, extension)
         result.count(series.syntax.name)
         if mask is not None:
             shown.append(ds)
@@ -327,8 +332,7 @@ def _write_abdomen(
     for p_index, phase in enumerate(phases):
         syntax = choose_syntax(rng, config.syntaxes)
         thickness = float(rng.choice(THICKNESSES if p_index != twin_phase else (3.0, 5.0)))
-        delay = {Phase.ARTERIAL: 35, Phase.VENOUS: 85}.get(phase, 0)
-        acquired = study.bolus_start + delay if delay else study.bolus_start - 300
+        acquired = acquisition_time(study.bolus_start, phase)
         descriptions = patient.vendor.descriptions[phase]
         template = str(rng.choice(descriptions))
         reconstructions = [thickness]
@@ -378,8 +382,8 @@ def _write_abdomen(
         result.lesions.append(lesion_range(shown))
         if seg:
             seg_ds = lesion_seg(shown, masks, 900 + series.number, study.study_date)
-            folder, extension = _series_folder(rng, patient)
-            _save(seg_ds, rng, folder, extension)
+            folder, extension = series_folder(rng, patient.folder)
+            save_new(seg_ds, rng, folder, extension)
             result.seg_objects += 1
             result.series += 1
             result.records.append(
@@ -443,11 +447,11 @@ def _write_scout(
     anatomy = patient.anatomy
     rows = anatomy.size
     row_mm = (top - bottom) / rows
-    lut = _lut(Phase.NONCONTRAST)
+    lut = phase_lut(Phase.NONCONTRAST)
     image = np.empty((rows, anatomy.size), dtype=np.float32)
     for r in range(rows):
         image[r] = lut[anatomy.tissue_at(top - r * row_mm)].mean(axis=0)
-    _noise(rng, patient, 5.0, image)
+    add_noise(rng, patient.vendor, 5.0, image)
     series = SeriesTags(
         series_uid=derive_uid(
             patient.config.seed, patient.plan.patient_id, "series", study.study_uid, 1
@@ -466,8 +470,8 @@ def _write_scout(
     sop_uid = derive_uid(patient.config.seed, patient.plan.patient_id, "sop", study.study_uid, 1, 0)
     no_pad = np.zeros(image.shape, dtype=bool)
     ds = slice_dataset(study, series, sop_uid, 0, patient.table_z + top, image, no_pad, y=0.0)
-    folder, extension = _series_folder(rng, patient)
-    _save(ds, rng, folder, extension)
+    folder, extension = series_folder(rng, patient.folder)
+    save_new(ds, rng, folder, extension)
     result.count(series.syntax.name)
     result.series += 1
     result.records.append(

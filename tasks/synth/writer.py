@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -118,6 +119,37 @@ def derive_uid(*parts: object) -> str:
 def random_name(rng: np.random.Generator, length: int) -> str:
     """A hex file or folder name, as PACS exports use."""
     return "".join(rng.choice(list("0123456789ABCDEF"), size=length))
+
+
+def series_folder(rng: np.random.Generator, parent: Path) -> tuple[Path, str]:
+    """A new folder for one series under `parent`, and the extension its files get
+    (half the series' files have none, as many PACS exports)."""
+    folder = parent / random_name(rng, 8)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder, ".dcm" if rng.random() < 0.5 else ""
+
+
+def save_new(ds: Dataset, rng: np.random.Generator, folder: Path, extension: str) -> None:
+    """Save `ds` under a random name in `folder`, never over a file already written."""
+    path = folder / f"{random_name(rng, 8)}{extension}"
+    while path.exists():
+        path = folder / f"{random_name(rng, 8)}{extension}"
+    ds.save_as(path, enforce_file_format=True)
+
+
+def acquisition_time(bolus_start: int, phase: Phase) -> int:
+    """When a phase was acquired (seconds after midnight): the contrast phases at their
+    delay after the bolus, the unenhanced scan five minutes before it."""
+    delay = {Phase.ARTERIAL: 35, Phase.VENOUS: 85}.get(phase, 0)
+    return bolus_start + delay if delay else bolus_start - 300
+
+
+def add_noise(rng: np.random.Generator, vendor: Vendor, thickness: float, hu: np.ndarray) -> None:
+    """The scanner's quantum noise, in place: thinner slices are noisier, and tube current
+    modulation changes the dose, and so the noise, from slice to slice."""
+    noise = rng.standard_normal(hu.shape, dtype=np.float32)
+    modulation = float(np.exp(rng.normal(0.0, 0.3)))
+    hu += vendor.noise_hu * modulation * (thickness / 3.0) ** -0.5 * noise
 
 
 @dataclass(frozen=True)
