@@ -203,22 +203,9 @@ SYNTH_RECORD = "synth.json"
 
 def run_synth(params: SynthParams, progress: Any = None) -> "SynthReport":
     """Write a synthetic archive and record its seed and contents in OUT/synth.json."""
-    from renalflow.tasks.synth import SynthConfig, synthesize_archive
+    from renalflow.tasks.synth import synthesize_archive
 
-    config = SynthConfig(
-        patients=params.patients,
-        seed=params.seed,
-        benign_fraction=params.benign_fraction,
-        max_slices_per_series=params.max_slices_per_series,
-        lesion_only=params.lesion_only,
-        study_slices=(params.min_study_slices, params.max_study_slices),
-        matrix=params.matrix,
-        chest_share=params.chest_share,
-        head_share=params.head_share,
-        scout_share=params.scout_share,
-        twin_share=params.twin_share,
-        seg_share=params.seg_share,
-    )
+    config = params.synth_config()
     report = synthesize_archive(params.out, config, jobs=params.workers, progress=progress)
     record: dict[str, Any] = {
         "seed": config.seed,
@@ -284,7 +271,6 @@ def train_job(params: TrainParams) -> "TrainResult":
     """Train the classifier or the slice selector (on a GPU worker of `dask_address` when
     it has one)."""
     from renalflow.flows.train import place_training, train_flow
-    from renalflow.tasks.selector import SelectorTraining
 
     config = train_config(params, params.task)
     load_s3_credentials()
@@ -300,11 +286,7 @@ def train_job(params: TrainParams) -> "TrainResult":
         config=config,
         gpu=gpu,
         task=params.task,
-        selector=SelectorTraining(
-            target_sensitivity=params.target_sensitivity,
-            hard_negative_mm=params.hard_negative_mm,
-            hard_negative_share=params.hard_negative_share,
-        ),
+        selector=params.selector_training(),
         device=params.device,
     )
 
@@ -368,18 +350,11 @@ def score_job(params: ScoreParams) -> "ScoreSummary":
     """
     from renalflow.flows.score import format_summary, score_flow, summary_dict
     from renalflow.flows.train import gpu_workers
-    from renalflow.tasks.score import ScoreConfig
 
     load_s3_credentials()
     preflight_score(params, remote=True)
     logger = get_run_logger()
-    config = ScoreConfig(
-        image_threshold=params.image_threshold,
-        vote_threshold=params.vote_threshold,
-        min_images=params.min_images,
-        explain=params.explain,
-        all_slices=params.all_slices,
-    )
+    config = params.score_config()
     gpu = False
     if params.dask_address:
         found = gpu_workers(params.dask_address)

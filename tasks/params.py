@@ -10,7 +10,8 @@ Nothing here runs anything: `flows/` turns a model into a run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+import dataclasses
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -50,10 +51,37 @@ from renalflow.tasks.config import (
 from renalflow.tasks.model import LOWEST_VAL_LOSS, check_region
 
 if TYPE_CHECKING:
+    from renalflow.tasks.score import ScoreConfig
+    from renalflow.tasks.selector import SelectorTraining
     from renalflow.tasks.sources.query import PacsSettings
+    from renalflow.tasks.synth import SynthConfig
 
 _PREPROCESS = PreprocessConfig()
 _SYNTH = SynthDefaults()
+
+
+Share = Annotated[float, Field(ge=0, le=1)]
+"""A share of a whole, from 0 to 1 (an option's description says of what)."""
+
+C = TypeVar("C")
+
+
+def config_from(
+    params: BaseModel, config_type: type[C], *, defaults: tuple[str, ...] = (), **given: Any
+) -> C:
+    """The task's config dataclass from a job's parameters: each of its fields from the
+    parameter of the same name, or from `given`; those in `defaults` keep the config's
+    default (they are not options). A field in none of them is a bug: it fails here, so
+    a new config field is never silently left at its default."""
+    names = {f.name for f in dataclasses.fields(config_type)}  # type: ignore[arg-type]
+    taken = names & set(type(params).model_fields) - set(given) - set(defaults)
+    missing = names - taken - set(given) - set(defaults)
+    if missing:
+        raise TypeError(
+            f"{config_type.__name__} field(s) {sorted(missing)} have no parameter in "
+            f"{type(params).__name__}: add the option, pass them, or name them in defaults"
+        )
+    return config_type(**{name: getattr(params, name) for name in taken}, **given)
 
 
 def positional(**extra: Any) -> dict[str, Any]:
@@ -245,10 +273,8 @@ class SynthParams(JobParams):
     )
     patients: int = Field(default=20, ge=1, description="number of patients")
     seed: int = Field(default=0, description="random seed; recorded in OUT/synth.json")
-    benign_fraction: float = Field(
+    benign_fraction: Share = Field(
         default=0.19,
-        ge=0,
-        le=1,
         description="share of benign (oncocytoma) patients (the paper's cohort had 0.19)",
     )
     lesion_only: bool = Field(
@@ -277,29 +303,23 @@ class SynthParams(JobParams):
         description="whole studies: Rows and Columns of every image (512 as scanners write; "
         "less for quick tests)",
     )
-    chest_share: float = Field(
-        default=_SYNTH.chest_share, ge=0, le=1, description="share of patients with a chest CT"
+    chest_share: Share = Field(
+        default=_SYNTH.chest_share, description="share of patients with a chest CT"
     )
-    head_share: float = Field(
-        default=_SYNTH.head_share, ge=0, le=1, description="share of patients with a head CT"
+    head_share: Share = Field(
+        default=_SYNTH.head_share, description="share of patients with a head CT"
     )
-    scout_share: float = Field(
+    scout_share: Share = Field(
         default=_SYNTH.scout_share,
-        ge=0,
-        le=1,
         description="share of abdominal studies with a scout (localizer) image",
     )
-    twin_share: float = Field(
+    twin_share: Share = Field(
         default=_SYNTH.twin_share,
-        ge=0,
-        le=1,
         description="share of abdominal studies with one phase also reconstructed thin "
         "(same acquisition and FrameOfReferenceUID, another series)",
     )
-    seg_share: float = Field(
+    seg_share: Share = Field(
         default=_SYNTH.seg_share,
-        ge=0,
-        le=1,
         description="share of patients whose lesion also comes as a DICOM SEG in the archive "
         "(lesions.csv always holds every lesion)",
     )
@@ -320,6 +340,16 @@ class SynthParams(JobParams):
                 f"{_SYNTH.matrix} (leave --matrix out)"
             )
         return self
+
+    def synth_config(self) -> SynthConfig:
+        from renalflow.tasks.synth import SynthConfig
+
+        return config_from(
+            self,
+            SynthConfig,
+            study_slices=(self.min_study_slices, self.max_study_slices),
+            defaults=("syntaxes", "first_study_year", "last_study_year", "patient_prefix"),
+        )
 
 
 class PreprocessParams(JobParams):
@@ -361,14 +391,11 @@ class PreprocessParams(JobParams):
     )
 
     def preprocess_config(self) -> PreprocessConfig:
-        return PreprocessConfig(
-            window_center=self.window_center,
-            window_width=self.window_width,
-            window_source=self.window_source,
+        return config_from(
+            self,
+            PreprocessConfig,
             output_size=self.size,
-            interpolation=self.interpolation,
             max_axial_angle_deg=self.max_axial_angle,
-            keep_derived=self.keep_derived,
         )
 
 
@@ -586,6 +613,11 @@ class TrainParams(TrainingOptions):
         json_schema_extra=cli(metavar="ADDRESS"),
     )
 
+    def selector_training(self) -> SelectorTraining:
+        from renalflow.tasks.selector import SelectorTraining
+
+        return config_from(self, SelectorTraining)
+
 
 class VoteParams(JobParams):
     """The decision rule's two thresholds, as evaluation and scoring take them."""
@@ -658,6 +690,14 @@ class ScoreParams(ScreeningParams, VoteParams, ClusterParams, SummaryParams):
         default=None,
         description="where the heat maps go (default: RESULTS.heatmaps beside the results)",
     )
+
+    def score_config(self) -> ScoreConfig:
+        from renalflow.tasks.score import ScoreConfig
+
+        # Not options: the inference batch, the heat maps per side, the series rule.
+        return config_from(
+            self, ScoreConfig, defaults=("batch_size", "explain_per_side", "series_rule")
+        )
 
 
 class PipelineParams(TrainingOptions, PreprocessParams, ClusterParams, SummaryParams):
@@ -993,10 +1033,8 @@ class DemoParams(JobParams):
 
     out: str = Field(default="renalflow-demo", description="working folder")
     patients: int = Field(default=100, ge=1, description="synthetic development patients")
-    benign_fraction: float = Field(
+    benign_fraction: Share = Field(
         default=0.5,
-        ge=0,
-        le=1,
         description="benign share of the development patients (our choice: 0.5, so that the "
         "20 test patients hold about 10 benign ones and the AUC means something; the "
         "paper's cohort had 0.19)",
