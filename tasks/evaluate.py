@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from renalflow.tasks.config import (
-    DEVELOPMENT,
     IMAGE_THRESHOLD,
     SEED,
     VOTE_THRESHOLD,
@@ -24,8 +22,10 @@ from renalflow.tasks.dataset import SliceSet, load_mass_slices
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.explain import heatmaps, write_overlay
 from renalflow.tasks.metrics import (
+    auc_record,
     binary_metrics,
     bootstrap_auc_ci,
+    defined,
     evaluation_warnings,
     roc_auc,
     roc_curve,
@@ -34,6 +34,7 @@ from renalflow.tasks.model import predict_probabilities
 from renalflow.tasks.model_dir import (
     ModelDir,
     check_store_matches,
+    evaluated_set,
     load_model,
     model_task,
     model_version,
@@ -41,7 +42,6 @@ from renalflow.tasks.model_dir import (
 )
 from renalflow.tasks.report import decimal, percent, write_html
 from renalflow.tasks.selector import evaluate_selector
-from renalflow.tasks.split import load_split
 from renalflow.tasks.vote import deciding_slices, malignant_images, vote
 
 # The paper's results (Pedersen et al. 2020, Table 2/3), for the report.
@@ -78,35 +78,6 @@ def patient_table(
     return pd.DataFrame(rows, columns=[*columns, "fraction_malignant", "vote"])
 
 
-def select_slices(
-    store_uri: str,
-    model_dir: Path,
-    split: str | None,
-    cohort: str | None,
-    split_from: str | Path | None = None,
-) -> SliceSet:
-    """The labelled slices through the mass (as training took them) of the split's
-    patients (the split of `split_from`'s model directory, default the model's own), or
-    of an external cohort."""
-    if cohort and cohort != DEVELOPMENT:
-        slices, _ = load_mass_slices(store_uri, cohorts=[cohort])
-        if len(slices) == 0:
-            raise InputError(f"no labelled slices of cohort {cohort!r} in {store_uri}")
-        return slices
-    assignment = load_split(ModelDir(split_from or model_dir).split)
-    wanted = split or Split.TEST.value
-    patients = {p for p, s in assignment.items() if s == wanted}
-    if not patients:
-        raise InputError(f"the split in {model_dir} has no {wanted!r} patients")
-    slices, _ = load_mass_slices(store_uri, cohorts=[DEVELOPMENT], patients=patients)
-    return slices
-
-
-def _defined(value: Any) -> Any:
-    """None for an undefined (NaN) figure, else the value."""
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
 def evaluate(
     store_uri: str,
     model_dir: str | Path,
@@ -139,7 +110,10 @@ def evaluate(
     model_dir, report = Path(model_dir), Path(report_dir)
     check_store_matches(model_dir, store_uri)
     report.mkdir(parents=True, exist_ok=True)
-    slices = select_slices(store_uri, model_dir, split, cohort, split_from)
+    target = evaluated_set(model_dir, split, cohort, split_from)
+    slices, _ = load_mass_slices(store_uri, cohorts=[target.cohort], patients=target.patients)
+    if len(slices) == 0:
+        raise InputError(f"no labelled slices to evaluate ({target.name}) in {store_uri}")
     model = load_model(model_dir)
     probabilities = predict_probabilities(model, slices.images)
     y = slices.labels.astype(int)
@@ -153,7 +127,7 @@ def evaluate(
         (patients["label"] == Label.MALIGNANT.value).to_numpy(),
         (patients["vote"] == Label.MALIGNANT.value).to_numpy(),
     )
-    name = cohort if cohort and cohort != DEVELOPMENT else f"{split or Split.TEST.value} split"
+    name = target.name
     metrics: dict[str, Any] = {
         "evaluated": name,
         "store": store_uri,
@@ -161,21 +135,13 @@ def evaluate(
         "model_version": model_version(model_dir),
         "image_threshold": image_threshold,
         "vote_threshold": vote_threshold,
-        "image": {
-            "auc": _defined(auc),
-            "auc_ci95": [_defined(interval.low), _defined(interval.high)],
-            "auc_ci_method": (
-                f"percentile bootstrap over patients, {interval.used} of {n_bootstrap} "
-                f"resamples usable, seed {seed}"
-            ),
-            **image_metrics.to_dict(),
-        },
+        "image": {**auc_record(auc, interval, seed), **image_metrics.to_dict()},
         "patient": {**patient_metrics.to_dict(), "false_negatives": patient_metrics.fn},
         "warnings": evaluation_warnings(y, interval, len(patients)),
         "seconds": time.perf_counter() - started,
     }
     for key in ("image", "patient"):  # JSON has no NaN: an undefined figure is null
-        metrics[key] = {k: _defined(v) for k, v in metrics[key].items()}
+        metrics[key] = {k: defined(v) for k, v in metrics[key].items()}
     patients.to_csv(report / "patients.csv", index=False)
     _plot_roc(y, probabilities, auc, report / "roc.png", name)
     metrics["heatmaps"] = _explain_misclassified(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -118,6 +119,23 @@ def bootstrap_auc_ci(
     alpha = (1 - level) / 2
     low, high = float(np.quantile(aucs, alpha)), float(np.quantile(aucs, 1 - alpha))
     return AucInterval(low, high, len(aucs), n_boot)
+
+
+def defined(value: Any) -> Any:
+    """None for an undefined (NaN) figure, else the value: JSON has no NaN."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def auc_record(auc: float, interval: AucInterval, seed: int) -> dict[str, Any]:
+    """The AUC, its bootstrap interval and how it was made, as metrics.json holds them."""
+    return {
+        "auc": defined(auc),
+        "auc_ci95": [defined(interval.low), defined(interval.high)],
+        "auc_ci_method": (
+            f"percentile bootstrap over patients, {interval.used} of {interval.requested} "
+            f"resamples usable, seed {seed}"
+        ),
+    }
 
 
 def evaluation_warnings(

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from renalflow.tasks.config import InTraining, PreprocessConfig, Split, Task
-from renalflow.tasks.errors import ModelError, StoreError
+from renalflow.tasks.config import DEVELOPMENT, InTraining, PreprocessConfig, Split, Task
+from renalflow.tasks.errors import InputError, ModelError, StoreError
 from renalflow.tasks.pseudonym import patient_pseudonym
 from renalflow.tasks.split import load_split
 from renalflow.tasks.store import read_manifest
@@ -252,3 +252,32 @@ def training_membership(model_dir: str | Path, key: bytes) -> dict[str, InTraini
         patient_pseudonym(key, patient): _MEMBERSHIP.get(split, InTraining.NONE)
         for patient, split in load_split(where.split).items()
     }
+
+
+@dataclass(frozen=True)
+class EvaluatedSet:
+    """The patients an evaluation takes: a split of the development cohort, or an
+    external cohort."""
+
+    name: str  # as reports name it: "test split", or the cohort's name
+    cohort: str
+    patients: set[str] | None  # None: every patient of the cohort
+
+
+def evaluated_set(
+    model_dir: str | Path,
+    split: str | None,
+    cohort: str | None,
+    split_from: str | Path | None = None,
+) -> EvaluatedSet:
+    """An external `cohort`, or the `split` (default: test) of the development cohort as
+    the model's split.json assigns it (`split_from`: another model directory's split, to
+    compare two models on the same held-out patients)."""
+    if cohort and cohort != DEVELOPMENT:
+        return EvaluatedSet(cohort, cohort, None)
+    wanted = split or Split.TEST.value
+    source = split_from or model_dir
+    patients = {p for p, s in load_split(ModelDir(source).split).items() if s == wanted}
+    if not patients:
+        raise InputError(f"the split in {source} has no {wanted!r} patients")
+    return EvaluatedSet(f"{wanted} split", DEVELOPMENT, patients)

@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 from renalflow.tasks.config import (
-    DEVELOPMENT,
     SEED,
     SELECTOR_HARD_NEGATIVE_MM,
     SELECTOR_HARD_NEGATIVE_SHARE,
@@ -40,8 +39,10 @@ from renalflow.tasks.config import (
 from renalflow.tasks.dataset import SliceSet, load_slices
 from renalflow.tasks.errors import InputError
 from renalflow.tasks.metrics import (
+    auc_record,
     binary_metrics,
     bootstrap_auc_ci,
+    defined,
     roc_auc,
     roc_curve,
     wilson_interval,
@@ -50,12 +51,13 @@ from renalflow.tasks.model import predict_probabilities
 from renalflow.tasks.model_dir import (
     ModelDir,
     check_store_matches,
+    evaluated_set,
     load_model,
     profile_note,
     read_model_info,
     require_task,
 )
-from renalflow.tasks.split import load_split, oversample_indices
+from renalflow.tasks.split import oversample_indices
 
 UNLABELLED = "unlabelled"
 """The split stratum of a patient without a histology label (annotated, not labelled)."""
@@ -209,25 +211,6 @@ def study_recall(meta: pd.DataFrame, lesion: np.ndarray, selected: np.ndarray) -
     return pd.DataFrame(rows, columns=[*columns, "other_selected"])
 
 
-def _evaluation_slices(
-    store_uri: str, model_dir: Path, split: str | None, cohort: str | None
-) -> SliceSet:
-    if cohort and cohort != DEVELOPMENT:
-        slices = selector_slices(load_slices(store_uri, cohorts=[cohort]))
-        if len(slices) == 0:
-            raise no_annotations_error(store_uri, cohort)
-        return slices
-    wanted = split or Split.TEST.value
-    patients = {p for p, s in load_split(ModelDir(model_dir).split).items() if s == wanted}
-    if not patients:
-        raise InputError(f"the split in {model_dir} has no {wanted!r} patients")
-    return selector_slices(load_slices(store_uri, cohorts=[DEVELOPMENT], patients=patients))
-
-
-def _defined(value: float | None) -> float | None:
-    return None if value is None or math.isnan(value) else float(value)
-
-
 def selector_warnings(lesion: np.ndarray, studies: int, patients: int) -> list[str]:
     """What makes a selector's figures undefined or very uncertain on this set."""
     y = np.asarray(lesion).astype(bool)
@@ -266,7 +249,12 @@ def evaluate_selector(
     require_task(info, Task.SELECTOR)
     chosen = read_threshold(model_dir)
     check_store_matches(model_dir, store_uri)
-    slices = _evaluation_slices(store_uri, model_dir, split, cohort)
+    target = evaluated_set(model_dir, split, cohort)
+    slices = selector_slices(
+        load_slices(store_uri, cohorts=[target.cohort], patients=target.patients)
+    )
+    if len(slices) == 0:
+        raise no_annotations_error(store_uri, target.cohort)
     report.mkdir(parents=True, exist_ok=True)
     probabilities = predict_probabilities(load_model(model_dir), slices.images)
     y = slices.labels.astype(bool)
@@ -278,9 +266,8 @@ def evaluate_selector(
     interval = bootstrap_auc_ci(y, probabilities, groups, n_boot=n_bootstrap, seed=seed)
     studies = study_recall(slices.meta, y, selected)
     shares = studies["share_found"].to_numpy(dtype=float)
-    name = cohort if cohort and cohort != DEVELOPMENT else f"{split or Split.TEST.value} split"
     metrics: dict[str, Any] = {
-        "evaluated": name,
+        "evaluated": target.name,
         "task": Task.SELECTOR.value,
         "store": store_uri,
         "model_dir": str(model_dir),
@@ -289,22 +276,17 @@ def evaluate_selector(
         "target_sensitivity": chosen.target_sensitivity,
         "validation": chosen.to_dict(),
         "slice": {
-            **{k: _defined(v) if isinstance(v, float) else v for k, v in counts.to_dict().items()},
-            "sensitivity_ci95": [_defined(v) for v in sensitivity_ci],
-            "specificity_ci95": [_defined(v) for v in specificity_ci],
+            **{k: defined(v) if isinstance(v, float) else v for k, v in counts.to_dict().items()},
+            "sensitivity_ci95": [defined(v) for v in sensitivity_ci],
+            "specificity_ci95": [defined(v) for v in specificity_ci],
             "ci_method": "Wilson score interval, 95%, counting slices as independent (slices "
             "of one study are not, so the intervals are narrower than a patient-level one)",
-            "auc": _defined(roc_auc(y, probabilities)),
-            "auc_ci95": [_defined(interval.low), _defined(interval.high)],
-            "auc_ci_method": (
-                f"percentile bootstrap over patients, {interval.used} of {n_bootstrap} "
-                f"resamples usable, seed {seed}"
-            ),
+            **auc_record(roc_auc(y, probabilities), interval, seed),
         },
         "study": {
             "studies_with_lesion": len(studies),
-            "share_found_median": _defined(float(np.median(shares))) if len(shares) else None,
-            "share_found_min": _defined(float(shares.min())) if len(shares) else None,
+            "share_found_median": defined(float(np.median(shares))) if len(shares) else None,
+            "share_found_min": defined(float(shares.min())) if len(shares) else None,
             "studies_none_found": int((studies["found"] == 0).sum()),
         },
         "patients": len(set(groups)),

@@ -79,3 +79,13 @@ def test_wilson_interval_gives_newcombes_published_figures():
         assert got == pytest.approx((low, high), abs=5e-5), (k, n)
     assert wilson_interval(20, 20)[1] == 1.0
     assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+def test_an_undefined_auc_is_null_in_its_record_and_the_method_says_what_was_used():
+    from renalflow.tasks.metrics import AucInterval, auc_record
+
+    record = auc_record(float("nan"), AucInterval(float("nan"), float("nan"), 0, 200), seed=7)
+    assert record["auc"] is None and record["auc_ci95"] == [None, None]
+    assert record["auc_ci_method"] == (
+        "percentile bootstrap over patients, 0 of 200 resamples usable, seed 7"
+    )

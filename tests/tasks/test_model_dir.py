@@ -72,3 +72,25 @@ def test_training_membership_is_the_split_under_the_results_key(tmp_path):
         patient_pseudonym(key, "P2"): InTraining.VALIDATION,
         patient_pseudonym(key, "P3"): InTraining.NONE,
     }
+
+
+def test_an_evaluation_takes_the_models_split_or_another_models_or_a_cohort(tmp_path):
+    from renalflow.tasks.errors import InputError
+    from renalflow.tasks.model_dir import evaluated_set
+    from renalflow.tasks.split import SplitConfig, save_split
+
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    for root, assignment in (
+        (mine, {"P1": "train", "P2": "test", "P3": "test"}),
+        (other, {"P1": "test", "P2": "validation"}),
+    ):
+        root.mkdir()
+        labels = dict.fromkeys(assignment, "benign")
+        save_split(assignment, labels, SplitConfig(), ModelDir(root).split)
+    test = evaluated_set(mine, None, None)
+    assert (test.name, test.cohort, test.patients) == ("test split", "development", {"P2", "P3"})
+    assert evaluated_set(mine, "validation", "development", split_from=other).patients == {"P2"}
+    external = evaluated_set(mine, None, "hospital-b")
+    assert (external.name, external.cohort, external.patients) == ("hospital-b", "hospital-b", None)
+    with pytest.raises(InputError, match="has no 'validation' patients"):
+        evaluated_set(mine, "validation", None)
