@@ -28,15 +28,17 @@ from renalflow.tasks.sources.credentials import (
     credentials_from_env,
 )
 from renalflow.tasks.sources.query import (
-    MODALITY,
+    INSTANCE_KEYS,
+    SERIES_KEYS,
+    STUDY_KEYS,
     InstanceRef,
     PacsSettings,
     SeriesRef,
     Sink,
     StudyRef,
-    dicom_range,
     instance_refs,
     series_refs,
+    study_matching,
     study_refs,
 )
 
@@ -73,6 +75,11 @@ def _paged(
         seen.update(_text(item, key) for item in fresh)
         if len(page) < QIDO_PAGE or not fresh:
             return results
+
+
+def _study_filters(dates: tuple[str, str] | None) -> dict[str, str]:
+    """QIDO-RS filters of the study query (an empty key is left out: any value)."""
+    return {key: value for key, value in study_matching(dates).items() if value}
 
 
 def _text(item: dict[str, Any], keyword: str) -> str:
@@ -169,18 +176,15 @@ class DicomwebPacs:
 
     def check(self) -> None:
         with self._errors("a first study query"):
-            self._client.search_for_studies(limit=1, search_filters={"ModalitiesInStudy": MODALITY})
+            self._client.search_for_studies(limit=1, search_filters=_study_filters(None))
 
     def find_studies(self, dates: tuple[str, str] | None) -> list[StudyRef]:
-        filters: dict[str, Any] = {"ModalitiesInStudy": MODALITY}
-        if dates is not None:
-            filters["StudyDate"] = dicom_range(dates)
         with self._errors("finding studies"):
             found = _paged(
                 self._client.search_for_studies,
                 "StudyInstanceUID",
-                search_filters=filters,
-                fields=["StudyDescription", "StudyDate", "ModalitiesInStudy"],
+                search_filters=_study_filters(dates),
+                fields=list(STUDY_KEYS),
             )
         return study_refs(found, _text, _strings)
 
@@ -190,7 +194,7 @@ class DicomwebPacs:
                 self._client.search_for_series,
                 "SeriesInstanceUID",
                 study_instance_uid=study,
-                fields=["Modality", "BodyPartExamined", "SeriesDescription"],
+                fields=list(SERIES_KEYS),
             )
         return series_refs(found, _text)
 
@@ -201,7 +205,7 @@ class DicomwebPacs:
                 "SOPInstanceUID",
                 study_instance_uid=study,
                 series_instance_uid=series,
-                fields=["ImageType"],
+                fields=list(INSTANCE_KEYS),
             )
         return instance_refs(found, _text, _strings)
 

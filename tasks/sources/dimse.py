@@ -40,15 +40,17 @@ from renalflow.tasks.sources import (
     check_ae_title,
 )
 from renalflow.tasks.sources.query import (
-    MODALITY,
+    INSTANCE_KEYS,
+    SERIES_KEYS,
+    STUDY_KEYS,
     InstanceRef,
     PacsSettings,
     SeriesRef,
     Sink,
     StudyRef,
-    dicom_range,
     instance_refs,
     series_refs,
+    study_matching,
     study_refs,
 )
 
@@ -80,6 +82,18 @@ _REJECT_REASONS = {
     7: "the called AE title {called!r} is not the PACS's: check the AE title in the archive "
     "URI (dimse://AET@host:port)",
 }
+
+
+def _query(level: str, returned: tuple[str, ...] = (), **matching: str) -> Dataset:
+    """A C-FIND or C-GET identifier at `level`: `returned` keys empty (the PACS fills
+    them in), `matching` keys with their values."""
+    query = Dataset()
+    query.QueryRetrieveLevel = level
+    for keyword in returned:
+        setattr(query, keyword, "")
+    for keyword, value in matching.items():
+        setattr(query, keyword, value)
+    return query
 
 
 def _status(status: Dataset) -> int:
@@ -192,9 +206,7 @@ class DimsePacs:
     def check(self) -> None:
         """Associate and ask one study query: a PACS that does not know the calling AE
         title often accepts the association and only then aborts it, on the first C-FIND."""
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = "1.2.3.4"  # matches nothing; only the answer matters
+        query = _query("STUDY", StudyInstanceUID="1.2.3.4")  # matches nothing: only the answer
         with self._association() as assoc:
             try:
                 self._find(assoc, query, "a first study query")
@@ -207,55 +219,37 @@ class DimsePacs:
                 ) from err
 
     def find_studies(self, dates: tuple[str, str] | None) -> list[StudyRef]:
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = ""
-        query.ModalitiesInStudy = MODALITY
-        query.StudyDate = dicom_range(dates)
-        query.StudyDescription = ""
+        query = _query("STUDY", ("StudyInstanceUID", *STUDY_KEYS), **study_matching(dates))
         with self._association() as assoc:
             found = self._find(assoc, query, "finding studies")
         return study_refs(found, _text, _multi)
 
     def find_series(self, study: str) -> list[SeriesRef]:
-        query = Dataset()
-        query.QueryRetrieveLevel = "SERIES"
-        query.StudyInstanceUID = study
-        query.SeriesInstanceUID = ""
-        query.Modality = ""
-        query.BodyPartExamined = ""
-        query.SeriesDescription = ""
+        query = _query("SERIES", ("SeriesInstanceUID", *SERIES_KEYS), StudyInstanceUID=study)
         with self._association() as assoc:
             found = self._find(assoc, query, f"listing the series of study {study}")
         return series_refs(found, _text)
 
     def find_instances(self, study: str, series: str) -> list[InstanceRef]:
-        query = Dataset()
-        query.QueryRetrieveLevel = "IMAGE"
-        query.StudyInstanceUID = study
-        query.SeriesInstanceUID = series
-        query.SOPInstanceUID = ""
-        query.ImageType = ""
+        query = _query(
+            "IMAGE",
+            ("SOPInstanceUID", *INSTANCE_KEYS),
+            StudyInstanceUID=study,
+            SeriesInstanceUID=series,
+        )
         with self._association() as assoc:
             found = self._find(assoc, query, f"listing the instances of series {series}")
         return instance_refs(found, _text, _multi)
 
     def fetch_series(self, study: str, series: str, sink: Sink) -> None:
-        query = Dataset()
-        query.QueryRetrieveLevel = "SERIES"
-        query.StudyInstanceUID = study
-        query.SeriesInstanceUID = series
+        query = _query("SERIES", StudyInstanceUID=study, SeriesInstanceUID=series)
         self._get([query], study, series, sink, f"retrieving series {series}")
 
     def fetch_instances(self, study: str, series: str, sops: list[str], sink: Sink) -> None:
-        queries = []
-        for sop in sops:
-            query = Dataset()
-            query.QueryRetrieveLevel = "IMAGE"
-            query.StudyInstanceUID = study
-            query.SeriesInstanceUID = series
-            query.SOPInstanceUID = sop
-            queries.append(query)
+        queries = [
+            _query("IMAGE", StudyInstanceUID=study, SeriesInstanceUID=series, SOPInstanceUID=sop)
+            for sop in sops
+        ]
         self._get(queries, study, series, sink, f"retrieving instances of series {series}")
 
     def _get(self, queries: list[Dataset], study: str, series: str, sink: Sink, what: str) -> None:

@@ -60,6 +60,20 @@ class InstanceRef:
 A = TypeVar("A")
 """One answer of a PACS query: a C-FIND identifier or a QIDO-RS item."""
 
+STUDY_KEYS = ("StudyDate", "StudyDescription", "ModalitiesInStudy")
+"""What `study_refs` reads of a study besides its StudyInstanceUID: every study query
+asks for these (DICOMweb and DIMSE alike)."""
+SERIES_KEYS = ("Modality", "BodyPartExamined", "SeriesDescription")
+"""What `series_refs` reads of a series besides its SeriesInstanceUID."""
+INSTANCE_KEYS = ("ImageType",)
+"""What `instance_refs` reads of an instance besides its SOPInstanceUID."""
+
+
+def study_matching(dates: tuple[str, str] | None) -> dict[str, str]:
+    """The study query's matching keys: CT in the study, StudyDate in `dates` (empty:
+    any date)."""
+    return {"ModalitiesInStudy": MODALITY, "StudyDate": dicom_range(dates)}
+
 
 def study_refs(
     answers: Iterable[A],

@@ -78,3 +78,42 @@ def test_localizers_are_never_fetched():
     assert instance_wanted(InstanceRef("1", ("ORIGINAL", "PRIMARY", "AXIAL")))
     assert instance_wanted(InstanceRef("1"))
     assert not instance_wanted(InstanceRef("1", ("ORIGINAL", "PRIMARY", "localizer")))
+
+
+def test_the_keys_every_query_asks_for_are_what_the_readers_read():
+    from pydicom.dataset import Dataset
+
+    from renalflow.tasks.sources.query import (
+        INSTANCE_KEYS,
+        SERIES_KEYS,
+        STUDY_KEYS,
+        instance_refs,
+        series_refs,
+        study_matching,
+        study_refs,
+    )
+
+    def answer(uid_key: str, keys: tuple[str, ...]) -> Dataset:
+        ds = Dataset()
+        setattr(ds, uid_key, "1.2.3")
+        for key in keys:
+            setattr(ds, key, "X")
+        return ds
+
+    def text(ds: Dataset, key: str) -> str:
+        return str(ds.get(key, ""))
+
+    def values(ds: Dataset, key: str) -> tuple[str, ...]:
+        return (str(ds[key].value),) if key in ds else ()
+
+    # An answer with only the asked keys fills every field of its reference.
+    study = study_refs([answer("StudyInstanceUID", STUDY_KEYS)], text, values)[0]
+    assert study == StudyRef("1.2.3", "X", "X", ("X",))
+    series = series_refs([answer("SeriesInstanceUID", SERIES_KEYS)], text)[0]
+    assert series == SeriesRef("1.2.3", "X", "X", "X")
+    instance = instance_refs([answer("SOPInstanceUID", INSTANCE_KEYS)], text, values)[0]
+    assert instance == InstanceRef("1.2.3", ("X",))
+    assert study_matching(("20240101", "")) == {
+        "ModalitiesInStudy": "CT",
+        "StudyDate": "20240101-",
+    }
