@@ -728,6 +728,12 @@ def configure_logging(verbose: bool) -> None:
     # Read by Prefect when it sets up logging (first import), here and in children.
     os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = level
     os.environ["DASK_LOGGING__DISTRIBUTED"] = level.lower()
+    # TensorFlow's C++ start-up lines (oneDNN, CPU features, absl): read when TensorFlow
+    # loads, here and in the workers. A value the user set is kept.
+    if verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import dask
 
     dask.config.set({"logging.distributed": level.lower()})

@@ -100,6 +100,24 @@ def test_quiet_console_filters_user_mistakes_and_info(monkeypatch):
         runtime.configure_logging(verbose=False)
 
 
+def test_tensorflow_start_up_lines_follow_verbosity_unless_the_user_chose(monkeypatch):
+    for name in (runtime.VERBOSE_ENV, "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    monkeypatch.setenv("DASK_LOGGING__DISTRIBUTED", os.environ.get("DASK_LOGGING__DISTRIBUTED", ""))
+    try:
+        monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+        runtime.configure_logging(verbose=False)
+        assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+        monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
+        runtime.configure_logging(verbose=True)
+        assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+        runtime.configure_logging(verbose=False)
+        assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
+    finally:
+        runtime.configure_logging(verbose=False)
+
+
 def test_local_clusters_bind_loopback_preload_renalflow_and_follow_verbosity(monkeypatch):
     monkeypatch.setenv(runtime.VERBOSE_ENV, "0")
     kwargs = runtime.dask_task_runner(workers=3, memory_limit="2GiB").cluster_kwargs
