@@ -79,7 +79,8 @@ Typical first run (or simply `renalflow demo`):
 """
 
 EPILOG = """\
-every command takes -v (show Prefect and Dask logs) and --debug (tracebacks for errors).
+every command takes -v (show Prefect, Dask and TensorFlow logs) and --debug
+(tracebacks for errors).
 exit codes: 0 done, 2 a usage or input mistake (the message says what to do),
 1 an unexpected failure (a traceback naming the file), 130 interrupted (Ctrl-C),
 143 stopped by SIGTERM; either way the flow, its Dask cluster and a Prefect server
@@ -362,7 +363,7 @@ def _common_options() -> argparse.ArgumentParser:
         "--verbose",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="show Prefect and Dask logs (quiet by default)",
+        help="show Prefect, Dask and TensorFlow logs (quiet by default)",
     )
     common.add_argument(
         "--debug",
