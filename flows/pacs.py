@@ -52,7 +52,8 @@ from renalflow.tasks.sources.query import (
 from renalflow.tasks.sources.report import (
     StudyResult,
     pending_reports,
-    queue_report,
+    previous_reports,
+    queue_reports,
     read_report,
     record_sent,
     report_for,
@@ -218,7 +219,11 @@ def report_to_source(
     logger = get_run_logger()
     source = parse_source(archive)
     root = pacs_root(store, source)
-    queued = sum(queue_report(root, report_for(result)) for result in results)
+    previous = previous_reports(root)
+    queued = queue_reports(
+        root,
+        (report_for(result, previous.get(result.study_instance_uid, ())) for result in results),
+    )
     pending = pending_reports(root)
     logger.info(
         "results back to %s: %d new SR documents, %d to send", source.uri, queued, len(pending)

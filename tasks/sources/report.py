@@ -10,7 +10,10 @@ The document says in its title, its series description and its first item that i
 research screening result, not a diagnosis; it is marked PRELIMINARY and UNVERIFIED.
 
 Its UIDs are derived from what it says (study, model version, vote, the slices voted on),
-so writing it again gives the same instance, which a PACS stores once. Before it is sent
+so writing it again gives the same instance, which a PACS stores once. A study scored
+again (images added since, or another model) gets a new SR that names the ones the PACS
+already has for that study in its PredecessorDocumentsSequence, so a viewer shows it as
+their successor; one still waiting to be sent is withdrawn instead. Before it is sent
 it is kept beside the source's watermark (`reports/SOP.dcm`); once the PACS has it,
 `reports/SOP.sent.json` records that, so a rerun after a crash sends what is pending and
 nothing twice.
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import fsspec
@@ -39,7 +44,7 @@ from highdicom.sr import (
     TextContentItem,
 )
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import EnhancedSRStorage
 
 from renalflow.tasks.config import StudyStatus
 from renalflow.tasks.pseudonym import pseudonym
@@ -165,9 +170,19 @@ def report_uids(result: StudyResult) -> tuple[str, str]:
         repr(result.image_threshold),
         *sorted(s.sop_instance_uid for s in result.voted),
     ]
-    series = generate_uid(prefix=None, entropy_srcs=["renalflow-sr-series", *said[:2]])
-    sop = generate_uid(prefix=None, entropy_srcs=["renalflow-sr", *said])
-    return series, sop
+    return _derived_uid("renalflow-sr-series", *said[:2]), _derived_uid("renalflow-sr", *said)
+
+
+_UID_NAMESPACE = uuid.UUID("6f1c1f0e-5d8a-5b8e-9c53-2f0e4b7a9d21")
+"""renalflow's namespace for name-based UUIDs (our choice; fixed forever)."""
+
+
+def _derived_uid(*parts: str) -> str:
+    """A 2.25 UID from a name-based (SHA-1, version 5) UUID of `parts`: the same parts,
+    the same UID, on any machine (PS3.5 B.2, ISO/IEC 9834-8). pydicom's
+    generate_uid(prefix=None) cannot: it ignores its entropy sources and draws a random
+    UUID."""
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, json.dumps(parts)).int}"
 
 
 def read_evidence(uris: Iterable[str]) -> list[Dataset]:
@@ -197,10 +212,14 @@ def _finding(result: StudyResult) -> str:
     )
 
 
-def build_report(result: StudyResult, evidence: list[Dataset]) -> EnhancedSR:
+def build_report(
+    result: StudyResult, evidence: list[Dataset], previous: Sequence[Dataset] = ()
+) -> EnhancedSR:
     """The SR of one study: the disclaimer, the algorithm and model version, the vote,
     the malignant share, the thresholds, and the slices voted on as image references.
-    `evidence` holds the headers of the voted slices (or one slice of the study)."""
+    `evidence` holds the headers of the voted slices (or one slice of the study);
+    `previous`, the study's SR documents the PACS has (`previous_reports`), which this
+    one succeeds."""
     contains = RelationshipTypeValues.CONTAINS
     root = ContainerContentItem(_TITLE, is_content_continuous=False)
     items: list[ContentItem] = [
@@ -233,8 +252,12 @@ def build_report(result: StudyResult, evidence: list[Dataset]) -> EnhancedSR:
         )
     root.ContentSequence = ContentSequence(items)
     series, sop = report_uids(result)
+    earlier = sorted(
+        (p for p in previous if str(p.SOPInstanceUID) != sop), key=lambda p: p.SOPInstanceUID
+    )
     report = EnhancedSR(
         evidence=evidence,
+        previous_versions=earlier or None,
         content=root,
         series_instance_uid=series,
         series_number=SERIES_NUMBER,
@@ -269,10 +292,11 @@ def _deidentification(report: Dataset, source: Dataset) -> None:
         report.DeidentificationMethod = "not stated by the images referenced"
 
 
-def report_for(result: StudyResult) -> EnhancedSR:
-    """The SR of one study, its evidence read from the cache."""
+def report_for(result: StudyResult, previous: Sequence[Dataset] = ()) -> EnhancedSR:
+    """The SR of one study, its evidence read from the cache; `previous`: the study's
+    SR documents the PACS already has."""
     uris = [s.source_uri for s in result.voted] or [result.any_slice.source_uri]
-    return build_report(result, read_evidence(uris))
+    return build_report(result, read_evidence(uris), previous)
 
 
 # -- what waits to be sent, and what was sent -------------------------------------------
@@ -282,20 +306,30 @@ def _folder(root: str) -> str:
     return f"{root}/{REPORTS}"
 
 
-def queue_report(root: str, report: Dataset) -> bool:
-    """Keep `report` beside the source's watermark until it is sent; False when the same
-    instance was queued (or sent) before."""
+def queue_reports(root: str, reports: Iterable[Dataset]) -> int:
+    """Keep each report beside the source's watermark until it is sent; returns how many
+    were new (the same instance queued or sent before is not queued again). A report of
+    the same study still waiting to be sent is withdrawn: the new one supersedes it
+    before the PACS ever had it."""
     fs, _ = fsspec.core.url_to_fs(root)
-    path = f"{_folder(root)}/{report.SOPInstanceUID}.dcm"
-    if fs.exists(path):
-        return False
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, report, enforce_file_format=True)
-    fs.makedirs(_folder(root), exist_ok=True)
-    temporary = f"{path}.partial"
-    fs.pipe_file(temporary, buffer.getvalue())
-    fs.mv(temporary, path)
-    return True
+    waiting: dict[str, list[str]] = defaultdict(list)
+    for path in pending_reports(root):
+        waiting[str(_header(path).StudyInstanceUID)].append(path)
+    queued = 0
+    for report in reports:
+        path = f"{_folder(root)}/{report.SOPInstanceUID}.dcm"
+        if fs.exists(path):
+            continue
+        for superseded in waiting.pop(str(report.StudyInstanceUID), []):
+            fs.rm_file(superseded)
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, report, enforce_file_format=True)
+        fs.makedirs(_folder(root), exist_ok=True)
+        temporary = f"{path}.partial"
+        fs.pipe_file(temporary, buffer.getvalue())
+        fs.mv(temporary, path)
+        queued += 1
+    return queued
 
 
 def pending_reports(root: str) -> list[str]:
@@ -325,6 +359,26 @@ def sent_reports(root: str) -> dict[str, dict[str, str]]:
         for name in names
         if name.endswith(".sent.json")
     }
+
+
+def previous_reports(root: str) -> dict[str, list[Dataset]]:
+    """StudyInstanceUID -> the SR documents of that study the PACS has acknowledged, as
+    the references a successor names (Enhanced SR, their study, series and instance)."""
+    by_study: dict[str, list[Dataset]] = defaultdict(list)
+    for record in sent_reports(root).values():
+        reference = Dataset()
+        reference.SOPClassUID = EnhancedSRStorage
+        reference.SOPInstanceUID = record["sop_instance_uid"]
+        reference.StudyInstanceUID = record["study_instance_uid"]
+        reference.SeriesInstanceUID = record["series_instance_uid"]
+        by_study[record["study_instance_uid"]].append(reference)
+    return dict(by_study)
+
+
+def _header(path: str) -> Dataset:
+    fs, _ = fsspec.core.url_to_fs(path)
+    with fs.open(path, "rb") as handle:
+        return pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
 
 
 def read_report(path: str) -> Dataset:

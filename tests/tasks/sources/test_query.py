@@ -97,7 +97,7 @@ def test_the_keys_every_query_asks_for_are_what_the_readers_read():
         ds = Dataset()
         setattr(ds, uid_key, "1.2.3")
         for key in keys:
-            setattr(ds, key, "X")
+            setattr(ds, key, "20240101" if key == "StudyDate" else "X")
         return ds
 
     def text(ds: Dataset, key: str) -> str:
@@ -108,7 +108,7 @@ def test_the_keys_every_query_asks_for_are_what_the_readers_read():
 
     # An answer with only the asked keys fills every field of its reference.
     study = study_refs([answer("StudyInstanceUID", STUDY_KEYS)], text, values)[0]
-    assert study == StudyRef("1.2.3", "X", "X", ("X",))
+    assert study == StudyRef("1.2.3", "20240101", "X", ("X",))
     series = series_refs([answer("SeriesInstanceUID", SERIES_KEYS)], text)[0]
     assert series == SeriesRef("1.2.3", "X", "X", "X")
     instance = instance_refs([answer("SOPInstanceUID", INSTANCE_KEYS)], text, values)[0]
