@@ -17,7 +17,7 @@ from renalflow.flows.fanout import (
     cluster_threads,
     completed_batches,
 )
-from renalflow.flows.pacs import fetch_source
+from renalflow.flows.pacs import fetch_source, prune_source
 from renalflow.flows.runtime import load_s3_credentials
 from renalflow.tasks.config import DEVELOPMENT, PreprocessConfig
 from renalflow.tasks.ingest import (
@@ -163,6 +163,8 @@ def run_ingest(
     clear_staging(store, run_id=run_id)
 
     summary.add_unstored_patients(plan.labels)
+    if summary.source is not None and pacs is not None and pacs.prune_cache:
+        prune_source(archive, store, summary.source)  # every delivered study is stored now
     summary.seconds = time.perf_counter() - started
     summary.work_seconds = time.perf_counter() - work_started
     logger.info(

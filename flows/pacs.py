@@ -13,12 +13,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import fsspec
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.tasks import exponential_backoff
 
 from renalflow.flows.fanout import (
+    cluster_threads,
     finished_while_workers,
     retry_on_transient_io,
     worker_died,
@@ -29,6 +31,7 @@ from renalflow.tasks.sources import (
     PacsUnavailableError,
     StudyNotDelivered,
     check_pacs_store,
+    instances_folder,
     pacs_root,
     parse_source,
     plain_http_warning,
@@ -36,10 +39,12 @@ from renalflow.tasks.sources import (
 from renalflow.tasks.sources.fetch import (
     SourceSummary,
     StudyFetch,
+    StudyPrune,
     cache_size,
     fetch_study,
     make_cache,
     open_client,
+    prune_study,
 )
 from renalflow.tasks.sources.query import (
     PacsSettings,
@@ -208,6 +213,41 @@ def send_report_task(source: PacsSource, path: str, root: str, settings: PacsSet
         client.close()
     record_sent(root, report)
     return str(report.SOPInstanceUID)
+
+
+@task(
+    name="prune-study", cache_policy=NO_CACHE, retries=2, retry_condition_fn=retry_on_transient_io
+)
+def prune_study_task(store: str, source: PacsSource, study: str) -> StudyPrune:
+    return prune_study(store, source, study)
+
+
+def prune_source(archive: str, store: str, summary: SourceSummary) -> None:
+    """--prune-cache, after ingest: keep only the headers of the cached studies the
+    watermark records as delivered whole (their instances are all in the store now), one
+    task per study on the workers; a study whose worker dies is left as it was."""
+    logger = get_run_logger()
+    source = parse_source(archive)
+    mark = read_watermark(pacs_root(store, source))
+    fs, path = fsspec.core.url_to_fs(instances_folder(store, source))
+    try:
+        cached = {str(name).rsplit("/", 1)[-1] for name in fs.ls(path, detail=False)}
+    except FileNotFoundError:
+        cached = set()
+    studies = sorted(cached & mark.delivered)
+    logger.info("pruning the cache of %s: %d delivered studies", source.uri, len(studies))
+
+    def submit(study: str) -> PrefectFuture[StudyPrune]:
+        return prune_study_task.submit(store, source, study)
+
+    for study, future in bounded(submit, studies, cluster_threads()):
+        try:
+            summary.add_prune(future.result())
+        except Exception as err:
+            if not worker_died(err):
+                raise
+            logger.warning("study %s not pruned: the worker pruning it died", study)
+    summary.cache_files, summary.cache_bytes = cache_size(store, source)
 
 
 def report_to_source(

@@ -195,6 +195,7 @@ def score_flow(
         archive, store, None, cohort, info.preprocess, ingest_batch_size, run_id, pacs=pacs
     )
     summary.files_new = ingest.files_new
+    summary.source = ingest.source
 
     ensure_tables(results, key)  # a table of another key is refused before any work
     plan = plan_scoring(

@@ -122,6 +122,7 @@ def summary_dict(summary: IngestSummary) -> dict[str, Any]:
     """The summary as plain JSON-ready values (for `--summary-json` and scripts)."""
     out = asdict(summary)
     out["rejects"] = dict(summary.rejects)
+    out["source"] = summary.source.to_dict() if summary.source else None
     out["n_rejects"] = summary.n_rejects
     out["n_non_image"] = summary.n_non_image
     return out

@@ -185,6 +185,14 @@ class PacsParams(JobParams):
         json_schema_extra=cli(metavar="SECONDS"),
     )
 
+    prune_cache: bool = Field(
+        default=False,
+        description="after ingest, drop the pixels of a PACS source's cached studies that "
+        "were delivered whole and ingested, keeping each instance's header (what an SR "
+        "cites); their slices stay in the store, but re-ingesting them with other "
+        "preprocessing then needs the files again (our choice: off, the cache is kept)",
+    )
+
     def pacs_settings(self) -> PacsSettings:
         from renalflow.tasks.sources.query import PacsSettings, parse_study_dates
 
@@ -193,6 +201,7 @@ class PacsParams(JobParams):
             timeout_s=self.pacs_timeout,
             concurrency=self.pacs_concurrency,
             study_dates=parse_study_dates(self.study_dates),
+            prune_cache=self.prune_cache,
         )
 
 

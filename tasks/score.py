@@ -25,6 +25,7 @@ from renalflow.tasks.selection import (
     check_selection_possible,
     select_series,
 )
+from renalflow.tasks.sources.fetch import SourceSummary
 from renalflow.tasks.vote import check_thresholds, deciding_slices, vote
 
 
@@ -214,6 +215,7 @@ class ScoreSummary:
     selection_sources: dict[str, int] = field(default_factory=dict)
     series_skipped: dict[str, int] = field(default_factory=dict)
     patient_rows_written: int = 0
+    source: SourceSummary | None = None  # what was fetched from a PACS archive
     reports_sent: int = 0  # SR documents the PACS acknowledged (--report-to-pacs)
     reports_not_sent: dict[str, str] = field(default_factory=dict)  # SOP UID -> reason
 
@@ -249,7 +251,10 @@ def default_heatmap_dir(results: str) -> str:
 
 
 def summary_dict(summary: ScoreSummary) -> dict[str, Any]:
-    return asdict(summary)
+    """The summary as plain JSON-ready values (for `--summary-json` and scripts)."""
+    out = asdict(summary)
+    out["source"] = summary.source.to_dict() if summary.source else None
+    return out
 
 
 def format_summary(summary: ScoreSummary) -> str:
@@ -259,6 +264,7 @@ def format_summary(summary: ScoreSummary) -> str:
         f"  archive            {summary.archive}",
         f"  slice store        {summary.store}",
         f"  results            {summary.results}",
+        *(summary.source.lines() if summary.source else []),
         f"  new files          {summary.files_new:>8,}",
         f"  studies in archive {summary.studies_in_archive:>8,}",
         f"  already scored     {summary.already_scored:>8,}",

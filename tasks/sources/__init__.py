@@ -39,6 +39,9 @@ PACS_FOLDER = "_pacs"
 source (never read as data by the store: its tables are folders of their own)."""
 INSTANCES = "instances"
 """The cache of one source: STUDY/SERIES/SOP.dcm, ingested as that source's archive."""
+EVIDENCE = "evidence"
+"""Headers (no pixels) of a pruned study's instances, STUDY/SERIES/SOP.dcm as in the
+cache: what an SR sent later still cites (`--prune-cache`)."""
 
 
 class PacsError(InputError):
@@ -192,6 +195,13 @@ def uid_name(uid: str) -> str:
     if _UID.match(uid) and ".." not in uid:
         return uid
     return "x" + hashlib.sha256(uid.encode()).hexdigest()[:40]
+
+
+def evidence_uri(instance_uri: str) -> str:
+    """Where the header of a cached instance is kept once its study is pruned (the same
+    path under EVIDENCE instead of INSTANCES)."""
+    head, found, tail = instance_uri.rpartition(f"/{INSTANCES}/")
+    return f"{head}/{EVIDENCE}/{tail}" if found else instance_uri
 
 
 def instance_path(folder: str, study: str, series: str, sop: str) -> str:

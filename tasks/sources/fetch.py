@@ -6,17 +6,21 @@ worker; the flow decides how many run at once.
 
 from __future__ import annotations
 
+import io
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import fsspec
 
+from renalflow.tasks.dicom import RejectedFile, read_dataset
 from renalflow.tasks.sources import (
     PacsSource,
     SourceKind,
     StudyNotDelivered,
+    evidence_uri,
     instance_path,
     instances_folder,
     pacs_root,
@@ -70,6 +74,22 @@ class SourceSummary:
     seconds: float = 0.0
     cache_files: int = 0  # what the source's cache holds after the run
     cache_bytes: int = 0
+    studies_pruned: int = 0  # --prune-cache: studies whose pixels were dropped this run
+    bytes_pruned: int = 0
+    files_kept: int = 0  # files of pruned studies whose header could not be read: kept
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (dataclasses.asdict would turn each Counter's items into
+        tuple keys)."""
+        out = asdict(self)
+        out["studies_skipped"] = dict(self.studies_skipped)
+        out["series_skipped"] = dict(self.series_skipped)
+        return out
+
+    def add_prune(self, pruned: StudyPrune) -> None:
+        self.studies_pruned += 1 if pruned.files else 0
+        self.bytes_pruned += pruned.bytes_freed
+        self.files_kept += pruned.kept
 
     def add(self, fetched: StudyFetch) -> None:
         self.delivered += 1
@@ -103,9 +123,15 @@ class SourceSummary:
             f"{sum(self.series_skipped.values()):,} left on the PACS"
         )
         lines.append(
-            f"  PACS cache       {self.cache_files:>8,}  files, {self.cache_bytes / 1e9:,.2f} GB "
-            "(kept; see the README to free it)"
+            f"  PACS cache       {self.cache_files:>8,}  files, {_size(self.cache_bytes)}"
+            + ("" if self.studies_pruned else " (kept; --prune-cache frees it)")
         )
+        if self.studies_pruned or self.files_kept:
+            lines.append(
+                f"    pruned now     {self.studies_pruned:>8,}  studies, "
+                f"{_size(self.bytes_pruned)} freed (headers kept for SRs)"
+                + (f"; {self.files_kept:,} unreadable files kept" if self.files_kept else "")
+            )
         for uid, reason in list(self.failed.items())[:5]:
             lines.append(f"    not delivered: {uid}: {reason}")
         return lines
@@ -119,9 +145,61 @@ def make_cache(store: str, source: PacsSource) -> str:
     return folder
 
 
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e9:,.2f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:,.1f} MB"
+
+
+@dataclass
+class StudyPrune:
+    """What pruning one study's cached instances did."""
+
+    study: str  # the study's folder in the cache (uid_name of its StudyInstanceUID)
+    files: int = 0
+    bytes_freed: int = 0
+    kept: int = 0  # files whose header could not be read: left in the cache
+
+
+def prune_study(store: str, source: PacsSource, study: str) -> StudyPrune:
+    """Keep only the header of each cached instance of `study` (a folder name under the
+    cache) beside the cache (EVIDENCE), where an SR sent later still finds what it cites,
+    and delete the instance. For studies delivered whole and ingested: their slices are
+    in the store. A header is written whole before its instance is deleted, so a crash
+    loses neither; a file whose header cannot be read is kept and counted."""
+    folder = f"{instances_folder(store, source)}/{study}"
+    fs, path = fsspec.core.url_to_fs(folder)
+    done = StudyPrune(study)
+    try:
+        found = fs.find(path, detail=True)
+    except FileNotFoundError:
+        found = {}
+    if not found:  # pruned before, or never cached
+        return done
+    for name, info in sorted(found.items()):
+        try:
+            with fs.open(name, "rb") as handle:
+                header = read_dataset(handle, with_pixels=False)
+        except RejectedFile:
+            done.kept += 1
+            continue
+        for tag in [t for t in header.keys() if t >= 0x7FE00000]:  # pixels and after
+            del header[tag]
+        buffer = io.BytesIO()
+        header.save_as(buffer, enforce_file_format=True)
+        target = evidence_uri(name)
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe_file(f"{target}.partial", buffer.getvalue())
+        fs.mv(f"{target}.partial", target)
+        fs.rm_file(name)
+        done.files += 1
+        done.bytes_freed += int(info.get("size") or 0) - len(buffer.getvalue())
+    if not done.kept:
+        fs.rm(path, recursive=True)  # the empty series folders
+    return done
+
+
 def cache_size(store: str, source: PacsSource) -> tuple[int, int]:
     """(files, bytes) in the instance cache of `source`: it grows with every study
-    fetched, and renalflow never deletes from it (README: how to free it)."""
+    fetched, unless `--prune-cache` keeps only the headers of studies ingested."""
     folder = instances_folder(store, source)
     fs, path = fsspec.core.url_to_fs(folder)
     try:

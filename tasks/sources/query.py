@@ -132,6 +132,7 @@ class PacsSettings:
     lookback_days: int = PACS_LOOKBACK_DAYS
     verify_tls: bool = True
     rule: SeriesRule = field(default_factory=SeriesRule)
+    prune_cache: bool = False  # keep only headers of studies delivered and ingested
 
 
 _DATE = re.compile(r"^(\d{8})?-?(\d{8})?$")

@@ -49,6 +49,7 @@ from pydicom.uid import EnhancedSRStorage
 from renalflow.tasks.config import StudyStatus
 from renalflow.tasks.pseudonym import pseudonym
 from renalflow.tasks.selection import StudySelection
+from renalflow.tasks.sources import evidence_uri
 from renalflow.tasks.store import now_utc
 
 REPORTS = "reports"
@@ -186,9 +187,13 @@ def _derived_uid(*parts: str) -> str:
 
 
 def read_evidence(uris: Iterable[str]) -> list[Dataset]:
-    """The headers of the cached instances the SR refers to (no pixels)."""
+    """The headers of the cached instances the SR refers to (no pixels): from the cache,
+    or, for a pruned study (`--prune-cache`), from the headers kept for it."""
     headers: list[Dataset] = []
     for uri in uris:
+        fs, path = fsspec.core.url_to_fs(uri)
+        if not fs.exists(path):
+            uri = evidence_uri(uri)
         with fsspec.open(uri, "rb") as handle:
             header = pydicom.dcmread(handle, stop_before_pixels=True)
         for keyword in _COPIED:

@@ -484,6 +484,42 @@ def test_results_go_back_to_the_pacs_as_a_valid_sr_once(
         pacs.delete_modality("SR")
 
 
+@pytest.mark.slow
+def test_a_pruned_cache_keeps_the_store_and_what_the_srs_cite(
+    pacs, dask_cluster, model, pseudonym_key, tmp_path
+):
+    """--prune-cache: after ingest, the delivered studies' instances give way to their
+    headers; the store keeps every slice, SRs are still built from the kept headers and
+    sent, the summary says what was freed, and a rerun fetches and prunes nothing."""
+    from renalflow.tasks.score import format_summary
+    from renalflow.tasks.sources.query import PacsSettings
+
+    uri = pacs.dicomweb
+    settings = PacsSettings(prune_cache=True)
+    pacs.delete_modality("SR")
+    try:
+        first = _score(dask_cluster, uri, model, tmp_path, report_to_pacs=True, pacs=settings)
+        source = first.source
+        assert source.delivered > 0 and 0 < source.studies_pruned <= source.delivered
+        assert source.cache_files == 0 and source.files_kept == 0 and source.bytes_pruned > 0
+        root = pacs_root(str(tmp_path / "store"), parse_source(uri))
+        headers = sorted(Path(root, "evidence").rglob("*.dcm"))
+        assert len(headers) == source.instances_fetched
+        assert not any("PixelData" in pydicom.dcmread(h) for h in headers)
+        stored = len(_slices(tmp_path / "store"))
+        assert stored >= first.images_scored > 0
+        assert first.reports_sent == first.vote_rows_inserted > 0
+        assert len(pacs.qido("series", Modality="SR")) == first.reports_sent
+        assert "pruned now" in format_summary(first)
+
+        second = _score(dask_cluster, uri, model, tmp_path, report_to_pacs=True, pacs=settings)
+        assert second.source.delivered == 0 and second.source.studies_pruned == 0
+        assert second.studies_scored == 0 and second.reports_sent == 0
+        assert len(_slices(tmp_path / "store")) == stored
+    finally:
+        pacs.delete_modality("SR")
+
+
 def test_report_to_pacs_needs_a_pacs_archive(tmp_path, capsys):
     code = main(["score", str(tmp_path), "--model-dir", "m", "--results", "r", "--report-to-pacs"])
     err = capsys.readouterr().err.strip().splitlines()
