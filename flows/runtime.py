@@ -13,7 +13,6 @@ stopped when the command exits.
 
 from __future__ import annotations
 
-import _thread
 import atexit
 import contextlib
 import importlib.metadata
@@ -652,15 +651,31 @@ def quiet_when_stopping(hook: Any) -> Any:
 
         error = unraisable.exc_value
         if isinstance(error, TerminationSignal):
-            _thread.interrupt_main(signal.SIGTERM)
+            redeliver(signal.SIGTERM)
         elif isinstance(error, KeyboardInterrupt):
-            _thread.interrupt_main(
-                signal.SIGTERM if type(error).__name__ == "Terminated" else signal.SIGINT
-            )
+            redeliver(signal.SIGTERM if type(error).__name__ == "Terminated" else signal.SIGINT)
         elif not stopping():
             hook(unraisable)
 
     return hook_for_stops
+
+
+REDELIVER_DELAY_S = 0.05
+"""How long after an ignored stop it is sent to the main thread again (our choice)."""
+
+
+def redeliver(signum: int) -> None:
+    """Send `signum` to the main thread again, from another thread, once the hook that
+    caught it has returned. Delivered at once, in the hook, its handler's exception
+    would be ignored again (`_thread.interrupt_main` runs the handler right there when
+    called from the main thread), and the stop lost. A real signal also wakes a main
+    thread that is blocked waiting."""
+    main = threading.main_thread().ident
+    if main is None:  # no main thread left: the process is ending anyway
+        return
+    timer = threading.Timer(REDELIVER_DELAY_S, signal.pthread_kill, args=(main, signum))
+    timer.daemon = True
+    timer.start()
 
 
 def stopping() -> bool:

@@ -383,3 +383,31 @@ def test_a_cleanly_closed_worker_process_leaves_after_the_exit_hooks_of_prefect(
     else:  # a worker that did not close cleanly keeps the full teardown and its code
         assert ran == {"registered-after-setup", "registered-before-setup"}
         assert run.stdout.split() == ["3"]
+
+
+def test_a_stop_ignored_inside_a_finaliser_is_delivered_again_after_the_hook(monkeypatch):
+    """A SIGTERM whose handler raised inside a garbage-collection callback is 'ignored'
+    by Python: the hook sends it to the main thread again once it has returned, so the
+    command still stops (raised inside the hook, it would be lost a second time)."""
+    import signal
+    import types
+
+    from prefect.exceptions import TerminationSignal
+
+    class Stopped(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Stopped(signum)
+
+    seen: list[object] = []
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        hook = runtime.quiet_when_stopping(seen.append)
+        ignored = types.SimpleNamespace(exc_value=TerminationSignal(signal=signal.SIGTERM))
+        hook(ignored)  # returns: nothing raised inside the hook
+        with pytest.raises(Stopped):
+            time.sleep(5)  # the stop arrives again here, in the main thread
+        assert seen == []  # and nothing was printed
+    finally:
+        signal.signal(signal.SIGTERM, previous)
