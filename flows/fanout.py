@@ -24,7 +24,7 @@ from prefect.tasks import Task
 from prefect_dask import DaskTaskRunner
 
 from renalflow.flows.runtime import dask_dashboard, flow_run_url
-from renalflow.tasks.errors import RenalflowError, is_transient_io
+from renalflow.tasks.errors import InputError, RenalflowError, is_transient_io
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -93,7 +93,27 @@ def cluster_threads() -> int:
 
 NO_WORKERS_GRACE_S = 60.0
 """Our choice: how long a flow waits on a cluster with no workers before it fails (a
-local cluster restarts its workers within seconds; an external one may get new ones)."""
+local cluster restarts its workers within seconds; an external one may get new ones).
+A cluster whose workers wait in a batch queue sets NO_WORKERS_GRACE_CONFIG higher."""
+NO_WORKERS_GRACE_CONFIG = "renalflow.no-workers-grace"
+"""Its key in the Dask configuration (YAML, or DASK_RENALFLOW__NO_WORKERS_GRACE=600)."""
+
+
+def no_workers_grace_s() -> float:
+    """The grace the Dask configuration sets (seconds), or NO_WORKERS_GRACE_S."""
+    import dask
+
+    value = dask.config.get(NO_WORKERS_GRACE_CONFIG, NO_WORKERS_GRACE_S)
+    try:
+        grace = float(value)
+    except (TypeError, ValueError):
+        grace = -1.0
+    if not grace > 0:
+        raise InputError(
+            f"the Dask configuration sets {NO_WORKERS_GRACE_CONFIG} to {value!r}: give a "
+            "number of seconds above 0, e.g. 600"
+        )
+    return grace
 
 
 class NoWorkersError(RenalflowError):
@@ -113,7 +133,7 @@ def finished_while_workers(
     finished: queue.SimpleQueue[F],
     pending: Callable[[], str],
     kept: str,
-    grace_s: float = NO_WORKERS_GRACE_S,
+    grace_s: float | None = None,
     poll_s: float = 5.0,
 ) -> Iterator[F]:
     """Each future as done callbacks put it on `finished`, for as long as the caller
@@ -121,7 +141,8 @@ def finished_while_workers(
     with NoWorkersError, saying what is `pending` and what is `kept`.
 
     Waits on the queue, never on a signal-based timeout, so the caller's work between
-    two futures is never interrupted."""
+    two futures is never interrupted. `grace_s` defaults to `no_workers_grace_s()`."""
+    grace_s = no_workers_grace_s() if grace_s is None else grace_s
     without_since: float | None = None
     while True:
         try:
@@ -135,7 +156,9 @@ def finished_while_workers(
                 raise NoWorkersError(
                     f"the Dask cluster has had no workers for {grace_s:.0f} s with "
                     f"{pending()}: start workers for it (`dask worker SCHEDULER_ADDRESS`) "
-                    f"or run without --dask-address, then rerun; {kept} are kept"
+                    f"or run without --dask-address, then rerun (workers that take longer to "
+                    f"come: raise {NO_WORKERS_GRACE_CONFIG} in the Dask configuration); "
+                    f"{kept} are kept"
                 ) from None
             continue
         yield future
@@ -143,7 +166,7 @@ def finished_while_workers(
 
 def while_workers(
     futures: list[PrefectFuture[R]],
-    grace_s: float = NO_WORKERS_GRACE_S,
+    grace_s: float | None = None,
     poll_s: float = 5.0,
 ) -> Iterator[PrefectFuture[R]]:
     """Each future as it completes (like Prefect's as_completed), but a cluster that has

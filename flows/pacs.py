@@ -100,7 +100,7 @@ def bounded(
     submit: Callable[[T], PrefectFuture[Any]], items: list[T], limit: int
 ) -> Iterator[tuple[T, PrefectFuture[Any]]]:
     """Submit `items` keeping at most `limit` in flight; yield each with its future as it
-    completes. A cluster without workers for NO_WORKERS_GRACE_S ends the wait."""
+    completes. A cluster without workers for the no-workers grace ends the wait."""
     finished: queue.SimpleQueue[PrefectFuture[Any]] = queue.SimpleQueue()
     waiting = list(reversed(items))
     running: dict[int, T] = {}

@@ -95,14 +95,32 @@ def test_a_cluster_without_workers_fails_the_flow_in_one_line(archive, tmp_path,
         command = [sys.executable, "-m", "renalflow.flows.cli", "ingest", str(archive)]
         command += ["--store", str(tmp_path / "store"), "--dask-address"]
         command += [f"tcp://127.0.0.1:{port}"]
+        # The grace comes from the Dask configuration (default 60 s): 5 s here.
+        env = {**os.environ, "DASK_RENALFLOW__NO_WORKERS_GRACE": "5"}
         started = time.monotonic()
-        done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
         took = time.monotonic() - started
     finally:
         scheduler.terminate()
         scheduler.wait(30)
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("renalflow ingest: error: the Dask cluster has had no workers for 60 s")
-    assert "dask worker" in last and "Traceback" not in done.stderr
-    assert took < 150, f"took {took:.0f} s"
+    assert last.startswith("renalflow ingest: error: the Dask cluster has had no workers for 5 s")
+    assert "dask worker" in last and "renalflow.no-workers-grace" in last
+    assert "Traceback" not in done.stderr
+    assert took < 90, f"took {took:.0f} s"
+
+
+def test_the_no_workers_grace_is_read_from_the_dask_configuration():
+    import dask
+
+    from renalflow.flows.fanout import NO_WORKERS_GRACE_S, no_workers_grace_s
+    from renalflow.tasks.errors import InputError
+
+    assert no_workers_grace_s() == NO_WORKERS_GRACE_S
+    with dask.config.set({"renalflow.no_workers_grace": 600}):
+        assert no_workers_grace_s() == 600.0
+    for bad in ("ten minutes", 0, None):
+        with dask.config.set({"renalflow.no-workers-grace": bad}):
+            with pytest.raises(InputError, match="give a number of seconds above 0"):
+                no_workers_grace_s()
