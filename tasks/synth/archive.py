@@ -13,13 +13,15 @@ slice shows it).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import math
 import multiprocessing
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,7 +266,10 @@ def synthesize_archive(
         # after training; tests do) leaves forked children that crash when they collect
         # its objects. Forkserver children start from a clean interpreter.
         context = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        with (
+            _main_without_a_missing_file(),
+            ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool,
+        ):
             for done, result in enumerate(pool.map(_write_patient_job, work), start=1):
                 results.append(result)
                 report.slices += result.slices
@@ -290,6 +295,23 @@ def synthesize_archive(
             report.studies[kind.value] = report.studies.get(kind.value, 0) + 1
     report.seconds = time.perf_counter() - started
     return report
+
+
+@contextlib.contextmanager
+def _main_without_a_missing_file() -> Iterator[None]:
+    """While the pool runs, a __main__ read from stdin (`python -`, a notebook's kernel)
+    names no file: children would try to run `<stdin>` as a path and die. They need
+    nothing of __main__ (the work is this module's function)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or os.path.exists(path):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def archive_digest(archive: str | os.PathLike[str]) -> str:

@@ -75,3 +75,24 @@ def test_benign_share_follows_the_papers_cohort():
 def test_unknown_transfer_syntax_is_refused():
     with pytest.raises(ValueError, match="not one the generator writes"):
         SynthConfig(syntaxes={"1.2.840.10008.1.2.4.50": 1.0})
+
+
+def test_a_script_read_from_stdin_writes_with_several_processes(tmp_path: Path):
+    """`python -` (and notebook kernels) run a __main__ with no file: the writer
+    processes must still start, and write what one process writes."""
+    import subprocess
+    import sys
+
+    script = (
+        "from renalflow.tasks.synth import SynthConfig, synthesize_archive\n"
+        "config = SynthConfig(patients=2, seed=1, lesion_only=True)\n"
+        f"synthesize_archive({str(tmp_path / 'many')!r}, config, jobs=2)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    synthesize_archive(tmp_path / "one", SynthConfig(patients=2, seed=1, lesion_only=True), jobs=1)
+    assert archive_digest(tmp_path / "many" / "archive") == archive_digest(
+        tmp_path / "one" / "archive"
+    )
