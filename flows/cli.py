@@ -958,13 +958,19 @@ def _stopped(err: BaseException, signals: StopSignals | None) -> int | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from renalflow.flows.runtime import StopSignals, configure_logging, quiet_when_stopping
+    from renalflow.flows.runtime import (
+        StopRedelivery,
+        StopSignals,
+        configure_logging,
+        quiet_when_stopping,
+    )
 
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     signals = StopSignals() if in_main_thread else None
+    redelivery = StopRedelivery() if in_main_thread else None
     unraisable = sys.unraisablehook
-    sys.unraisablehook = quiet_when_stopping(unraisable)
+    sys.unraisablehook = quiet_when_stopping(unraisable, redelivery)
     debug = bool(getattr(args, "debug", False))
 
     configure_logging(verbose=bool(getattr(args, "verbose", False)))
@@ -985,6 +991,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     finally:
         sys.unraisablehook = unraisable
+        if redelivery is not None:
+            redelivery.close()
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
         if signals is not None:

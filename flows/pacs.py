@@ -227,6 +227,7 @@ def prune_source(archive: str, store: str, summary: SourceSummary) -> None:
     watermark records as delivered whole (their instances are all in the store now), one
     task per study on the workers; a study whose worker dies is left as it was."""
     logger = get_run_logger()
+    summary.prune_cache = True
     source = parse_source(archive)
     mark = read_watermark(pacs_root(store, source))
     fs, path = fsspec.core.url_to_fs(instances_folder(store, source))

@@ -20,6 +20,7 @@ import importlib.util
 import json
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -500,6 +501,10 @@ def dask_task_runner(
     """
     from prefect_dask import DaskTaskRunner
 
+    from renalflow.flows.fanout import no_workers_grace_s
+
+    no_workers_grace_s()  # a bad setting is refused before any work, not mid-run
+
     if address:
         return DaskTaskRunner(address=address)
     n_workers = workers or os.cpu_count() or 1
@@ -640,20 +645,22 @@ class StopSignals:
         os.close(self._write)
 
 
-def quiet_when_stopping(hook: Any) -> Any:
+def quiet_when_stopping(hook: Any, redelivery: StopRedelivery | None) -> Any:
     """An unraisable-exception hook for stops. A signal handler's exception raised inside
     a garbage-collection callback or a finaliser is 'ignored' by Python (it prints a
-    traceback and carries on, so the stop would be lost): the stop is raised again in
-    the main thread, and nothing is printed."""
+    traceback and carries on, so the stop would be lost): `redelivery` sends the stop to
+    the main thread again once the hook has returned, and nothing is printed."""
 
     def hook_for_stops(unraisable: Any) -> None:
         from prefect.exceptions import TerminationSignal
 
         error = unraisable.exc_value
-        if isinstance(error, TerminationSignal):
-            redeliver(signal.SIGTERM)
-        elif isinstance(error, KeyboardInterrupt):
-            redeliver(signal.SIGTERM if type(error).__name__ == "Terminated" else signal.SIGINT)
+        if isinstance(error, TerminationSignal | KeyboardInterrupt):
+            terminated = isinstance(error, TerminationSignal) or (
+                type(error).__name__ == "Terminated"
+            )
+            if redelivery is not None:
+                redelivery.put(signal.SIGTERM if terminated else signal.SIGINT)
         elif not stopping():
             hook(unraisable)
 
@@ -664,18 +671,39 @@ REDELIVER_DELAY_S = 0.05
 """How long after an ignored stop it is sent to the main thread again (our choice)."""
 
 
-def redeliver(signum: int) -> None:
-    """Send `signum` to the main thread again, from another thread, once the hook that
-    caught it has returned. Delivered at once, in the hook, its handler's exception
-    would be ignored again (`_thread.interrupt_main` runs the handler right there when
-    called from the main thread), and the stop lost. A real signal also wakes a main
-    thread that is blocked waiting."""
-    main = threading.main_thread().ident
-    if main is None:  # no main thread left: the process is ending anyway
-        return
-    timer = threading.Timer(REDELIVER_DELAY_S, signal.pthread_kill, args=(main, signum))
-    timer.daemon = True
-    timer.start()
+class StopRedelivery:
+    """Sends a stop that a finaliser swallowed to the main thread again, from a thread
+    of its own, after the hook that caught it has returned. Delivered in the hook, its
+    handler's exception would be ignored again (`_thread.interrupt_main` runs the
+    handler right there when called from the main thread). A real signal also wakes a
+    main thread blocked waiting. The hook only queues (safe inside a finaliser); a stop
+    still queued when the command ends is dropped, never sent to a default handler."""
+
+    def __init__(self) -> None:
+        self._main = threading.main_thread().ident
+        self._stops: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._run, name="renalflow-stop-redelivery", daemon=True
+        )
+        self._thread.start()
+
+    def put(self, signum: int) -> None:
+        self._stops.put(signum)
+
+    def _run(self) -> None:
+        while (signum := self._stops.get()) is not None:
+            time.sleep(REDELIVER_DELAY_S)
+            if self._closed or self._main is None:
+                continue
+            if callable(signal.getsignal(signum)):  # a Python handler: ours or Prefect's
+                signal.pthread_kill(self._main, signum)
+
+    def close(self) -> None:
+        """Stop sending (before the command restores its signal handlers)."""
+        self._closed = True
+        self._stops.put(None)
+        self._thread.join(timeout=1.0)
 
 
 def stopping() -> bool:

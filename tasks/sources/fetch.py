@@ -74,6 +74,7 @@ class SourceSummary:
     seconds: float = 0.0
     cache_files: int = 0  # what the source's cache holds after the run
     cache_bytes: int = 0
+    prune_cache: bool = False  # whether this run pruned (--prune-cache)
     studies_pruned: int = 0  # --prune-cache: studies whose pixels were dropped this run
     bytes_pruned: int = 0
     files_kept: int = 0  # files of pruned studies whose header could not be read: kept
@@ -124,7 +125,7 @@ class SourceSummary:
         )
         lines.append(
             f"  PACS cache       {self.cache_files:>8,}  files, {_size(self.cache_bytes)}"
-            + ("" if self.studies_pruned else " (kept; --prune-cache frees it)")
+            + ("" if self.prune_cache else " (kept; --prune-cache frees it)")
         )
         if self.studies_pruned or self.files_kept:
             lines.append(
@@ -184,7 +185,11 @@ def prune_study(store: str, source: PacsSource, study: str) -> StudyPrune:
         for tag in [t for t in header.keys() if t >= 0x7FE00000]:  # pixels and after
             del header[tag]
         buffer = io.BytesIO()
-        header.save_as(buffer, enforce_file_format=True)
+        try:
+            header.save_as(buffer, enforce_file_format=True)
+        except ValueError:  # no file meta to write a Part 10 file with: keep the instance
+            done.kept += 1
+            continue
         target = evidence_uri(name)
         fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         fs.pipe_file(f"{target}.partial", buffer.getvalue())

@@ -11,9 +11,11 @@ research screening result, not a diagnosis; it is marked PRELIMINARY and UNVERIF
 
 Its UIDs are derived from what it says (study, model version, vote, the slices voted on),
 so writing it again gives the same instance, which a PACS stores once. A study scored
-again (images added since, or another model) gets a new SR that names the ones the PACS
-already has for that study in its PredecessorDocumentsSequence, so a viewer shows it as
-their successor; one still waiting to be sent is withdrawn instead. Before it is sent
+again (images added since, or another model on the same slice store) gets a new SR that
+names the ones this store's records say the PACS has for that study in its
+PredecessorDocumentsSequence, so a viewer shows it as their successor; one still
+waiting to be sent is withdrawn instead. (A model with other preprocessing scores from
+a store of its own, whose records know nothing of the first.) Before it is sent
 it is kept beside the source's watermark (`reports/SOP.dcm`); once the PACS has it,
 `reports/SOP.sent.json` records that, so a rerun after a crash sends what is pending and
 nothing twice.
@@ -191,11 +193,12 @@ def read_evidence(uris: Iterable[str]) -> list[Dataset]:
     or, for a pruned study (`--prune-cache`), from the headers kept for it."""
     headers: list[Dataset] = []
     for uri in uris:
-        fs, path = fsspec.core.url_to_fs(uri)
-        if not fs.exists(path):
-            uri = evidence_uri(uri)
-        with fsspec.open(uri, "rb") as handle:
-            header = pydicom.dcmread(handle, stop_before_pixels=True)
+        try:
+            with fsspec.open(uri, "rb") as handle:
+                header = pydicom.dcmread(handle, stop_before_pixels=True)
+        except FileNotFoundError:  # pruned: its header was kept
+            with fsspec.open(evidence_uri(uri), "rb") as handle:
+                header = pydicom.dcmread(handle, stop_before_pixels=True)
         for keyword in _COPIED:
             if keyword not in header:
                 setattr(header, keyword, "")
@@ -325,8 +328,6 @@ def queue_reports(root: str, reports: Iterable[Dataset]) -> int:
         path = f"{_folder(root)}/{report.SOPInstanceUID}.dcm"
         if fs.exists(path):
             continue
-        for superseded in waiting.pop(str(report.StudyInstanceUID), []):
-            fs.rm_file(superseded)
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, report, enforce_file_format=True)
         fs.makedirs(_folder(root), exist_ok=True)
@@ -334,6 +335,9 @@ def queue_reports(root: str, reports: Iterable[Dataset]) -> int:
         fs.pipe_file(temporary, buffer.getvalue())
         fs.mv(temporary, path)
         queued += 1
+        # Only once its successor is in place: a crash in between leaves both, never none.
+        for superseded in waiting.pop(str(report.StudyInstanceUID), []):
+            fs.rm_file(superseded)
     return queued
 
 

@@ -402,12 +402,18 @@ def test_a_stop_ignored_inside_a_finaliser_is_delivered_again_after_the_hook(mon
 
     seen: list[object] = []
     previous = signal.signal(signal.SIGTERM, handler)
+    redelivery = runtime.StopRedelivery()
     try:
-        hook = runtime.quiet_when_stopping(seen.append)
+        hook = runtime.quiet_when_stopping(seen.append, redelivery)
         ignored = types.SimpleNamespace(exc_value=TerminationSignal(signal=signal.SIGTERM))
         hook(ignored)  # returns: nothing raised inside the hook
         with pytest.raises(Stopped):
             time.sleep(5)  # the stop arrives again here, in the main thread
         assert seen == []  # and nothing was printed
+        # A stop still queued when the command ends is dropped, never sent.
+        hook(ignored)
+        redelivery.close()
+        time.sleep(3 * runtime.REDELIVER_DELAY_S)
     finally:
+        redelivery.close()
         signal.signal(signal.SIGTERM, previous)

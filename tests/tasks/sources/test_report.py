@@ -123,3 +123,22 @@ def test_the_same_result_is_the_same_instance_on_any_machine(evidence):
     series, sop = report_uids(_result(evidence, vote="malignant", fraction_malignant=0.6))
     assert series == report_uids(_result(evidence))[0]  # same study and model: same series
     assert sop != report_uids(_result(evidence))[1]
+
+
+def test_a_waiting_sr_is_withdrawn_only_once_its_successor_is_queued(
+    evidence, tmp_path, monkeypatch
+):
+    from renalflow.tasks.sources import report as reports
+
+    root = str(tmp_path / "source")
+    first = build_report(_result(evidence), [evidence])
+    assert queue_reports(root, [first]) == 1
+    second = build_report(_result(evidence, model_version="v2"), [evidence])
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(reports.pydicom, "dcmwrite", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        queue_reports(root, [second])
+    assert pending_reports(root) == [f"{root}/reports/{first.SOPInstanceUID}.dcm"]
