@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,8 +25,10 @@ from renalflow.tasks.selection import (
     check_selection_possible,
     select_series,
 )
-from renalflow.tasks.sources.fetch import SourceSummary
 from renalflow.tasks.vote import check_thresholds, deciding_slices, vote
+
+if TYPE_CHECKING:
+    from renalflow.tasks.sources.fetch import SourceSummary
 
 
 @dataclass(frozen=True)

@@ -276,7 +276,7 @@ def evaluate_selector(
         "target_sensitivity": chosen.target_sensitivity,
         "validation": chosen.to_dict(),
         "slice": {
-            **{k: defined(v) if isinstance(v, float) else v for k, v in counts.to_dict().items()},
+            **{k: defined(v) for k, v in counts.to_dict().items()},
             "sensitivity_ci95": [defined(v) for v in sensitivity_ci],
             "specificity_ci95": [defined(v) for v in specificity_ci],
             "ci_method": "Wilson score interval, 95%, counting slices as independent (slices "

@@ -18,6 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 from urllib.parse import urlsplit
 
 from renalflow.tasks.errors import InputError
@@ -202,6 +203,16 @@ def evidence_uri(instance_uri: str) -> str:
     path under EVIDENCE instead of INSTANCES)."""
     head, found, tail = instance_uri.rpartition(f"/{INSTANCES}/")
     return f"{head}/{EVIDENCE}/{tail}" if found else instance_uri
+
+
+def write_whole(fs: Any, path: str, data: bytes, temporary: str | None = None) -> None:
+    """Write `data` at `path` on filesystem `fs` whole: first at `temporary` (default:
+    beside it), then moved into place, so a crash leaves the whole file or none."""
+    temporary = temporary or f"{path}.partial"
+    for folder in {temporary.rsplit("/", 1)[0], path.rsplit("/", 1)[0]}:
+        fs.makedirs(folder, exist_ok=True)
+    fs.pipe_file(temporary, data)
+    fs.mv(temporary, path)
 
 
 def instance_path(folder: str, study: str, series: str, sop: str) -> str:

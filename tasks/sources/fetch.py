@@ -25,6 +25,7 @@ from renalflow.tasks.sources import (
     instances_folder,
     pacs_root,
     uid_name,
+    write_whole,
 )
 from renalflow.tasks.sources.query import (
     PacsClient,
@@ -190,10 +191,7 @@ def prune_study(store: str, source: PacsSource, study: str) -> StudyPrune:
         except ValueError:  # no file meta to write a Part 10 file with: keep the instance
             done.kept += 1
             continue
-        target = evidence_uri(name)
-        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        fs.pipe_file(f"{target}.partial", buffer.getvalue())
-        fs.mv(f"{target}.partial", target)
+        write_whole(fs, evidence_uri(name), buffer.getvalue())
         fs.rm_file(name)
         done.files += 1
         done.bytes_freed += int(info.get("size") or 0) - len(buffer.getvalue())
@@ -239,11 +237,8 @@ class CacheWriter:
 
     def __call__(self, study: str, series: str, sop: str, data: bytes) -> None:
         final = instance_path(self.folder, study, series, sop)
-        temporary = f"{self.partial}/{uuid.uuid4().hex}"
-        self.fs.makedirs(self.partial, exist_ok=True)
-        self.fs.pipe_file(temporary, data)
-        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
-        self.fs.mv(temporary, final)
+        # Written beside the cache, so ingest never lists half a file.
+        write_whole(self.fs, final, data, temporary=f"{self.partial}/{uuid.uuid4().hex}")
         self.received.add(uid_name(sop))
         self.bytes += len(data)
 

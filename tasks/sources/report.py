@@ -51,7 +51,7 @@ from pydicom.uid import EnhancedSRStorage
 from renalflow.tasks.config import StudyStatus
 from renalflow.tasks.pseudonym import pseudonym
 from renalflow.tasks.selection import StudySelection
-from renalflow.tasks.sources import evidence_uri
+from renalflow.tasks.sources import evidence_uri, write_whole
 from renalflow.tasks.store import now_utc
 
 REPORTS = "reports"
@@ -194,11 +194,9 @@ def read_evidence(uris: Iterable[str]) -> list[Dataset]:
     headers: list[Dataset] = []
     for uri in uris:
         try:
-            with fsspec.open(uri, "rb") as handle:
-                header = pydicom.dcmread(handle, stop_before_pixels=True)
+            header = _header(uri)
         except FileNotFoundError:  # pruned: its header was kept
-            with fsspec.open(evidence_uri(uri), "rb") as handle:
-                header = pydicom.dcmread(handle, stop_before_pixels=True)
+            header = _header(evidence_uri(uri))
         for keyword in _COPIED:
             if keyword not in header:
                 setattr(header, keyword, "")
@@ -322,7 +320,7 @@ def queue_reports(root: str, reports: Iterable[Dataset]) -> int:
     fs, _ = fsspec.core.url_to_fs(root)
     waiting: dict[str, list[str]] = defaultdict(list)
     for path in pending_reports(root):
-        waiting[str(_header(path).StudyInstanceUID)].append(path)
+        waiting[str(_header(path, "StudyInstanceUID").StudyInstanceUID)].append(path)
     queued = 0
     for report in reports:
         path = f"{_folder(root)}/{report.SOPInstanceUID}.dcm"
@@ -330,10 +328,7 @@ def queue_reports(root: str, reports: Iterable[Dataset]) -> int:
             continue
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, report, enforce_file_format=True)
-        fs.makedirs(_folder(root), exist_ok=True)
-        temporary = f"{path}.partial"
-        fs.pipe_file(temporary, buffer.getvalue())
-        fs.mv(temporary, path)
+        write_whole(fs, path, buffer.getvalue())
         queued += 1
         # Only once its successor is in place: a crash in between leaves both, never none.
         for superseded in waiting.pop(str(report.StudyInstanceUID), []):
@@ -384,10 +379,13 @@ def previous_reports(root: str) -> dict[str, list[Dataset]]:
     return dict(by_study)
 
 
-def _header(path: str) -> Dataset:
-    fs, _ = fsspec.core.url_to_fs(path)
-    with fs.open(path, "rb") as handle:
-        return pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+def _header(path: str, *keywords: str) -> Dataset:
+    """The header of a DICOM file (no pixels); only `keywords` when given."""
+    fs, where = fsspec.core.url_to_fs(path)
+    with fs.open(where, "rb") as handle:
+        return pydicom.dcmread(
+            handle, stop_before_pixels=True, specific_tags=list(keywords) or None
+        )
 
 
 def read_report(path: str) -> Dataset:
